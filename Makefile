@@ -1,0 +1,30 @@
+# Two entry points, both from a fresh clone: `make demo` and `make test`.
+# Everything installs into .venv with pip (the CPU torch wheel is pinned in constraints.txt).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SAMPLE := pipelines/sample.toml
+export DO_NOT_TRACK := 1
+export SCARF_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test bench clean-sample
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -c "import kbguard, torch, qdrant_edge, unstructured; assert torch.__version__.startswith('2.13.0')"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/kbguard rebuild --config $(SAMPLE)
+	$(VENV)/bin/kbguard status --config $(SAMPLE)
+	$(VENV)/bin/kbguard search "How do I test a view with the test client?" -k 3 --config $(SAMPLE)
+
+test: install
+	$(VENV)/bin/pytest -q
+
+clean-sample:
+	rm -rf .kbguard/sample manifests/sample.duckdb manifests/sample.duckdb.wal manifests/sample.duckdb.lock
