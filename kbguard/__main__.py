@@ -1,0 +1,3 @@
+from kbguard.cli.main import run
+
+run()

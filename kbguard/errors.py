@@ -1,0 +1,65 @@
+"""Every error kbguard raises on purpose.
+
+    KbguardError                  base: a message that says what went wrong and what to do next
+     ├── ConfigError              the KB config is missing, unreadable or invalid
+     ├── CorpusError              the corpus folder is missing or unreadable
+     ├── LockedError              another kbguard process holds this KB
+     ├── ManifestError            the DuckDB manifest cannot be opened, read or migrated
+     ├── ParseError               one document could not be parsed (recorded, never fatal to a run)
+     ├── EmbedError               an embedding provider failed
+     │    └── ProviderUnavailable  the provider cannot be reached or loaded at all
+     ├── StoreError               the vector store rejected an operation
+     │    └── StoreUnavailable    the store cannot be opened (missing, locked, damaged)
+     └── SnapshotError            a snapshot is missing, damaged or untrusted
+
+The CLI maps these to exit codes in one place (`kbguard.cli.main`); the library never prints
+and never exits. Third-party exceptions are translated at the adapter boundary.
+"""
+
+from __future__ import annotations
+
+
+class KbguardError(Exception):
+    """Base of every kbguard error. ``str(err)`` is the whole message shown to the user."""
+
+    exit_code = 2
+
+
+class ConfigError(KbguardError):
+    pass
+
+
+class CorpusError(KbguardError):
+    pass
+
+
+class LockedError(KbguardError):
+    exit_code = 3
+
+
+class ManifestError(KbguardError):
+    pass
+
+
+class ParseError(KbguardError):
+    pass
+
+
+class EmbedError(KbguardError):
+    pass
+
+
+class ProviderUnavailable(EmbedError):
+    pass
+
+
+class StoreError(KbguardError):
+    pass
+
+
+class StoreUnavailable(StoreError):
+    pass
+
+
+class SnapshotError(KbguardError):
+    pass

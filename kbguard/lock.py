@@ -1,0 +1,68 @@
+"""One writer per KB: an advisory lock file beside the manifest."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kbguard.errors import LockedError
+
+
+def lock_path(manifest: Path) -> Path:
+    return manifest.with_name(manifest.name + ".lock")
+
+
+@contextmanager
+def kb_lock(manifest: Path, command: str) -> Iterator[None]:
+    """Hold the KB's write lock, or raise LockedError at once naming the holder."""
+    path = lock_path(manifest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(_held_message(path)) from None
+        info = {"pid": os.getpid(), "command": command,
+                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def check_unlocked(manifest: Path) -> None:
+    """Raise LockedError if a writer holds the KB (readers cannot open a manifest being written)."""
+    path = lock_path(manifest)
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(_held_message(path)) from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _held_message(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    who = (f"`kbguard {info.get('command', '?')}` (pid {info.get('pid', '?')}, since "
+           f"{info.get('since', '?')})") if info else "another kbguard process"
+    return (f"This KB is busy: {who} holds {path}. Wait for it to finish and run again; "
+            "if that process is gone, the lock is released automatically.")

@@ -1,0 +1,308 @@
+"""The manifest: one DuckDB file per KB, the record of what the KB should contain.
+
+Documents, chunks (with their text), the embedding cache and the store state live here. Every
+pipeline batch is one transaction, so a run killed at any moment leaves a manifest that the next
+run continues from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from kbguard.errors import ManifestError
+from kbguard.migrations import MIGRATIONS
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def vector_checksum(blob: bytes) -> str:
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+def blob_vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    path: str
+    file_hash: str | None
+    size: int | None
+    mtime_ns: int | None
+    indexed_hash: str | None
+    status: str
+    error: str | None
+    chunks: int
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    point_id: str
+    path: str
+    seq: int
+    content_hash: str
+    occurrence: int
+    section: str
+    text: str
+    tokens: int
+
+
+class Manifest:
+    """A KB's DuckDB manifest. Open with ``Manifest.open``; close when done."""
+
+    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, read_only: bool):
+        self.path = path
+        self.con = con
+        self.read_only = read_only
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, read_only: bool = False, kb: str | None = None) -> Manifest:
+        """Open (creating and migrating unless read_only) the manifest at ``path``."""
+        if read_only and not path.exists():
+            raise ManifestError(
+                f"No manifest at {path}: this KB has not been built yet. Run `kbguard rebuild`."
+            )
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise _translate(exc, path) from exc
+        m = cls(path, con, read_only)
+        try:
+            if read_only:
+                m._check_version()
+            else:
+                m._migrate()
+                if kb is not None:
+                    m._bind_kb(kb)
+        except duckdb.Error as exc:
+            con.close()
+            raise _translate(exc, path) from exc
+        except ManifestError:
+            con.close()
+            raise
+        return m
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _applied(self) -> int:
+        exists = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'migrations'"
+        ).fetchone()[0]
+        if not exists:
+            return 0
+        return self.con.execute("SELECT coalesce(max(version), 0) FROM migrations").fetchone()[0]
+
+    def _check_version(self) -> None:
+        applied = self._applied()
+        if applied == 0:
+            raise ManifestError(f"{self.path} is not a kbguard manifest (no schema found).")
+        if applied > SCHEMA_VERSION:
+            raise ManifestError(
+                f"{self.path} has schema version {applied}, newer than this kbguard "
+                f"understands ({SCHEMA_VERSION}). Upgrade kbguard."
+            )
+        if applied < SCHEMA_VERSION:
+            raise ManifestError(
+                f"{self.path} has schema version {applied}; run any writing command "
+                "(e.g. `kbguard rebuild`) to migrate it."
+            )
+
+    def _migrate(self) -> None:
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, "
+            "name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+        )
+        applied = self._applied()
+        if applied > SCHEMA_VERSION:
+            raise ManifestError(
+                f"{self.path} has schema version {applied}, newer than this kbguard "
+                f"understands ({SCHEMA_VERSION}). Upgrade kbguard."
+            )
+        for version, name, sql in MIGRATIONS:
+            if version <= applied:
+                continue
+            with self.transaction():
+                self.con.execute(sql)
+                self.con.execute("INSERT INTO migrations VALUES (?, ?, ?)", [version, name, now()])
+
+    def _bind_kb(self, kb: str) -> None:
+        have = self.get_meta("kb")
+        if have is None:
+            with self.transaction():
+                self.set_meta("kb", kb)
+                self.set_meta("created_at", now().isoformat())
+        elif have != kb:
+            raise ManifestError(
+                f"{self.path} belongs to KB {have!r}, but the config names KB {kb!r}. "
+                "Point manifest.path at this KB's own manifest."
+            )
+
+    # -- primitives --------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.con.execute(sql, list(params)).fetchone()[0]
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def start_run(self, kind: str) -> int:
+        with self.transaction():
+            return self.con.execute(
+                "INSERT INTO runs (kind, started_at, status) VALUES (?, ?, 'running') "
+                "RETURNING run_id",
+                [kind, now()],
+            ).fetchone()[0]
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any],
+                   corpus_rev: str | None = None) -> None:
+        with self.transaction():
+            self.con.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, summary = ?, corpus_rev = ? "
+                "WHERE run_id = ?",
+                [now(), status, json.dumps(summary), corpus_rev, run_id],
+            )
+
+    def last_run(self, kind: str | None = None, status: str | None = None) -> dict[str, Any] | None:
+        """The newest run, optionally of a kind (a LIKE pattern) and status."""
+        where, params = [], []
+        if kind:
+            where.append("kind LIKE ?")
+            params.append(kind)
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        sql = ("SELECT run_id, kind, started_at, finished_at, status, corpus_rev, summary FROM runs"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY run_id DESC LIMIT 1")
+        row = self.con.execute(sql, params).fetchone()
+        if row is None:
+            return None
+        keys = ("run_id", "kind", "started_at", "finished_at", "status", "corpus_rev", "summary")
+        out = dict(zip(keys, row))
+        out["summary"] = json.loads(out["summary"]) if out["summary"] else None
+        return out
+
+    # -- documents -----------------------------------------------------------------------------
+
+    def documents(self) -> dict[str, DocumentRow]:
+        rows = self.con.execute(
+            "SELECT path, file_hash, size, mtime_ns, indexed_hash, status, error, chunks "
+            "FROM documents"
+        ).fetchall()
+        return {r[0]: DocumentRow(*r) for r in rows}
+
+    def record_document(self, doc: DocumentRow, chunks: Sequence[ChunkRow] | None) -> None:
+        """Replace one document's row and, when ``chunks`` is given, its chunks. No transaction."""
+        self.con.execute("DELETE FROM documents WHERE path = ?", [doc.path])
+        self.con.execute(
+            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [doc.path, doc.file_hash, doc.size, doc.mtime_ns, doc.indexed_hash, doc.status,
+             doc.error, doc.chunks, now()],
+        )
+        if chunks is not None:
+            self.con.execute("DELETE FROM chunks WHERE path = ?", [doc.path])
+            if chunks:
+                self.con.executemany(
+                    "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [[c.point_id, c.path, c.seq, c.content_hash, c.occurrence, c.section,
+                      c.text, c.tokens] for c in chunks],
+                )
+
+    def forget_document(self, path: str) -> None:
+        """Drop a removed document and its chunks. No transaction."""
+        self.con.execute("DELETE FROM chunks WHERE path = ?", [path])
+        self.con.execute("DELETE FROM documents WHERE path = ?", [path])
+
+    # -- embedding cache ---------------------------------------------------------------------
+
+    def cached_vectors(self, space_id: str, content_hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        if not content_hashes:
+            return {}
+        rows = self.con.execute(
+            "SELECT content_hash, vector FROM embeddings "
+            "WHERE space_id = ? AND content_hash IN (SELECT unnest(?::VARCHAR[]))",
+            [space_id, list(content_hashes)],
+        ).fetchall()
+        return {h: blob_vector(b) for h, b in rows}
+
+    def cache_vectors(self, space_id: str, items: Sequence[tuple[str, np.ndarray]],
+                      run_id: int | None) -> None:
+        """Add vectors to the cache (existing keys are replaced). No transaction."""
+        ts = now()
+        rows = []
+        for content_hash, vec in items:
+            blob = vector_bytes(vec)
+            rows.append([space_id, content_hash, blob, vector_checksum(blob), ts, run_id])
+        self.con.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    # -- counts for status -------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "documents": self.scalar("SELECT count(*) FROM documents WHERE status = 'ok'"),
+            "failed_documents": self.scalar("SELECT count(*) FROM documents WHERE status = 'failed'"),
+            "chunks": self.scalar("SELECT count(*) FROM chunks"),
+            "cached_vectors": self.scalar("SELECT count(*) FROM embeddings"),
+            "points_written": self.scalar("SELECT count(*) FROM store_state WHERE confirmed"),
+            "points_pending": self.scalar("SELECT count(*) FROM store_state WHERE NOT confirmed"),
+        }
+
+
+def _translate(exc: duckdb.Error, path: Path) -> ManifestError:
+    text = str(exc)
+    if "lock" in text.lower():
+        return ManifestError(
+            f"The manifest {path} is in use by another process ({text.splitlines()[0]}). "
+            "Wait for the running kbguard command to finish."
+        )
+    return ManifestError(
+        f"The manifest {path} cannot be read: {text.splitlines()[0] if text else exc!r}. "
+        "Restore it with `kbguard restore --latest`, or move it aside and run "
+        "`kbguard rebuild` to build a new one."
+    )

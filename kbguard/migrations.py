@@ -1,0 +1,75 @@
+"""Numbered schema migrations of the manifest.
+
+Each migration runs once, in its own transaction, and is recorded in ``migrations``. Never edit a
+released migration: add the next number.
+"""
+
+from __future__ import annotations
+
+M001_CORE = """
+CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+
+-- One row per pipeline run (rebuild, verify, restore, ...); summary is the run's JSON report.
+CREATE SEQUENCE run_ids START 1;
+CREATE TABLE runs (
+    run_id      BIGINT PRIMARY KEY DEFAULT nextval('run_ids'),
+    kind        VARCHAR NOT NULL,
+    started_at  TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ,
+    status      VARCHAR NOT NULL,          -- running | ok | failed
+    corpus_rev  VARCHAR,
+    summary     JSON
+);
+
+-- What the corpus holds. file_hash/size/mtime_ns are the last scan (the stat cache);
+-- indexed_hash is the version whose chunks are in `chunks`.
+CREATE TABLE documents (
+    path         VARCHAR PRIMARY KEY,
+    file_hash    VARCHAR,
+    size         BIGINT,
+    mtime_ns     BIGINT,
+    indexed_hash VARCHAR,
+    status       VARCHAR NOT NULL,         -- ok | failed
+    error        VARCHAR,
+    chunks       INTEGER NOT NULL DEFAULT 0,
+    updated_at   TIMESTAMPTZ NOT NULL
+);
+
+-- What the KB should contain: one row per point.
+CREATE TABLE chunks (
+    point_id     VARCHAR NOT NULL,
+    path         VARCHAR NOT NULL,
+    seq          INTEGER NOT NULL,
+    content_hash VARCHAR NOT NULL,
+    occurrence   INTEGER NOT NULL,
+    section      VARCHAR NOT NULL,
+    text         VARCHAR NOT NULL,
+    tokens       INTEGER NOT NULL
+);
+
+-- Every vector ever computed, keyed by embedding space and text; vector is float32 little-endian.
+CREATE TABLE embeddings (
+    space_id     VARCHAR NOT NULL,
+    content_hash VARCHAR NOT NULL,
+    vector       BLOB NOT NULL,
+    checksum     VARCHAR NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    run_id       BIGINT,
+    PRIMARY KEY (space_id, content_hash)
+);
+
+-- What was written to the store. A row is inserted as pending before the write and confirmed
+-- after the store has flushed it, so a killed run never leaves a point nobody knows about.
+CREATE TABLE store_state (
+    point_id     VARCHAR NOT NULL,
+    path         VARCHAR NOT NULL,
+    content_hash VARCHAR NOT NULL,
+    vectors      VARCHAR NOT NULL,         -- names of the vectors written, comma-separated
+    confirmed    BOOLEAN NOT NULL,
+    written_at   TIMESTAMPTZ NOT NULL
+);
+"""
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "core", M001_CORE),
+]
