@@ -1,0 +1,50 @@
+"""Vector stores behind one interface: Qdrant Edge (embedded default) and qdrant-client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kbguard.errors import StoreError
+from kbguard.store.base import DISTANCES, CollectionInfo, Hit, Point, Store, VectorSpec
+
+BACKENDS = ("edge", "qdrant")
+
+__all__ = [
+    "BACKENDS",
+    "DISTANCES",
+    "CollectionInfo",
+    "Hit",
+    "Point",
+    "Store",
+    "VectorSpec",
+    "open_store",
+]
+
+
+def open_store(
+    backend: str,
+    *,
+    path: Path | None = None,
+    url: str | None = None,
+    collection: str = "kb",
+    api_key: str | None = None,
+) -> Store:
+    """The store adapter for ``backend``; nothing is opened until the first call on it.
+
+    ``edge`` takes the shard folder as ``path`` (a ``url`` is ignored); ``qdrant`` takes a server
+    ``url`` (with an optional ``api_key``) or a local-mode ``path``, and the ``collection`` name.
+    """
+    if backend == "edge":
+        if path is None:
+            raise StoreError("The edge store backend needs the shard folder path (store.path).")
+        from kbguard.store.edge import EdgeStore
+
+        return EdgeStore(Path(path))
+    if backend == "qdrant":
+        from kbguard.store.qdrant import QdrantStore
+
+        local = Path(path) if path is not None else None
+        return QdrantStore(collection, url=url, path=local, api_key=api_key)
+    raise StoreError(
+        f"Unknown store backend {backend!r}; the known backends are {', '.join(BACKENDS)}."
+    )

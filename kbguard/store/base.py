@@ -1,0 +1,122 @@
+"""The store interface every vector-store adapter implements.
+
+A KB lives in one collection (Qdrant Edge: one shard folder). Each embedding space of the KB is a
+named dense vector on the same point. Point ids are UUID strings. Adapters translate their
+library's exceptions into ``StoreError`` / ``StoreUnavailable`` at this boundary, so callers never
+see a Qdrant exception.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DISTANCES = ("cosine", "dot", "euclid")
+
+
+@dataclass(frozen=True)
+class VectorSpec:
+    """One named dense vector of a collection."""
+
+    name: str
+    dim: int
+    distance: str = "cosine"
+
+
+@dataclass
+class Point:
+    id: str
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    exists: bool
+    vectors: tuple[VectorSpec, ...] = ()
+    points: int = 0
+
+
+class Store(ABC):
+    """A vector store holding one KB's collection.
+
+    Writes are idempotent: upserting the same point twice leaves one point, deleting a missing
+    id is not an error. ``flush`` makes every acknowledged write durable; the pipeline flushes
+    before it records a batch as written.
+    """
+
+    backend: str = ""
+
+    @abstractmethod
+    def describe(self) -> CollectionInfo: ...
+
+    @abstractmethod
+    def create(self, vectors: Sequence[VectorSpec]) -> None:
+        """Create the collection; raise StoreError if it exists with a different configuration."""
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Delete the collection and all its points; no error if it does not exist."""
+
+    @abstractmethod
+    def upsert(self, points: Sequence[Point]) -> None: ...
+
+    @abstractmethod
+    def delete(self, ids: Iterable[str]) -> None: ...
+
+    @abstractmethod
+    def retrieve(self, ids: Sequence[str], *, with_vectors: bool = True) -> list[Point]:
+        """The points among ``ids`` that exist, in no particular order."""
+
+    @abstractmethod
+    def scroll(self, *, batch_size: int = 1024, with_vectors: bool = True) -> Iterator[list[Point]]:
+        """Every point, in pages of at most ``batch_size``; memory bounded by the page."""
+
+    @abstractmethod
+    def count(self) -> int: ...
+
+    @abstractmethod
+    def query(self, vector_name: str, vector: np.ndarray, k: int) -> list[Hit]: ...
+
+    @abstractmethod
+    def flush(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def ensure(self, vectors: Sequence[VectorSpec]) -> None:
+        """Create the collection unless it exists with exactly this configuration."""
+        info = self.describe()
+        if not info.exists:
+            self.create(vectors)
+            return
+        want = {v.name: v for v in vectors}
+        have = {v.name: v for v in info.vectors}
+        if want != have:
+            from kbguard.errors import StoreError
+
+            raise StoreError(
+                f"The {self.backend} collection exists with vectors {_fmt(have)} but the config "
+                f"asks for {_fmt(want)}. Run `kbguard rebuild --full` to recreate it."
+            )
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fmt(specs: dict[str, VectorSpec]) -> str:
+    return ", ".join(f"{n}({s.dim}-d {s.distance})" for n, s in sorted(specs.items())) or "none"

@@ -1,0 +1,310 @@
+"""The Qdrant Edge adapter: one shard folder, Qdrant's engine running in this process.
+
+The bindings raise bare ``Exception`` (and pyo3's ``PanicException``, a ``BaseException``) for
+everything, so errors are told apart by the engine's message. One process may hold a shard at a
+time: the WAL folder is locked, even against a second open in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kbguard.errors import StoreError, StoreUnavailable
+from kbguard.store._common import (
+    canonical_id,
+    check_specs,
+    config_mismatch,
+    engine_message,
+    id_from_store,
+    same_config,
+    vector_in,
+    vector_out,
+)
+from kbguard.store.base import CollectionInfo, Hit, Point, Store, VectorSpec
+
+_CONFIG_FILE = "edge_config.json"
+_TO_EDGE = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
+_FROM_EDGE = {"Cosine": "cosine", "Dot": "dot", "Euclid": "euclid", "Manhattan": "manhattan"}
+
+
+class _ShardLocked(StoreUnavailable):
+    """Another opener holds the shard's WAL lock."""
+
+
+def _reraise_interrupts(exc: BaseException) -> None:
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise exc
+
+
+class EdgeStore(Store):
+    """A KB collection kept in a Qdrant Edge shard folder."""
+
+    backend = "edge"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._shard: Any = None
+
+    def __repr__(self) -> str:
+        return f"EdgeStore({str(self.path)!r})"
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _is_shard(self) -> bool:
+        # A failed load of an empty folder leaves an empty `segments/` behind, so only a
+        # config file, a WAL or at least one segment counts as a shard.
+        if not self.path.is_dir():
+            return False
+        if (self.path / _CONFIG_FILE).exists() or (self.path / "wal").is_dir():
+            return True
+        segments = self.path / "segments"
+        return segments.is_dir() and any(segments.iterdir())
+
+    def _locked_error(self) -> StoreUnavailable:
+        return _ShardLocked(
+            f"The Edge store at {self.path} is open in another process; wait for it to finish."
+        )
+
+    def _load(self) -> Any:
+        from qdrant_edge import EdgeShard
+
+        try:
+            return EdgeShard.load(str(self.path))
+        except BaseException as exc:  # noqa: BLE001 - the bindings raise bare Exception/panics
+            _reraise_interrupts(exc)
+            if "WouldBlock" in str(exc):
+                raise self._locked_error() from exc
+            raise StoreUnavailable(
+                f"The Edge store at {self.path} cannot be opened: {engine_message(exc)}. "
+                "Run `kbguard restore --latest` or `kbguard rebuild --full`."
+            ) from exc
+
+    def _open(self) -> Any:
+        if self._shard is None:
+            if not self._is_shard():
+                raise StoreUnavailable(
+                    f"There is no Edge store at {self.path}. "
+                    "Run `kbguard rebuild --full` to build it."
+                )
+            self._shard = self._load()
+        return self._shard
+
+    @contextmanager
+    def _translate(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - see module docstring
+            _reraise_interrupts(exc)
+            raise StoreError(
+                f"The Edge store at {self.path} failed while {doing}: {engine_message(exc)}. "
+                "If the store is damaged, `kbguard verify` says what is wrong."
+            ) from exc
+
+    def _read_config(self) -> tuple[VectorSpec, ...]:
+        # The bindings have no getter for a shard's config. Loading checks this file against the
+        # segments (and writes it if it is missing), so once the shard is open it is accurate.
+        try:
+            raw = json.loads((self.path / _CONFIG_FILE).read_text())
+            vectors = raw.get("vectors") or {}
+            specs = tuple(
+                VectorSpec(name, int(p["size"]), _FROM_EDGE.get(p["distance"], "unknown"))
+                for name, p in vectors.items()
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreUnavailable(
+                f"The Edge store at {self.path} has an unreadable {_CONFIG_FILE} ({exc}). "
+                "Run `kbguard restore --latest` or `kbguard rebuild --full`."
+            ) from exc
+        return tuple(sorted(specs, key=lambda s: s.name))
+
+    # -- the Store interface ---------------------------------------------------------------
+
+    def describe(self) -> CollectionInfo:
+        """Whether the shard exists, its named vectors and its exact point count."""
+        if self._shard is None and not self._is_shard():
+            return CollectionInfo(exists=False)
+        self._open()
+        return CollectionInfo(exists=True, vectors=self._read_config(), points=self.count())
+
+    def create(self, vectors: Sequence[VectorSpec]) -> None:
+        """Create the shard folder; a no-op if it exists with exactly these vectors."""
+        want = check_specs(vectors)
+        info = self.describe()
+        if info.exists:
+            if not same_config(info.vectors, want):
+                raise config_mismatch(self.backend, str(self.path), info.vectors, want)
+            return
+        from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams
+
+        params = {
+            s.name: EdgeVectorParams(size=s.dim, distance=getattr(Distance, _TO_EDGE[s.distance]))
+            for s in want.values()
+        }
+        try:
+            self._shard = EdgeShard.create(str(self.path), EdgeConfig(vectors=params))
+        except BaseException as exc:  # noqa: BLE001 - see module docstring
+            _reraise_interrupts(exc)
+            if "WouldBlock" in str(exc):
+                raise self._locked_error() from exc
+            raise StoreError(
+                f"Could not create an Edge store at {self.path}: {engine_message(exc)}. "
+                "Check that the folder is writable and holds no other data."
+            ) from exc
+
+    def drop(self) -> None:
+        """Close the shard and delete its folder; refuses a folder that is not a shard."""
+        self.close()
+        if not self.path.exists():
+            return
+        if not self._is_shard():
+            if self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
+                return
+            raise StoreError(
+                f"{self.path} does not look like an Edge store, so kbguard will not delete it. "
+                "Check the store path in the KB config."
+            )
+        # Deleting a shard another process is writing would corrupt its work: take the lock
+        # first. A shard too damaged to load is exactly what drop() exists to clear away.
+        try:
+            shard = self._load()
+        except _ShardLocked:
+            raise
+        except StoreUnavailable:
+            pass
+        else:
+            try:
+                shard.close()
+            except Exception:  # noqa: BLE001 - the folder is deleted next either way
+                pass
+        try:
+            shutil.rmtree(self.path)
+        except OSError as exc:
+            raise StoreError(f"Could not delete the Edge store at {self.path}: {exc}.") from exc
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        """Insert or replace whole points (every named vector and the payload)."""
+        if not points:
+            return
+        from qdrant_edge import Point as EdgePoint
+        from qdrant_edge import UpdateOperation
+
+        batch = [
+            EdgePoint(
+                canonical_id(p.id),
+                {name: vector_in(v) for name, v in p.vectors.items()},
+                p.payload,
+            )
+            for p in points
+        ]
+        shard = self._open()
+        with self._translate(f"upserting {len(batch)} points"):
+            shard.update(UpdateOperation.upsert_points(batch))
+
+    def delete(self, ids: Iterable[str]) -> None:
+        """Delete points by id; ids that are not stored are ignored."""
+        wanted = [canonical_id(i) for i in ids]
+        if not wanted:
+            return
+        from qdrant_edge import UpdateOperation
+
+        shard = self._open()
+        with self._translate(f"deleting {len(wanted)} points"):
+            shard.update(UpdateOperation.delete_points(wanted))
+
+    def retrieve(self, ids: Sequence[str], *, with_vectors: bool = True) -> list[Point]:
+        """The points among ``ids`` that exist, in no particular order."""
+        wanted = [canonical_id(i) for i in ids]
+        if not wanted:
+            return []
+        shard = self._open()
+        with self._translate(f"reading {len(wanted)} points"):
+            records = shard.retrieve(wanted, True, with_vectors)
+            return [_to_point(r, with_vectors) for r in records]
+
+    def scroll(self, *, batch_size: int = 1024, with_vectors: bool = True) -> Iterator[list[Point]]:
+        """Every point in id order, in pages of at most ``batch_size``."""
+        if batch_size <= 0:
+            raise StoreError(f"batch_size must be positive, not {batch_size}.")
+        from qdrant_edge import ScrollRequest
+
+        shard = self._open()
+        offset = None
+        while True:
+            with self._translate("scrolling points"):
+                records, offset = shard.scroll(
+                    ScrollRequest(
+                        offset=offset, limit=batch_size, with_payload=True, with_vector=with_vectors
+                    )
+                )
+                page = [_to_point(r, with_vectors) for r in records]
+            if page:
+                yield page
+            if offset is None:
+                return
+
+    def count(self) -> int:
+        """The exact number of points."""
+        from qdrant_edge import CountRequest
+
+        shard = self._open()
+        with self._translate("counting points"):
+            return int(shard.count(CountRequest(exact=True)))
+
+    def query(self, vector_name: str, vector: np.ndarray, k: int) -> list[Hit]:
+        """The ``k`` nearest points by the named vector, best first, with payloads.
+
+        Scores are similarities for cosine/dot and distances (smaller is nearer) for euclid.
+        """
+        from qdrant_edge import Query, QueryRequest
+
+        shard = self._open()
+        with self._translate(f"querying vector {vector_name!r}"):
+            scored = shard.query(
+                QueryRequest(
+                    limit=k,
+                    query=Query.Nearest(vector_in(vector), using=vector_name),
+                    with_payload=True,
+                    with_vector=False,
+                )
+            )
+            return [Hit(id_from_store(s.id), float(s.score), dict(s.payload or {})) for s in scored]
+
+    def flush(self) -> None:
+        """Write every acknowledged update into the segments on disk."""
+        if self._shard is None:
+            return
+        with self._translate("flushing"):
+            self._shard.flush()
+
+    def close(self) -> None:
+        """Flush and release the shard; safe to call twice. A later call reopens it."""
+        shard, self._shard = self._shard, None
+        if shard is None:
+            return
+        try:
+            # Flushed segments let a copy of the closed folder load without replaying the WAL.
+            shard.flush()
+        except Exception:  # noqa: BLE001 - the WAL still holds the writes; closing matters more
+            pass
+        with self._translate("closing"):
+            shard.close()
+
+
+def _to_point(record: Any, with_vectors: bool) -> Point:
+    vectors: dict[str, np.ndarray] = {}
+    if with_vectors and record.vector is not None:
+        raw = record.vector
+        # A collection made outside kbguard may have one unnamed vector, which Edge names "".
+        items = raw.items() if isinstance(raw, dict) else [("", raw)]
+        vectors = {name: vector_out(v) for name, v in items}
+    return Point(id=id_from_store(record.id), vectors=vectors, payload=dict(record.payload or {}))

@@ -1,0 +1,317 @@
+"""The qdrant-client adapter: a Qdrant server or cluster by URL, or qdrant-client's local mode.
+
+Local mode (``path=``) is the stand-in for the server API in tests. It pickles points into
+SQLite, so only open folders you wrote yourself, and it keeps every point in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kbguard.errors import StoreError, StoreUnavailable
+from kbguard.store._common import (
+    canonical_id,
+    check_specs,
+    config_mismatch,
+    engine_message,
+    id_from_store,
+    same_config,
+    vector_in,
+    vector_out,
+)
+from kbguard.store.base import CollectionInfo, Hit, Point, Store, VectorSpec
+
+_TIMEOUT_S = 60
+_TO_QDRANT = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
+# gRPC status codes that mean "could not reach or talk to the server", not "bad request".
+_GRPC_UNAVAILABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+
+
+class QdrantStore(Store):
+    """A KB collection in Qdrant, reached through qdrant-client."""
+
+    backend = "qdrant"
+
+    def __init__(
+        self,
+        collection: str,
+        *,
+        url: str | None = None,
+        path: Path | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        if (url is None) == (path is None):
+            raise StoreError("A Qdrant store needs exactly one of a server URL or a local path.")
+        if api_key is not None and url is None:
+            raise StoreError("An API key only applies to a Qdrant server URL, not a local path.")
+        self.collection = collection
+        self.url = url
+        self.path = Path(path) if path is not None else None
+        self._api_key = api_key
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        where = f"url={self.url!r}" if self.url else f"path={str(self.path)!r}"
+        return f"QdrantStore({self.collection!r}, {where})"
+
+    @property
+    def where(self) -> str:
+        """Where the collection lives, as the user would recognise it in a message."""
+        if self.url:
+            return f"collection {self.collection!r} on the Qdrant server at {self.url}"
+        return f"collection {self.collection!r} in the Qdrant local store at {self.path}"
+
+    # -- connection and errors -------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        if self._client is not None:
+            return self._client
+        from qdrant_client import QdrantClient
+
+        if self.url is not None:
+            with self._translate("connecting"):
+                # The version check would contact the server here and only warn on failure;
+                # the first real call reports an unreachable server as an error instead.
+                self._client = QdrantClient(
+                    url=self.url,
+                    api_key=self._api_key,
+                    timeout=_TIMEOUT_S,
+                    check_compatibility=False,
+                )
+            return self._client
+        try:
+            self._client = QdrantClient(path=str(self.path))
+        except RuntimeError as exc:
+            if "already accessed" in str(exc):
+                raise StoreUnavailable(
+                    f"The Qdrant local store at {self.path} is open in another process or client; "
+                    "wait for it to finish."
+                ) from exc
+            raise self._damaged(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - unpickling a damaged folder can raise anything
+            raise self._damaged(exc) from exc
+        return self._client
+
+    def _damaged(self, exc: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"The Qdrant local store at {self.path} cannot be opened: {engine_message(exc)}. "
+            "Run `kbguard restore --latest` or `kbguard rebuild --full`."
+        )
+
+    @contextmanager
+    def _translate(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - sorted below; nothing raw leaves the adapter
+            raise self._error(exc, doing) from exc
+
+    def _error(self, exc: Exception, doing: str) -> StoreError:
+        import httpx
+        from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+        cause: BaseException = exc
+        if isinstance(exc, ResponseHandlingException) and isinstance(exc.source, BaseException):
+            cause = exc.source
+        if isinstance(cause, (httpx.TransportError, ConnectionError, TimeoutError)):
+            reason = str(cause) or type(cause).__name__
+            return StoreUnavailable(
+                f"The Qdrant server at {self.url} cannot be reached ({reason}). "
+                "Check that it is running and that the URL is right."
+            )
+        if isinstance(exc, UnexpectedResponse):
+            if exc.status_code in (401, 403):
+                return StoreUnavailable(
+                    f"The Qdrant server at {self.url} refused the request ({exc.status_code}). "
+                    "Check the API key."
+                )
+            detail = exc.content.decode("utf-8", "replace")[:300]
+            return StoreError(
+                f"The {self.where} rejected {doing}: HTTP {exc.status_code} {detail}".rstrip()
+            )
+        grpc_code = _grpc_code(exc)
+        if grpc_code in _GRPC_UNAVAILABLE:
+            return StoreUnavailable(
+                f"The Qdrant server at {self.url} cannot be used ({grpc_code}). "
+                "Check that it is running, the URL and the API key."
+            )
+        return StoreError(f"The {self.where} failed while {doing}: {engine_message(exc)}")
+
+    # -- the Store interface ---------------------------------------------------------------
+
+    def describe(self) -> CollectionInfo:
+        """Whether the collection exists, its named vectors and its exact point count."""
+        client = self._connect()
+        with self._translate("describing the collection"):
+            if not client.collection_exists(self.collection):
+                return CollectionInfo(exists=False)
+            params = client.get_collection(self.collection).config.params.vectors
+        if params is None:
+            specs: list[VectorSpec] = []
+        elif isinstance(params, dict):
+            specs = [_spec(name, p) for name, p in params.items()]
+        else:
+            specs = [_spec("", params)]  # one unnamed vector: a collection made outside kbguard
+        specs.sort(key=lambda s: s.name)
+        return CollectionInfo(exists=True, vectors=tuple(specs), points=self.count())
+
+    def create(self, vectors: Sequence[VectorSpec]) -> None:
+        """Create the collection; a no-op if it exists with exactly these vectors."""
+        from qdrant_client import models
+
+        want = check_specs(vectors)
+        info = self.describe()
+        if info.exists:
+            if not same_config(info.vectors, want):
+                raise config_mismatch(self.backend, self.where, info.vectors, want)
+            return
+        config = {
+            s.name: models.VectorParams(
+                size=s.dim, distance=models.Distance(_TO_QDRANT[s.distance])
+            )
+            for s in want.values()
+        }
+        with self._translate("creating the collection"):
+            self._connect().create_collection(self.collection, vectors_config=config)
+
+    def drop(self) -> None:
+        """Delete the collection and its points; no error if it is not there."""
+        client = self._connect()
+        with self._translate("deleting the collection"):
+            if client.collection_exists(self.collection):
+                client.delete_collection(self.collection)
+
+    def upsert(self, points: Sequence[Point]) -> None:
+        """Insert or replace whole points; returns once the server has applied the batch."""
+        if not points:
+            return
+        from qdrant_client import models
+
+        batch = [
+            models.PointStruct(
+                id=canonical_id(p.id),
+                vector={name: vector_in(v) for name, v in p.vectors.items()},
+                payload=p.payload,
+            )
+            for p in points
+        ]
+        client = self._connect()
+        with self._translate(f"upserting {len(batch)} points"):
+            client.upsert(self.collection, points=batch, wait=True)
+
+    def delete(self, ids: Iterable[str]) -> None:
+        """Delete points by id; ids that are not stored are ignored."""
+        from qdrant_client import models
+
+        wanted = [canonical_id(i) for i in ids]
+        if not wanted:
+            return
+        client = self._connect()
+        with self._translate(f"deleting {len(wanted)} points"):
+            client.delete(
+                self.collection, points_selector=models.PointIdsList(points=wanted), wait=True
+            )
+
+    def retrieve(self, ids: Sequence[str], *, with_vectors: bool = True) -> list[Point]:
+        """The points among ``ids`` that exist, in no particular order."""
+        wanted = [canonical_id(i) for i in ids]
+        if not wanted:
+            return []
+        client = self._connect()
+        with self._translate(f"reading {len(wanted)} points"):
+            records = client.retrieve(
+                self.collection, ids=wanted, with_payload=True, with_vectors=with_vectors
+            )
+        return [_to_point(r, with_vectors) for r in records]
+
+    def scroll(self, *, batch_size: int = 1024, with_vectors: bool = True) -> Iterator[list[Point]]:
+        """Every point, in pages of at most ``batch_size``."""
+        if batch_size <= 0:
+            raise StoreError(f"batch_size must be positive, not {batch_size}.")
+        client = self._connect()
+        offset = None
+        while True:
+            with self._translate("scrolling points"):
+                records, offset = client.scroll(
+                    self.collection,
+                    limit=batch_size,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=with_vectors,
+                )
+            page = [_to_point(r, with_vectors) for r in records]
+            if page:
+                yield page
+            if offset is None:
+                return
+
+    def count(self) -> int:
+        """The exact number of points."""
+        client = self._connect()
+        with self._translate("counting points"):
+            return int(client.count(self.collection, exact=True).count)
+
+    def query(self, vector_name: str, vector: np.ndarray, k: int) -> list[Hit]:
+        """The ``k`` nearest points by the named vector, best first, with payloads.
+
+        Scores are similarities for cosine/dot and distances (smaller is nearer) for euclid.
+        """
+        client = self._connect()
+        with self._translate(f"querying vector {vector_name!r}"):
+            result = client.query_points(
+                self.collection,
+                query=vector_in(vector),
+                using=vector_name,
+                limit=k,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [
+            Hit(id_from_store(p.id), float(p.score), dict(p.payload or {})) for p in result.points
+        ]
+
+    def flush(self) -> None:
+        """Nothing to do: every write waits until Qdrant has applied and logged it."""
+        # upsert/delete pass wait=True, so the server acknowledges after its WAL write; local
+        # mode commits each write to SQLite before returning.
+
+    def close(self) -> None:
+        """Release the client (and local mode's folder lock); safe to call twice."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        with self._translate("closing"):
+            client.close()
+
+
+def _grpc_code(exc: BaseException) -> str | None:
+    try:
+        import grpc
+    except ImportError:
+        return None
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        try:
+            return exc.code().name
+        except Exception:  # noqa: BLE001 - a half-built RpcError has no code
+            return None
+    return None
+
+
+def _spec(name: str, params: Any) -> VectorSpec:
+    distance = getattr(params.distance, "value", params.distance)
+    return VectorSpec(name=name, dim=int(params.size), distance=str(distance).lower())
+
+
+def _to_point(record: Any, with_vectors: bool) -> Point:
+    vectors: dict[str, np.ndarray] = {}
+    if with_vectors and record.vector is not None:
+        raw = record.vector
+        items = raw.items() if isinstance(raw, dict) else [("", raw)]
+        vectors = {name: vector_out(v) for name, v in items}
+    return Point(id=id_from_store(record.id), vectors=vectors, payload=dict(record.payload or {}))
