@@ -1,0 +1,109 @@
+"""What every command shares: options, the error edge, JSON output and progress on stderr."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from kbguard.config import DEFAULT_CONFIG, Config, load_config
+from kbguard.errors import KbguardError
+from kbguard.progress import Progress
+
+# Exit codes are an interface: documented in the README, never reused for something else.
+EXIT_OK = 0
+EXIT_FINDINGS = 1      # verify found damage
+EXIT_ERROR = 2         # could not do the work: bad config, missing corpus, unreadable store, ...
+EXIT_BUSY = 3          # another kbguard process holds the KB
+EXIT_INTERRUPTED = 130
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True)
+
+ConfigOpt = Annotated[Path, typer.Option(
+    "--config", "-c", envvar="KBGUARD_CONFIG", show_default=True,
+    help="The KB config (TOML). Relative paths inside it resolve against its folder.")]
+JsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print one JSON object on stdout and nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+
+DEFAULT_CONFIG_PATH = Path(DEFAULT_CONFIG)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(fn: F) -> F:
+    """Show a KbguardError once, as one line on stderr (and as JSON with --json), and exit
+    with its code. Anything else is a bug and keeps its traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KbguardError as exc:
+            if kwargs.get("json_out"):
+                emit_json({"error": str(exc), "error_type": type(exc).__name__,
+                           "exit_code": exc.exit_code})
+            stderr.print(f"[bold red]Error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("Interrupted. Run the same command again to continue where it stopped.")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load(config: Path) -> Config:
+    return load_config(config)
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+class RichProgress(Progress):
+    """Progress bars on stderr when it is a terminal; one plain line per stage otherwise."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.live = enabled and stderr.is_terminal
+        self._bar = None
+        self._task = None
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        if not self.live:
+            stderr.print(f"{name}" + (f": {total}" if total else ""))
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,
+                                   TextColumn, TimeElapsedColumn)
+
+        if self._bar is None:
+            self._bar = Bar(TextColumn("{task.description:<14}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), console=stderr,
+                            transient=True)
+            self._bar.start()
+        if self._task is not None:
+            self._bar.update(self._task, visible=False)
+        self._task = self._bar.add_task(name, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.advance(self._task, n)
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            stderr.print(message)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

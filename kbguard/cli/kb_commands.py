@@ -1,0 +1,156 @@
+"""`kbguard init | rebuild | status | search`: build a KB and look at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
+                                emit_json, guarded, load, stdout)
+from kbguard.config import PROVIDERS, render_config
+from kbguard.errors import ConfigError, CorpusError
+from kbguard.rebuild import rebuild
+from kbguard.search import search
+from kbguard.status import kb_status
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init_cmd)
+    app.command("rebuild")(rebuild_cmd)
+    app.command("status")(status_cmd)
+    app.command("search")(search_cmd)
+
+
+@guarded
+def init_cmd(
+    corpus: Annotated[Path, typer.Option("--corpus", help="The folder of source documents.")],
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    name: Annotated[str, typer.Option("--name", help="KB name (default: the corpus folder's name).")] = "",
+    provider: Annotated[str, typer.Option(
+        "--provider", help=f"Embedding provider of the first space: {', '.join(PROVIDERS)}.")
+    ] = "sentence-transformers",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
+) -> None:
+    """Write a KB config with working defaults for CORPUS."""
+    if not corpus.is_dir():
+        raise CorpusError(f"The corpus folder {corpus} does not exist; create it or pass another.")
+    if config.exists() and not force:
+        raise ConfigError(f"{config} already exists; pass --force to overwrite it.")
+    if provider not in PROVIDERS:
+        raise ConfigError(f"--provider {provider!r} is unknown; use one of {', '.join(PROVIDERS)}.")
+    kb = name or _kb_name(corpus)
+    config.parent.mkdir(parents=True, exist_ok=True)
+    text = render_config(kb=kb, corpus=corpus, config_dir=config.parent, provider=provider)
+    tmp = config.with_name(config.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(config)
+    load(config)  # what init writes must load
+    stdout.print(f"Wrote {config} for KB '{kb}'. Build it with: kbguard rebuild --config {config}")
+
+
+def _kb_name(corpus: Path) -> str:
+    raw = "".join(c if c.isalnum() or c in "-_" else "-" for c in corpus.resolve().name)
+    return raw if raw[:1].isalpha() else f"kb-{raw}" if raw else "kb"
+
+
+@guarded
+def rebuild_cmd(
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Recreate the store from scratch (vectors still come from the cache).")
+    ] = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Index what changed in the corpus: parse, chunk, embed only uncached texts, write the store."""
+    cfg = load(config)
+    report = rebuild(cfg, full=full, progress=RichProgress(enabled=not quiet and not json_out))
+    if json_out:
+        emit_json(report.to_dict())
+        return
+    d, c = report.documents, report.chunks
+    stdout.print(f"Rebuilt KB '{report.kb}'{' from scratch' if full else ''} in {report.seconds:.1f} s")
+    stdout.print(f"  documents  {d['added']} added, {d['changed']} changed, {d['removed']} removed, "
+                 f"{d['unchanged']} unchanged, {d['failed']} failed")
+    stdout.print(f"  chunks     {c['total']} total: {c['embedded']} embedded, {c['reused']} reused "
+                 f"from cache, {c['written']} written, {c['deleted']} deleted")
+    for note in report.notes:
+        stdout.print(f"  note       {note}")
+    for f in report.failures:
+        stdout.print(f"  failed     {f['path']}: {f['error']}")
+
+
+@guarded
+def status_cmd(
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    json_out: JsonOpt = False,
+    no_corpus: Annotated[bool, typer.Option(
+        "--no-corpus-check", help="Skip scanning the corpus for changes not yet indexed.")] = False,
+) -> None:
+    """What the KB holds, the last run, and corpus changes not yet indexed."""
+    cfg = load(config)
+    st = kb_status(cfg, check_corpus=not no_corpus)
+    if json_out:
+        emit_json(st)
+        return
+    _print_status(st)
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    c = st["counts"]
+    stdout.print(f"KB '{st['kb']}'  ({st['config']})")
+    stdout.print(f"  manifest   {st['manifest']}")
+    stdout.print("  spaces     " + ", ".join(
+        f"{s['name']} = {s['provider']}:{s['model']} ({s['dim']}-d)" for s in st["spaces"]))
+    stdout.print(f"  documents  {c['documents']} indexed, {c['failed_documents']} failed")
+    stdout.print(f"  chunks     {c['chunks']}; {c['cached_vectors']} cached vectors; "
+                 f"{c['points_written']} points written, {c['points_pending']} pending")
+    store = st["store"]
+    if "error" in store:
+        stdout.print(f"  store      {store['backend']} at {store['location']}: {store['error']}")
+    else:
+        stdout.print(f"  store      {store['backend']} at {store['location']}: "
+                     f"{store['points'] if store['exists'] else 'missing'} points")
+    run = st["last_run"]
+    if run:
+        line = f"  last run   #{run['run_id']} {run['kind']} {run['status']} at {run['started_at']}"
+        if "seconds" in run:
+            line += f" ({run['seconds']} s)"
+        stdout.print(line)
+        if run.get("error"):
+            stdout.print(f"             error: {run['error']}")
+    else:
+        stdout.print("  last run   none")
+    for f in st["failed_documents"][:10]:
+        stdout.print(f"  failed     {f['path']}: {f['error']}")
+    if "pending" in st:
+        p = st["pending"]
+        if p["up_to_date"]:
+            stdout.print("  corpus     up to date")
+        else:
+            stdout.print(f"  corpus     not indexed yet: {p['added']} added, {p['changed']} changed, "
+                         f"{p['removed']} removed; run `kbguard rebuild`")
+
+
+@guarded
+def search_cmd(
+    query: Annotated[str, typer.Argument(help="The text to search for.")],
+    config: ConfigOpt = DEFAULT_CONFIG_PATH,
+    k: Annotated[int, typer.Option("-k", help="How many results.")] = 5,
+    space: Annotated[str, typer.Option("--space", help="Embedding space (default: the first).")] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """The chunks nearest to QUERY: path, score and a snippet."""
+    cfg = load(config)
+    hits = search(cfg, query, k=k, space=space or None)
+    if json_out:
+        emit_json({"query": query, "results": [h.to_dict() for h in hits]})
+        return
+    if not hits:
+        stdout.print("No results: the store is empty. Run `kbguard rebuild`.")
+    for i, h in enumerate(hits, 1):
+        where = f"{h.path}" + (f"  [{h.section}]" if h.section else "")
+        stdout.print(f"{i}. {h.score:.3f}  {where}", markup=False)
+        stdout.print(f"   {h.snippet}", markup=False)

@@ -1,0 +1,20 @@
+"""The `kbguard` command: a thin typer layer; each group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from kbguard.cli import kb_commands
+
+app = typer.Typer(
+    name="kbguard",
+    help="Keep a RAG knowledge base recoverable: manifest, incremental rebuilds, verified stores.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+kb_commands.register(app)
+
+
+def run() -> None:
+    app()

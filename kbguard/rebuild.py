@@ -1,0 +1,420 @@
+"""Rebuild: bring manifest and store in line with the corpus, doing only the work that changed.
+
+Stages, each committing to the manifest batch by batch so a killed run resumes where it stopped:
+
+1. scan    list the corpus; hashes from DVC or the stat cache, the rest computed
+2. parse   new, changed and previously failed documents only, on ``parse_workers`` processes;
+           each document's chunks replace its old ones in one transaction
+3. embed   every (space, content_hash) the cache lacks, in batches, each batch committed
+4. store   the points that ``chunks`` wants and ``store_state`` has not confirmed are upserted,
+           the points that ``store_state`` knows and ``chunks`` no longer wants are deleted
+
+The store stage never trusts memory: it diffs two tables, so whatever a killed run left behind
+is simply part of the next diff. A state row is written (unconfirmed) before its point, and
+confirmed after the store has flushed it, so no point is ever in the store unrecorded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kbguard.chunk import Chunk, chunk_elements
+from kbguard.config import Config, SpaceConfig
+from kbguard.embed import get_embedder
+from kbguard.errors import KbguardError, ParseError
+from kbguard.faults import crash_point
+from kbguard.lock import kb_lock
+from kbguard.manifest import ChunkRow, DocumentRow, Manifest, blob_vector, now
+from kbguard.progress import SILENT, Progress
+from kbguard.scan import ScannedFile, ScanResult, scan_corpus
+from kbguard.store import Point, Store, VectorSpec, open_store
+from kbguard.versioning import dvc_view
+
+DOC_COMMIT_EVERY = 32          # parsed documents per manifest transaction
+INLINE_PARSE_BELOW = 6         # fewer documents than this are parsed without worker processes
+
+
+@dataclass
+class RebuildReport:
+    kb: str
+    run_id: int
+    full: bool
+    documents: dict[str, int]
+    chunks: dict[str, int]
+    failures: list[dict[str, str]]
+    stages: dict[str, float]
+    seconds: float
+    hash_source: str
+    corpus_rev: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def store_for(cfg: Config) -> Store:
+    """The configured store of a KB (not yet opened: adapters open lazily)."""
+    return open_store(cfg.store_backend, path=cfg.store_path, url=cfg.store_url,
+                      collection=cfg.collection)
+
+
+def vector_specs(cfg: Config) -> list[VectorSpec]:
+    return [VectorSpec(s.name, s.dim, "cosine") for s in cfg.spaces]
+
+
+def rebuild(cfg: Config, *, full: bool = False, progress: Progress = SILENT) -> RebuildReport:
+    """Run an incremental (or, with ``full``, a from-scratch) rebuild of one KB."""
+    with kb_lock(cfg.manifest, "rebuild"):
+        with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest:
+            return _Rebuild(cfg, manifest, progress).run(full)
+
+
+@dataclass
+class _DocPlan:
+    added: list[ScannedFile]
+    changed: list[ScannedFile]
+    refused: list[ScannedFile]
+    removed: list[str]
+    unchanged: list[ScannedFile]
+    restat: list[ScannedFile]     # unchanged content, new size/mtime: refresh the stat cache
+
+
+def plan_documents(scan: ScanResult, known: dict[str, DocumentRow]) -> _DocPlan:
+    """Sort scanned files by what a rebuild must do with them.
+
+    A document that failed before is parsed again every run, so transient causes heal; it counts
+    as added if it was never indexed, else as changed.
+    """
+    plan = _DocPlan([], [], [], sorted(set(known) - set(scan.files)), [], [])
+    for path in sorted(scan.files):
+        f = scan.files[path]
+        prev = known.get(path)
+        if f.error:
+            plan.refused.append(f)
+        elif prev is None or prev.indexed_hash is None:
+            plan.added.append(f)
+        elif prev.status == "ok" and prev.indexed_hash == f.file_hash:
+            plan.unchanged.append(f)
+            if (prev.size, prev.mtime_ns, prev.file_hash) != (f.size, f.mtime_ns, f.file_hash):
+                plan.restat.append(f)
+        else:
+            plan.changed.append(f)
+    return plan
+
+
+# -- parsing in worker processes ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _ParseJob:
+    kb: str
+    root: str
+    path: str
+    max_tokens: int
+    max_bytes: int
+    space: SpaceConfig
+
+
+def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None]:
+    """Parse one file and chunk it: (path, chunks, None) or (path, None, reason). Never raises."""
+    from kbguard.parse import parse_file
+
+    full = Path(job.root) / job.path
+    try:
+        size = full.stat().st_size
+        if size > job.max_bytes:
+            return job.path, None, (
+                f"file is {size / 2**20:.1f} MB, over corpus.max_file_mb "
+                f"({job.max_bytes / 2**20:g} MB); raise the limit or exclude the file")
+        elements = parse_file(full)
+        embedder = get_embedder(job.space)
+        cap = min(job.max_tokens, embedder.max_input_tokens)
+        chunks = chunk_elements(elements, kb=job.kb, path=job.path, max_tokens=cap,
+                                count_tokens=embedder.count_tokens)
+        if not chunks:
+            return job.path, None, "no text found in the document"
+        return job.path, chunks, None
+    except FileNotFoundError:
+        return job.path, None, "file vanished during the run"
+    except ParseError as exc:
+        return job.path, None, str(exc)
+    except KbguardError as exc:
+        return job.path, None, str(exc)
+    except Exception as exc:  # a parser bug on one file must not stop the other thousands
+        return job.path, None, f"unexpected {type(exc).__name__} while parsing: {exc}"
+
+
+def _parse_all(jobs: list[_ParseJob], workers: int
+               ) -> Iterator[tuple[str, list[Chunk] | None, str | None]]:
+    if workers <= 1 or len(jobs) < INLINE_PARSE_BELOW:
+        for job in jobs:
+            yield parse_and_chunk(job)
+        return
+    # spawn, not fork: the parent holds DuckDB and maybe torch threads, which fork would copy
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        yield from pool.map(parse_and_chunk, jobs, chunksize=4)
+
+
+class _Rebuild:
+    def __init__(self, cfg: Config, manifest: Manifest, progress: Progress):
+        self.cfg, self.m, self.progress = cfg, manifest, progress
+        self.stages: dict[str, float] = {}
+        self.notes: list[str] = []
+        self.failures: list[dict[str, str]] = []
+
+    def run(self, full: bool) -> RebuildReport:
+        started = time.perf_counter()
+        run_id = self.m.start_run("rebuild-full" if full else "rebuild")
+        corpus_rev = ""
+        try:
+            t = time.perf_counter()
+            self.progress.stage("scan")
+            known = self.m.documents()
+            view = dvc_view(self.cfg.corpus)
+            scan = scan_corpus(self.cfg.corpus, self.cfg.include, self.cfg.exclude, known,
+                               dvc_hashes=view.hashes if view else None)
+            corpus_rev = scan.fingerprint()
+            if view and view.git_rev:
+                self.notes.append(f"corpus git revision {view.git_rev}")
+            plan = plan_documents(scan, known)
+            self.stages["scan"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            doc_counts = self._apply_documents(plan, known)
+            self.stages["parse"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            embedded = self._embed_missing(run_id)
+            self.stages["embed"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            written, reused, deleted = self._sync_store(full, run_id)
+            self.stages["store"] = time.perf_counter() - t
+
+            report = RebuildReport(
+                kb=self.cfg.kb, run_id=run_id, full=full, documents=doc_counts,
+                chunks={"total": self.m.scalar("SELECT count(*) FROM chunks"),
+                        "embedded": embedded, "reused": reused, "written": written,
+                        "deleted": deleted},
+                failures=self.failures, stages={k: round(v, 3) for k, v in self.stages.items()},
+                seconds=round(time.perf_counter() - started, 3), hash_source=scan.hash_source,
+                corpus_rev=corpus_rev, notes=self.notes,
+            )
+            self.m.finish_run(run_id, "ok", report.to_dict(), corpus_rev)
+            return report
+        except BaseException as exc:
+            try:
+                self.m.finish_run(run_id, "failed", {"error": str(exc) or type(exc).__name__},
+                                  corpus_rev or None)
+            except Exception:
+                pass  # the original error matters more than recording it
+            raise
+        finally:
+            self.progress.close()
+
+    # -- documents ---------------------------------------------------------------------------
+
+    def _apply_documents(self, plan: _DocPlan, known: dict[str, DocumentRow]) -> dict[str, int]:
+        m = self.m
+        with m.transaction():
+            for path in plan.removed:
+                m.forget_document(path)
+            for f in plan.restat:
+                m.con.execute("UPDATE documents SET size = ?, mtime_ns = ?, file_hash = ? "
+                              "WHERE path = ?", [f.size, f.mtime_ns, f.file_hash, f.path])
+            for f in plan.refused:
+                self._record_failure(f, known.get(f.path), f.error or "refused")
+
+        todo = plan.added + plan.changed
+        failed = len(plan.refused)
+        by_path = {f.path: f for f in todo}
+        jobs = [_ParseJob(self.cfg.kb, str(self.cfg.corpus), f.path, self.cfg.max_tokens,
+                          int(self.cfg.max_file_mb * 2**20), self.cfg.spaces[0]) for f in todo]
+        self.progress.stage("parse", len(jobs))
+        pending = 0
+        m.con.execute("BEGIN TRANSACTION")
+        try:
+            for path, chunks, error in _parse_all(jobs, self.cfg.parse_workers):
+                f = by_path[path]
+                if error is not None:
+                    failed += 1
+                    self._record_failure(f, known.get(path), error)
+                else:
+                    assert chunks is not None
+                    m.record_document(
+                        DocumentRow(path, f.file_hash, f.size, f.mtime_ns, f.file_hash, "ok",
+                                    None, len(chunks)),
+                        [ChunkRow(c.point_id, path, c.seq, c.content_hash, c.occurrence,
+                                  c.section, c.text, c.tokens) for c in chunks],
+                    )
+                pending += 1
+                self.progress.advance()
+                if pending >= DOC_COMMIT_EVERY:
+                    m.con.execute("COMMIT")
+                    crash_point("parse-commit")
+                    m.con.execute("BEGIN TRANSACTION")
+                    pending = 0
+            m.con.execute("COMMIT")
+            crash_point("parse-commit")
+        except BaseException:
+            m.con.execute("ROLLBACK")
+            raise
+        failed_paths = {x["path"] for x in self.failures}
+        return {
+            "added": sum(1 for f in plan.added if f.path not in failed_paths),
+            "changed": sum(1 for f in plan.changed if f.path not in failed_paths),
+            "removed": len(plan.removed),
+            "unchanged": len(plan.unchanged),
+            "failed": failed,
+        }
+
+    def _record_failure(self, f: ScannedFile, prev: DocumentRow | None, error: str) -> None:
+        """Mark a document failed; its last good chunks (if any) stay in the KB."""
+        self.failures.append({"path": f.path, "error": error})
+        self.m.record_document(
+            DocumentRow(f.path, f.file_hash, f.size, f.mtime_ns,
+                        prev.indexed_hash if prev else None, "failed", error,
+                        prev.chunks if prev else 0),
+            None,
+        )
+
+    # -- embedding ---------------------------------------------------------------------------
+
+    def _embed_missing(self, run_id: int) -> int:
+        m, total = self.m, 0
+        for space in self.cfg.spaces:
+            m.con.execute(
+                "CREATE OR REPLACE TEMP TABLE embed_todo AS "
+                "SELECT row_number() OVER (ORDER BY content_hash) AS rn, content_hash, text FROM ("
+                "  SELECT content_hash, min(text) AS text FROM chunks "
+                "  WHERE content_hash NOT IN "
+                "    (SELECT content_hash FROM embeddings WHERE space_id = ?) "
+                "  GROUP BY content_hash)",
+                [space.space_id],
+            )
+            n = m.scalar("SELECT count(*) FROM embed_todo")
+            if not n:
+                continue
+            embedder = get_embedder(space)
+            self.progress.stage(f"embed {space.name}", n)
+            for lo in range(1, n + 1, space.batch_size):
+                rows = m.con.execute(
+                    "SELECT content_hash, text FROM embed_todo WHERE rn >= ? AND rn < ? ORDER BY rn",
+                    [lo, lo + space.batch_size],
+                ).fetchall()
+                vectors = embedder.embed_batch([text for _, text in rows])
+                with m.transaction():
+                    m.cache_vectors(space.space_id,
+                                    [(h, v) for (h, _), v in zip(rows, vectors)], run_id)
+                total += len(rows)
+                crash_point("embed-batch")
+                self.progress.advance(len(rows))
+            m.con.execute("DROP TABLE embed_todo")
+        return total
+
+    # -- store -------------------------------------------------------------------------------
+
+    def _sync_store(self, full: bool, run_id: int) -> tuple[int, int, int]:
+        m, cfg = self.m, self.cfg
+        names = ",".join(sorted(s.name for s in cfg.spaces))
+        with store_for(cfg) as store:
+            self.progress.stage("store")
+            info = store.describe()
+            if full or not info.exists:
+                if not full and m.scalar("SELECT count(*) FROM store_state WHERE confirmed"):
+                    self.notes.append("the store was missing: rebuilt from the embedding cache")
+                with m.transaction():
+                    m.con.execute("UPDATE store_state SET confirmed = false")
+                if full:
+                    store.drop()
+            store.ensure(vector_specs(cfg))
+            written, reused = self._upsert_missing(store, names, run_id)
+            deleted = self._delete_unwanted(store)
+        return written, reused, deleted
+
+    def _upsert_missing(self, store: Store, names: str, run_id: int) -> tuple[int, int]:
+        m, cfg = self.m, self.cfg
+        m.con.execute(
+            "CREATE OR REPLACE TEMP TABLE upsert_todo AS "
+            "SELECT row_number() OVER (ORDER BY c.path, c.seq) AS rn, c.* FROM chunks c "
+            "WHERE c.point_id NOT IN "
+            "  (SELECT point_id FROM store_state WHERE confirmed AND vectors = ?)",
+            [names],
+        )
+        n = m.scalar("SELECT count(*) FROM upsert_todo")
+        written = reused = 0
+        if n:
+            self.progress.stage("write points", n)
+        for lo in range(1, n + 1, cfg.upsert_batch):
+            rows = m.con.execute(
+                "SELECT point_id, path, seq, content_hash, occurrence, section, text "
+                "FROM upsert_todo WHERE rn >= ? AND rn < ? ORDER BY rn",
+                [lo, lo + cfg.upsert_batch],
+            ).fetchall()
+            hashes = sorted({r[3] for r in rows})
+            vectors: dict[str, dict[str, Any]] = {}
+            fresh: set[str] = set()
+            for space in cfg.spaces:
+                for h, blob, made_by in m.con.execute(
+                    "SELECT content_hash, vector, run_id FROM embeddings "
+                    "WHERE space_id = ? AND content_hash IN (SELECT unnest(?::VARCHAR[]))",
+                    [space.space_id, hashes],
+                ).fetchall():
+                    vectors.setdefault(h, {})[space.name] = blob_vector(blob)
+                    if made_by == run_id:
+                        fresh.add(h)
+            points = []
+            for pid, path, _seq, h, occ, section, text in rows:
+                vecs = vectors.get(h, {})
+                if len(vecs) != len(cfg.spaces):
+                    continue  # a space could not embed it: it stays pending for the next run
+                points.append((Point(pid, vecs, point_payload(cfg.kb, path, h, occ, section, text)),
+                               path, h))
+            if not points:
+                continue
+            ts = now()
+            ids = [p.id for p, _, _ in points]
+            with m.transaction():
+                m.con.execute("DELETE FROM store_state WHERE point_id IN "
+                              "(SELECT unnest(?::VARCHAR[]))", [ids])
+                m.con.executemany("INSERT INTO store_state VALUES (?, ?, ?, ?, false, ?)",
+                                  [[p.id, path, h, names, ts] for p, path, h in points])
+            store.upsert([p for p, _, _ in points])
+            store.flush()
+            crash_point("store-upsert")
+            with m.transaction():
+                m.con.execute("UPDATE store_state SET confirmed = true WHERE point_id IN "
+                              "(SELECT unnest(?::VARCHAR[]))", [ids])
+            written += len(points)
+            reused += sum(1 for _, _, h in points if h not in fresh)
+            self.progress.advance(len(rows))
+        m.con.execute("DROP TABLE upsert_todo")
+        return written, reused
+
+    def _delete_unwanted(self, store: Store) -> int:
+        m, cfg = self.m, self.cfg
+        ids = [r[0] for r in m.con.execute(
+            "SELECT point_id FROM store_state WHERE point_id NOT IN (SELECT point_id FROM chunks)"
+        ).fetchall()]
+        for lo in range(0, len(ids), cfg.upsert_batch):
+            batch = ids[lo:lo + cfg.upsert_batch]
+            store.delete(batch)
+            store.flush()
+            crash_point("store-delete")
+            with m.transaction():
+                m.con.execute("DELETE FROM store_state WHERE point_id IN "
+                              "(SELECT unnest(?::VARCHAR[]))", [batch])
+        return len(ids)
+
+
+def point_payload(kb: str, path: str, content_hash: str, occurrence: int, section: str,
+                  text: str) -> dict[str, Any]:
+    """The payload of a point: a function of its identity only, so a rebuild never rewrites it."""
+    return {"kb": kb, "path": path, "content_hash": content_hash, "occurrence": occurrence,
+            "section": section, "text": text}

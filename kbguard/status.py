@@ -1,0 +1,70 @@
+"""Status: what the KB holds, how the last run went, and what the corpus has that is not indexed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kbguard.config import Config
+from kbguard.errors import KbguardError
+from kbguard.lock import check_unlocked
+from kbguard.manifest import Manifest
+from kbguard.rebuild import plan_documents, store_for
+from kbguard.scan import scan_corpus
+from kbguard.versioning import dvc_view
+
+
+def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
+    """A read-only report of the KB; never writes the manifest or the store."""
+    check_unlocked(cfg.manifest)
+    with Manifest.open(cfg.manifest, read_only=True) as m:
+        out: dict[str, Any] = {
+            "kb": cfg.kb,
+            "config": str(cfg.path),
+            "manifest": str(cfg.manifest),
+            "spaces": [{"name": s.name, "provider": s.provider, "model": s.model, "dim": s.dim}
+                       for s in cfg.spaces],
+            "counts": m.counts(),
+            "last_run": _run(m.last_run()),
+            "last_successful_rebuild": _run(m.last_run(kind="rebuild%", status="ok")),
+            "failed_documents": [
+                {"path": p, "error": e} for p, e in m.con.execute(
+                    "SELECT path, error FROM documents WHERE status = 'failed' ORDER BY path"
+                ).fetchall()
+            ],
+        }
+        known = m.documents()
+    out["store"] = _store(cfg)
+    if check_corpus:
+        view = dvc_view(cfg.corpus)
+        scan = scan_corpus(cfg.corpus, cfg.include, cfg.exclude, known,
+                           dvc_hashes=view.hashes if view else None)
+        plan = plan_documents(scan, known)
+        out["pending"] = {
+            "added": len(plan.added), "changed": len(plan.changed),
+            "removed": len(plan.removed), "refused": len(plan.refused),
+            "up_to_date": not (plan.added or plan.changed or plan.removed),
+        }
+    return out
+
+
+def _run(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    out = {k: (v.isoformat(timespec="seconds") if hasattr(v, "isoformat") else v)
+           for k, v in run.items() if k != "summary"}
+    summary = run.get("summary") or {}
+    for key in ("documents", "chunks", "seconds", "error"):
+        if key in summary:
+            out[key] = summary[key]
+    return out
+
+
+def _store(cfg: Config) -> dict[str, Any]:
+    where = cfg.store_url or str(cfg.store_path)
+    try:
+        with store_for(cfg) as store:
+            info = store.describe()
+            return {"backend": cfg.store_backend, "location": where, "exists": info.exists,
+                    "points": info.points if info.exists else 0}
+    except KbguardError as exc:
+        return {"backend": cfg.store_backend, "location": where, "error": str(exc)}
