@@ -1,0 +1,152 @@
+"""Shared fixtures: real corpora, configs, manifests and stores under tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kbguard.cli.main import app
+from kbguard.config import Config, load_config
+
+BACKENDS = ["edge", "qdrant"]
+FAKE_DIM = 64
+
+
+def long_markdown(title: str, sections: int = 8, paragraphs: int = 3) -> str:
+    """A long document with many sections of several paragraphs each."""
+    out = [f"# {title}\n"]
+    for s in range(sections):
+        out.append(f"## {title} part {s}\n")
+        for p in range(paragraphs):
+            out.append(
+                f"Paragraph {p} of part {s} in {title} talks about topic{s} and item{p}. "
+                f"It has enough words to be a real paragraph about {title.lower()} "
+                f"number {s}-{p}, with a few more words for good measure.\n"
+            )
+    return "\n".join(out)
+
+
+def write_config(path: Path, corpus: Path, *, kb: str = "testkb", backend: str = "edge",
+                 provider: str = "fake", dim: int = FAKE_DIM, max_tokens: int = 64,
+                 extra: str = "", workers: int = 1, upsert_batch: int = 16,
+                 batch_size: int = 8) -> Path:
+    model = "fake-hash" if provider == "fake" else "all-MiniLM-L6-v2"
+    path.write_text(textwrap.dedent(f"""\
+        [kb]
+        name = "{kb}"
+        [corpus]
+        path = "{corpus.as_posix()}"
+        [chunking]
+        max_tokens = {max_tokens}
+        [[spaces]]
+        name = "local"
+        provider = "{provider}"
+        model = "{model}"
+        dim = {dim}
+        batch_size = {batch_size}
+        [store]
+        backend = "{backend}"
+        path = "state/store"
+        collection = "{kb}"
+        [manifest]
+        path = "state/manifest.duckdb"
+        [snapshots]
+        root = "state/snapshots"
+        [rebuild]
+        upsert_batch = {upsert_batch}
+        parse_workers = {workers}
+        """) + extra)
+    return path
+
+
+@dataclass
+class KB:
+    root: Path
+    corpus: Path
+    config_path: Path
+
+    @property
+    def cfg(self) -> Config:
+        return load_config(self.config_path)
+
+    def write(self, rel: str, text: str | bytes) -> Path:
+        p = self.corpus / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            p.write_bytes(text)
+        else:
+            p.write_text(text, encoding="utf-8")
+        return p
+
+    def cli(self, *args: str) -> "CliResult":
+        result = CliRunner().invoke(app, [*args, "--config", str(self.config_path)])
+        return CliResult(result.exit_code, result.stdout, result.stderr, result.exception)
+
+    def cli_json(self, *args: str) -> dict:
+        res = self.cli(*args, "--json")
+        assert res.code == 0, (res.stdout, res.stderr, res.exception)
+        return json.loads(res.stdout)
+
+    def subprocess(self, *args: str, env: dict[str, str] | None = None,
+                   timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "kbguard", *args, "--config", str(self.config_path)],
+            capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None
+
+
+def make_kb(root: Path, *, backend: str = "edge", docs: int = 3, **kw) -> KB:
+    corpus = root / "corpus"
+    corpus.mkdir(parents=True)
+    for i in range(docs):
+        (corpus / f"doc{i}.md").write_text(long_markdown(f"Document {i}", sections=3))
+    cfg = write_config(root / "kbguard.toml", corpus, backend=backend, **kw)
+    return KB(root, corpus, cfg)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def kb(tmp_path: Path) -> KB:
+    return make_kb(tmp_path)
+
+
+def store_contents(cfg: Config) -> dict[str, tuple[dict[str, bytes], dict]]:
+    """Every point of the KB's store: id -> (vector bytes per name, payload)."""
+    from kbguard.rebuild import store_for
+
+    out: dict[str, tuple[dict[str, bytes], dict]] = {}
+    with store_for(cfg) as store:
+        for page in store.scroll(batch_size=500):
+            for p in page:
+                assert p.id not in out, f"duplicate point {p.id}"
+                out[p.id] = ({k: v.astype("<f4").tobytes() for k, v in p.vectors.items()},
+                             p.payload)
+    return out
+
+
+def manifest_chunk_ids(cfg: Config) -> set[str]:
+    from kbguard.manifest import Manifest
+
+    with Manifest.open(cfg.manifest, read_only=True) as m:
+        return {r[0] for r in m.con.execute("SELECT point_id FROM chunks").fetchall()}

@@ -1,0 +1,88 @@
+"""The command line as an interface: help for every command, init, status and search output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import typer
+from conftest import KB, make_kb
+from typer.testing import CliRunner
+
+from kbguard.cli.main import app
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, cmd in group.commands.items():
+        yield (*prefix, name), cmd
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*prefix, name))
+
+
+def test_every_command_has_help() -> None:
+    root = typer.main.get_command(app)
+    names = []
+    for path, cmd in _commands(root):
+        names.append(" ".join(path))
+        assert cmd.help, f"`kbguard {' '.join(path)}` has no help text"
+        res = CliRunner().invoke(app, [*path, "--help"])
+        assert res.exit_code == 0, res.output
+        assert "Usage" in res.output
+    assert {"init", "rebuild", "status", "search"} <= set(names)
+
+
+def test_init_writes_a_config_that_builds(tmp_path: Path) -> None:
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("# Alpha\n\nAlpha text about apples.\n")
+    cfg = tmp_path / "conf" / "kb.toml"
+    runner = CliRunner()
+    res = runner.invoke(app, ["init", "--corpus", str(corpus), "--config", str(cfg),
+                              "--provider", "fake"])
+    assert res.exit_code == 0, res.output
+    assert "kbguard rebuild --config" in res.stdout
+    text = cfg.read_text()
+    assert 'path = "../docs"' in text and 'name = "docs"' in text
+    res = runner.invoke(app, ["init", "--corpus", str(corpus), "--config", str(cfg)])
+    assert res.exit_code == 2 and "--force" in res.stderr
+    res = runner.invoke(app, ["rebuild", "--json", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["documents"]["added"] == 1
+
+
+def test_status_reports_counts_last_run_and_pending_changes(kb: KB) -> None:
+    res = kb.cli("status")
+    assert res.code == 2 and "kbguard rebuild" in res.stderr  # never built yet
+    report = kb.cli_json("rebuild")
+    st = kb.cli_json("status")
+    assert st["counts"]["chunks"] == report["chunks"]["total"]
+    assert st["counts"]["points_written"] == report["chunks"]["total"]
+    assert st["store"]["points"] == report["chunks"]["total"]
+    assert st["last_run"]["status"] == "ok" and st["last_run"]["kind"] == "rebuild"
+    assert st["pending"]["up_to_date"] is True
+    kb.write("new.md", "# New\n\nNew words.\n")
+    (kb.corpus / "doc0.md").unlink()
+    st = kb.cli_json("status")
+    assert st["pending"] == {"added": 1, "changed": 0, "removed": 1, "refused": 0,
+                             "up_to_date": False}
+    human = kb.cli("status")
+    assert human.code == 0 and "not indexed yet: 1 added" in human.stdout
+
+
+def test_search_finds_the_document_about_the_query(tmp_path: Path, backend: str) -> None:
+    kb = make_kb(tmp_path, backend=backend)
+    kb.write("zebra.md", "# Zebras\n\nZebras have black and white stripes on their bodies.\n")
+    kb.cli_json("rebuild")
+    out = kb.cli_json("search", "zebras stripes", "-k", "3")
+    assert out["results"][0]["path"] == "zebra.md"
+    assert len(out["results"]) == 3
+    assert out["results"][0]["score"] >= out["results"][1]["score"]
+    human = kb.cli("search", "zebras stripes", "-k", "1")
+    assert human.code == 0 and "zebra.md" in human.stdout and "black and white" in human.stdout
+
+
+def test_search_rejects_an_empty_query(kb: KB) -> None:
+    kb.cli_json("rebuild")
+    res = kb.cli("search", "   ")
+    assert res.code == 2 and "empty" in res.stderr

@@ -1,0 +1,380 @@
+"""One contract for every store adapter, run against Qdrant Edge and qdrant-client local mode."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kbguard.errors import StoreError, StoreUnavailable
+from kbguard.store import CollectionInfo, Point, Store, VectorSpec, open_store
+from kbguard.store.edge import EdgeStore
+from kbguard.store.qdrant import QdrantStore
+
+SPECS = (VectorSpec("local", 8, "cosine"), VectorSpec("primary", 16, "dot"))
+
+
+def _edge(tmp_path: Path) -> Store:
+    return EdgeStore(tmp_path / "shard")
+
+
+def _qdrant_local(tmp_path: Path) -> Store:
+    return QdrantStore("kb", path=tmp_path / "qdrant")
+
+
+@pytest.fixture(params=[_edge, _qdrant_local], ids=["edge", "qdrant-local"])
+def make_store(request, tmp_path) -> Callable[[], Store]:
+    """A factory of stores on one location, so a test can close and reopen it."""
+    opened: list[Store] = []
+
+    def make() -> Store:
+        store = request.param(tmp_path)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store) -> Store:
+    s = make_store()
+    s.create(SPECS)
+    return s
+
+
+def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
+    """A float32 vector whose float32 norm is exactly 1.
+
+    One division by the norm leaves about a third of vectors a rounding step off 1, and
+    qdrant-client's local mode divides every cosine vector by its norm again on write, so only
+    exact unit vectors can be expected back bit-for-bit from every adapter.
+    """
+    while True:
+        v = rng.normal(size=dim).astype(np.float32)
+        v = (v / np.linalg.norm(v)).astype(np.float32)
+        if np.linalg.norm(v) == np.float32(1.0):
+            return v
+
+
+def _points(n: int, seed: int = 0) -> list[Point]:
+    rng = np.random.default_rng(seed)
+    return [
+        Point(
+            id=str(uuid.UUID(int=(int(rng.integers(1, 2**62)) << 64) | i)),
+            vectors={"local": _unit(rng, 8), "primary": _unit(rng, 16)},
+            payload={"path": f"docs/{i}.md", "n": i, "tags": ["a", str(i)], "meta": {"h": i * 7}},
+        )
+        for i in range(n)
+    ]
+
+
+def _by_id(points: list[Point]) -> dict[str, Point]:
+    return {p.id: p for p in points}
+
+
+def _assert_same(got: Point, want: Point) -> None:
+    assert got.id == want.id
+    assert got.payload == want.payload
+    assert set(got.vectors) == set(want.vectors)
+    for name, vec in want.vectors.items():
+        assert got.vectors[name].dtype == np.float32
+        assert np.array_equal(got.vectors[name], vec), name
+
+
+def test_describe_before_and_after_create(make_store):
+    s = make_store()
+    assert s.describe() == CollectionInfo(exists=False)
+    s.create(SPECS)
+    assert s.describe() == CollectionInfo(exists=True, vectors=SPECS, points=0)
+    s.upsert(_points(3))
+    assert s.describe().points == 3
+
+
+def test_ensure_accepts_same_config_and_rejects_a_different_one(store):
+    store.ensure(SPECS)
+    store.create(SPECS)
+    changed = (VectorSpec("local", 8, "cosine"), VectorSpec("primary", 32, "dot"))
+    with pytest.raises(StoreError, match=r"primary\(16-d dot\).*rebuild --full"):
+        store.ensure(changed)
+    with pytest.raises(StoreError, match="rebuild --full"):
+        store.create((VectorSpec("local", 8, "euclid"),))
+    assert store.describe().vectors == SPECS
+
+
+def test_create_rejects_bad_specs(make_store):
+    s = make_store()
+    with pytest.raises(StoreError, match="manhattan"):
+        s.create((VectorSpec("x", 4, "manhattan"),))
+    with pytest.raises(StoreError, match="twice"):
+        s.create((VectorSpec("x", 4), VectorSpec("x", 4)))
+    assert s.describe().exists is False
+
+
+def test_upsert_then_retrieve_and_scroll_are_bit_exact(store):
+    points = _points(50)
+    store.upsert(points)
+    want = _by_id(points)
+
+    got = store.retrieve([p.id for p in points[:10]])
+    assert sorted(p.id for p in got) == sorted(p.id for p in points[:10])
+    for p in got:
+        _assert_same(p, want[p.id])
+
+    scrolled = [p for page in store.scroll(batch_size=16) for p in page]
+    assert len(scrolled) == 50
+    for p in scrolled:
+        _assert_same(p, want[p.id])
+
+
+def test_cosine_vectors_come_back_as_stored_by_the_engine(store):
+    # Vectors normalised by one division, as an embedder does: some have a float32 norm one
+    # rounding step off 1. Edge keeps any vector that is normalised within rounding as it is;
+    # local mode stores exactly v / norm(v). verify has to compare against what each keeps.
+    rng = np.random.default_rng(11)
+    points = []
+    for i in range(200):
+        raw = rng.normal(size=8).astype(np.float32)
+        vec = (raw / np.linalg.norm(raw)).astype(np.float32)
+        points.append(Point(str(uuid.UUID(int=i + 1)), {"local": vec}, {}))
+    store.upsert(points)
+    got = _by_id(store.retrieve([p.id for p in points]))
+    off_by_rounding = sum(np.linalg.norm(p.vectors["local"]) != np.float32(1.0) for p in points)
+    assert off_by_rounding > 20
+    for p in points:
+        sent = p.vectors["local"]
+        if isinstance(store, EdgeStore):
+            assert np.array_equal(got[p.id].vectors["local"], sent)
+        else:
+            assert np.array_equal(got[p.id].vectors["local"], sent / np.linalg.norm(sent))
+
+
+def test_ids_come_back_canonical_and_missing_ids_are_skipped(store):
+    point = _points(1)[0]
+    store.upsert([Point(point.id.upper(), point.vectors, point.payload)])
+    got = store.retrieve([point.id.upper(), str(uuid.uuid4())], with_vectors=False)
+    assert [p.id for p in got] == [point.id]
+    assert got[0].vectors == {}
+    assert got[0].payload == point.payload
+    assert store.retrieve([]) == []
+
+
+def test_a_point_may_carry_only_some_of_the_vectors(store):
+    point = _points(1)[0]
+    store.upsert([Point(point.id, {"local": point.vectors["local"]}, {})])
+    [got] = store.retrieve([point.id])
+    assert set(got.vectors) == {"local"}
+    assert np.array_equal(got.vectors["local"], point.vectors["local"])
+    assert got.payload == {}
+
+
+def test_upserting_an_id_twice_leaves_one_point(store):
+    first, second = _points(2)
+    store.upsert([first])
+    store.upsert([Point(first.id, second.vectors, {"v": 2})])
+    assert store.count() == 1
+    [got] = store.retrieve([first.id])
+    assert got.payload == {"v": 2}
+    assert np.array_equal(got.vectors["primary"], second.vectors["primary"])
+
+
+def test_delete_removes_points_and_ignores_missing_ids(store):
+    points = _points(5)
+    store.upsert(points)
+    store.delete([points[0].id, points[1].id, str(uuid.uuid4())])
+    assert store.count() == 3
+    assert store.retrieve([points[0].id, points[1].id]) == []
+    store.delete([])
+    store.delete([points[0].id])
+    assert sorted(p.id for page in store.scroll() for p in page) == sorted(p.id for p in points[2:])
+
+
+def test_scroll_pages_cover_every_point_once(store):
+    points = _points(2500, seed=7)
+    store.upsert(points)
+    pages = list(store.scroll(batch_size=1000, with_vectors=False))
+    assert [len(p) for p in pages] == [1000, 1000, 500]
+    ids = [p.id for page in pages for p in page]
+    assert len(ids) == len(set(ids)) == 2500
+    assert set(ids) == {p.id for p in points}
+    assert all(p.vectors == {} for page in pages for p in page)
+
+
+def test_scroll_of_an_empty_collection_yields_no_pages(store):
+    assert list(store.scroll()) == []
+
+
+def test_query_returns_the_nearest_point_first_with_its_payload(store):
+    points = _points(40, seed=3)
+    store.upsert(points)
+    target = points[17]
+    rng = np.random.default_rng(1)
+    probe = target.vectors["primary"] + 0.01 * rng.normal(size=16).astype(np.float32)
+    hits = store.query("primary", probe, 5)
+    assert len(hits) == 5
+    assert hits[0].id == target.id
+    assert hits[0].payload == target.payload
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert hits[0].score == pytest.approx(float(np.dot(probe, target.vectors["primary"])), abs=1e-5)
+
+
+def test_unknown_vector_name_or_wrong_dimension_is_a_store_error(store):
+    point = _points(1)[0]
+    with pytest.raises(StoreError):
+        store.upsert([Point(point.id, {"local": np.ones(3, dtype=np.float32)}, {})])
+    with pytest.raises(StoreError):
+        store.query("nope", np.ones(8, dtype=np.float32), 1)
+    with pytest.raises(StoreError, match="not a UUID"):
+        store.upsert([Point("chunk-1", point.vectors, {})])
+    assert store.count() == 0
+
+
+def test_flush_close_and_reopen_keep_the_data(make_store):
+    s = make_store()
+    s.create(SPECS)
+    points = _points(30)
+    s.upsert(points)
+    s.delete([points[0].id])
+    s.flush()
+    s.close()
+    s.close()
+
+    reopened = make_store()
+    assert reopened.describe() == CollectionInfo(exists=True, vectors=SPECS, points=29)
+    got = _by_id(reopened.retrieve([p.id for p in points]))
+    assert set(got) == {p.id for p in points[1:]}
+    for p in points[1:]:
+        _assert_same(got[p.id], p)
+
+
+def test_drop_removes_everything(store, make_store):
+    store.upsert(_points(10))
+    store.drop()
+    assert store.describe() == CollectionInfo(exists=False)
+    store.drop()
+    store.close()
+    fresh = make_store()
+    assert fresh.describe().exists is False
+    fresh.create(SPECS)
+    assert fresh.count() == 0
+
+
+# -- Edge only -----------------------------------------------------------------------------
+
+
+def test_edge_drop_deletes_the_folder_and_no_other(tmp_path):
+    s = EdgeStore(tmp_path / "shard")
+    s.create(SPECS)
+    s.drop()
+    assert not (tmp_path / "shard").exists()
+
+    other = tmp_path / "not-a-shard"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(StoreError, match="does not look like an Edge store"):
+        EdgeStore(other).drop()
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_edge_second_opener_is_told_to_wait(tmp_path):
+    # The engine locks the WAL per open, so a second opener in this process is refused exactly
+    # as one in another process would be.
+    first = EdgeStore(tmp_path / "shard")
+    first.create(SPECS)
+    second = EdgeStore(tmp_path / "shard")
+    try:
+        locked = "is open in another process; wait for it to finish"
+        with pytest.raises(StoreUnavailable, match=locked):
+            second.count()
+        with pytest.raises(StoreUnavailable, match="open in another process"):
+            second.drop()
+        assert first.count() == 0
+        first.close()
+        assert second.count() == 0
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_edge_damaged_segment_is_store_unavailable(tmp_path, damage):
+    folder = tmp_path / "shard"
+    s = EdgeStore(folder)
+    s.create(SPECS)
+    s.upsert(_points(20))
+    s.close()
+    [segment_json] = folder.glob("segments/*/segment.json")
+    if damage == "truncate":
+        segment_json.write_bytes(segment_json.read_bytes()[:7])
+    else:
+        segment_json.write_bytes(bytes(range(256)))
+
+    damaged = EdgeStore(folder)
+    advice = r"cannot be opened.*kbguard restore --latest.*rebuild --full"
+    with pytest.raises(StoreUnavailable, match=advice):
+        damaged.describe()
+    damaged.drop()
+    assert not folder.exists()
+
+
+def test_edge_missing_store_says_how_to_build_it(tmp_path):
+    with pytest.raises(StoreUnavailable, match="no Edge store.*rebuild --full"):
+        EdgeStore(tmp_path / "nowhere").count()
+
+
+# -- qdrant-client only --------------------------------------------------------------------
+
+
+def test_qdrant_unreachable_server_names_the_url():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    s = QdrantStore("kb", url=url)
+    with pytest.raises(StoreUnavailable, match=f"Qdrant server at {url} cannot be reached"):
+        s.describe()
+    s.close()
+
+
+def test_qdrant_local_folder_held_by_another_client(tmp_path):
+    first = QdrantStore("kb", path=tmp_path / "q")
+    first.create(SPECS)
+    second = QdrantStore("kb", path=tmp_path / "q")
+    try:
+        with pytest.raises(StoreUnavailable, match="open in another process"):
+            second.describe()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_qdrant_store_needs_exactly_one_location(tmp_path):
+    with pytest.raises(StoreError, match="exactly one"):
+        QdrantStore("kb")
+    with pytest.raises(StoreError, match="exactly one"):
+        QdrantStore("kb", url="http://localhost:6333", path=tmp_path)
+
+
+# -- open_store ----------------------------------------------------------------------------
+
+
+def test_open_store_picks_the_adapter(tmp_path):
+    edge = open_store("edge", path=tmp_path / "shard")
+    assert isinstance(edge, EdgeStore) and edge.path == tmp_path / "shard"
+    local = open_store("qdrant", path=tmp_path / "q", collection="docs")
+    assert isinstance(local, QdrantStore) and local.collection == "docs"
+    remote = open_store("qdrant", url="http://localhost:6333")
+    assert isinstance(remote, QdrantStore) and remote.url == "http://localhost:6333"
+    with pytest.raises(StoreError, match="needs the shard folder path"):
+        open_store("edge", url="http://localhost:6333")
+
+
+def test_open_store_rejects_an_unknown_backend():
+    known = r"Unknown store backend 'chroma'; the known backends are edge, qdrant\."
+    with pytest.raises(StoreError, match=known):
+        open_store("chroma", path=Path("x"))
