@@ -7,6 +7,8 @@ key and the fix; nothing downstream re-checks the config.
 
 from __future__ import annotations
 
+import os
+
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -192,9 +194,9 @@ class _Reader:
 def render_config(*, kb: str, corpus: Path, config_dir: Path, provider: str = "sentence-transformers",
                   backend: str = "edge") -> str:
     """A working config for ``kbguard init``; paths are written relative to the config folder."""
+    # relative, so the config and its corpus can move together; absolute across drives
     try:
-        rel = corpus.resolve().relative_to(config_dir.resolve())
-        corpus_s = rel.as_posix() or "."
+        corpus_s = Path(os.path.relpath(corpus.resolve(), config_dir.resolve())).as_posix()
     except ValueError:
         corpus_s = corpus.resolve().as_posix()
     model = "all-MiniLM-L6-v2" if provider == "sentence-transformers" else "fake-hash"
