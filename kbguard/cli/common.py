@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kbguard.config import DEFAULT_CONFIG, Config, load_config
 from kbguard.errors import KbguardError
@@ -23,8 +24,9 @@ EXIT_ERROR = 2         # could not do the work: bad config, missing corpus, unre
 EXIT_BUSY = 3          # another kbguard process holds the KB
 EXIT_INTERRUPTED = 130
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+# markup off: messages hold paths and TOML like [[spaces]] that rich would eat as tags
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+stdout = Console(highlight=False, soft_wrap=True, markup=False)
 
 ConfigOpt = Annotated[Path, typer.Option(
     "--config", "-c", envvar="KBGUARD_CONFIG", show_default=True,
@@ -50,7 +52,7 @@ def guarded(fn: F) -> F:
             if kwargs.get("json_out"):
                 emit_json({"error": str(exc), "error_type": type(exc).__name__,
                            "exit_code": exc.exit_code})
-            stderr.print(f"[bold red]Error:[/] {exc}", markup=True, highlight=False)
+            stderr.print(f"[bold red]Error:[/] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("Interrupted. Run the same command again to continue where it stopped.")
