@@ -70,6 +70,19 @@ CREATE TABLE store_state (
 );
 """
 
+M002_CHECKS = """
+-- Finding history of `kbguard verify`: one row per finding class per check (zero counts too),
+-- so a trend can be read back. The check itself is a row of `runs` with kind 'verify'.
+CREATE TABLE findings (
+    run_id       BIGINT NOT NULL,
+    finding      VARCHAR NOT NULL,
+    count        BIGINT NOT NULL,
+    examples     JSON,
+    PRIMARY KEY (run_id, finding)
+);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "core", M001_CORE),
+    (2, "checks", M002_CHECKS),
 ]
