@@ -61,6 +61,7 @@ class Config:
     snapshot_root: Path
     upsert_batch: int = 256
     parse_workers: int = 2
+    read_as: dict[str, str] = field(default_factory=dict)   # suffix -> format suffix
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -130,15 +131,31 @@ def _parse(path: Path, data: dict[str, Any]) -> Config:
         snapshot_root=r.path("snapshots.root", root, default=f".kbguard/{kb}/snapshots"),
         upsert_batch=r.get("rebuild.upsert_batch", int, 256),
         parse_workers=r.get("rebuild.parse_workers", int, 2),
+        read_as=_read_as(path, r.get("parsing.read_as", dict, {})),
         extra={k: v for k, v in data.items()
-               if k not in ("kb", "corpus", "chunking", "spaces", "store", "manifest",
-                            "snapshots", "rebuild")},
+               if k not in ("kb", "corpus", "chunking", "parsing", "spaces", "store",
+                            "manifest", "snapshots", "rebuild")},
     )
     if cfg.max_tokens < 16:
         raise ConfigError(f"{path}: chunking.max_tokens must be at least 16, got {cfg.max_tokens}.")
     if cfg.upsert_batch < 1 or cfg.parse_workers < 1:
         raise ConfigError(f"{path}: rebuild.upsert_batch and rebuild.parse_workers must be >= 1.")
     return cfg
+
+
+def _read_as(path: Path, raw: dict[str, Any]) -> dict[str, str]:
+    """``parsing.read_as``: parse files of one suffix as another format (Sphinx's .txt is reST)."""
+    from kbguard.parse import SUPPORTED_SUFFIXES
+
+    out: dict[str, str] = {}
+    for suffix, fmt in raw.items():
+        if not isinstance(fmt, str) or not suffix.startswith(".") or fmt not in SUPPORTED_SUFFIXES:
+            raise ConfigError(
+                f"{path}: parsing.read_as maps a suffix to a format suffix, e.g. "
+                f'{{ ".txt" = ".rst" }}; got {suffix!r} = {fmt!r}. Formats: '
+                f"{', '.join(sorted(SUPPORTED_SUFFIXES))}.")
+        out[suffix.lower()] = fmt
+    return out
 
 
 def _space(path: Path, i: int, raw: Any, root: Path) -> SpaceConfig:

@@ -45,7 +45,7 @@ import io
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,13 +81,16 @@ _PARTITIONERS = {
 _NO_LANGUAGE = [""]
 
 
-def parse_file(path: Path) -> list[Element]:
+def parse_file(path: Path, read_as: Mapping[str, str] | None = None) -> list[Element]:
     """Parse one file into elements; raise ``ParseError`` with a reason the user can act on.
 
-    Never raises anything else for a bad file, so a pipeline can record the reason and go on.
+    ``read_as`` maps a suffix to the format to parse it as (``{".txt": ".rst"}`` for Sphinx
+    sources). Never raises anything else for a bad file, so a pipeline can record the reason
+    and go on.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    suffix = (read_as or {}).get(suffix, suffix)
     if suffix not in SUPPORTED_SUFFIXES:
         shown = f"'{suffix}'" if suffix else "no suffix"
         raise ParseError(
@@ -382,6 +385,9 @@ _CODE_DIRECTIVES = frozenset({"code", "code-block", "sourcecode", "console", "pr
 # `.. class:: Paginator(object_list)` documents a class; Sphinx's code-block takes options
 # (`:caption:`, `:emphasize-lines:`) that docutils' code directive rejects with its content.
 _SPHINX_OVERRIDES = frozenset({"class"}) | _CODE_DIRECTIVES
+# Sphinx accepts `:rfc:`Title <9110#section-15>``; docutils' own rfc/pep roles reject the
+# titled form and leave the raw markup in the text, so Sphinx's reading wins here too.
+_SPHINX_ROLE_OVERRIDES = frozenset({"rfc", "rfc-reference", "pep", "pep-reference"})
 _CONDITION_DIRECTIVES = frozenset({"only", "ifconfig"})
 _PROSE_ARGUMENT_DIRECTIVES = frozenset({"seealso", "centered"})
 _VERSION_LABELS = {
@@ -468,6 +474,8 @@ def _docutils() -> Any:
             return (found, messages) if found else (SphinxDirective, [])
 
         def role(name: str, language: Any, lineno: int, reporter: Any) -> tuple[Any, list[Any]]:
+            if name.lower() in _SPHINX_ROLE_OVERRIDES:
+                return sphinx_role, []
             found, messages = original_role(name, language, lineno, reporter)
             return (found, messages) if found else (sphinx_role, [])
 
@@ -483,6 +491,6 @@ def _docutils() -> Any:
 def _rst_to_html(source: str, source_path: str) -> str:
     publish_parts, sphinx_tolerance = _docutils()
     with sphinx_tolerance():
-        parts = publish_parts(source=source, source_path=source_path, writer_name="html5",
+        parts = publish_parts(source=source, source_path=source_path, writer="html5",
                               settings_overrides=_DOCUTILS_SETTINGS)
     return parts["body"]

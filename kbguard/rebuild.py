@@ -16,6 +16,7 @@ confirmed after the store has flushed it, so no point is ever in the store unrec
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
 from collections.abc import Iterator
@@ -118,6 +119,7 @@ class _ParseJob:
     max_tokens: int
     max_bytes: int
     space: SpaceConfig
+    read_as: tuple[tuple[str, str], ...] = ()
 
 
 def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None]:
@@ -131,7 +133,7 @@ def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None
             return job.path, None, (
                 f"file is {size / 2**20:.1f} MB, over corpus.max_file_mb "
                 f"({job.max_bytes / 2**20:g} MB); raise the limit or exclude the file")
-        elements = parse_file(full)
+        elements = parse_file(full, dict(job.read_as))
         embedder = get_embedder(job.space)
         cap = min(job.max_tokens, embedder.max_input_tokens)
         chunks = chunk_elements(elements, kb=job.kb, path=job.path, max_tokens=cap,
@@ -183,10 +185,18 @@ class _Rebuild:
             if view and view.git_rev:
                 self.notes.append(f"corpus git revision {view.git_rev}")
             plan = plan_documents(scan, known)
+            settings = parse_settings(self.cfg)
+            if self.m.get_meta("parse_settings") not in (None, settings) and plan.unchanged:
+                self.notes.append("parsing or chunking settings changed: every document is "
+                                  "parsed again (unchanged chunks keep their embeddings)")
+                plan.changed.extend(plan.unchanged)
+                plan.changed.sort(key=lambda f: f.path)
+                plan.unchanged, plan.restat = [], []
             self.stages["scan"] = time.perf_counter() - t
 
             t = time.perf_counter()
             doc_counts = self._apply_documents(plan, known)
+            self.m.set_meta("parse_settings", settings)
             self.stages["parse"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -234,8 +244,10 @@ class _Rebuild:
         todo = plan.added + plan.changed
         failed = len(plan.refused)
         by_path = {f.path: f for f in todo}
+        read_as = tuple(sorted(self.cfg.read_as.items()))
         jobs = [_ParseJob(self.cfg.kb, str(self.cfg.corpus), f.path, self.cfg.max_tokens,
-                          int(self.cfg.max_file_mb * 2**20), self.cfg.spaces[0]) for f in todo]
+                          int(self.cfg.max_file_mb * 2**20), self.cfg.spaces[0], read_as)
+                for f in todo]
         self.progress.stage("parse", len(jobs))
         pending = 0
         m.con.execute("BEGIN TRANSACTION")
@@ -411,6 +423,13 @@ class _Rebuild:
                 m.con.execute("DELETE FROM store_state WHERE point_id IN "
                               "(SELECT unnest(?::VARCHAR[]))", [batch])
         return len(ids)
+
+
+def parse_settings(cfg: Config) -> str:
+    """What decides a document's chunks besides its bytes; a change re-chunks every document."""
+    space = cfg.spaces[0]  # its tokenizer measures the chunk cap
+    return json.dumps({"max_tokens": cfg.max_tokens, "read_as": cfg.read_as,
+                       "tokenizer": f"{space.provider}:{space.model}"}, sort_keys=True)
 
 
 def point_payload(kb: str, path: str, content_hash: str, occurrence: int, section: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from conftest import KB, long_markdown, make_kb, manifest_chunk_ids, store_contents
+from conftest import KB, long_markdown, make_kb, manifest_chunk_ids, store_contents, write_config
 
 from kbguard.manifest import Manifest
 
@@ -128,3 +128,26 @@ def test_parallel_parsing_gives_the_same_manifest_as_serial(tmp_path: Path) -> N
     serial.cli_json("rebuild")
     parallel.cli_json("rebuild")
     assert store_contents(serial.cfg) == store_contents(parallel.cfg)
+
+
+def test_changed_chunking_settings_rechunk_every_document(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path, docs=2, max_tokens=64)
+    kb.cli_json("rebuild")
+    coarse = manifest_chunk_ids(kb.cfg)
+    write_config(kb.config_path, kb.corpus, max_tokens=32)
+    report = kb.cli_json("rebuild")
+    assert report["documents"]["changed"] == 2
+    assert any("settings changed" in n for n in report["notes"])
+    fine = manifest_chunk_ids(kb.cfg)
+    assert fine != coarse and set(store_contents(kb.cfg)) == fine
+    assert kb.cli_json("rebuild")["documents"]["changed"] == 0
+
+
+def test_read_as_indexes_sphinx_txt_sources_as_rst(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path, docs=0, extra='[parsing]\nread_as = { ".txt" = ".rst" }\n')
+    kb.write("page.txt", "=====\nGuide\n=====\n\nIntro text.\n\nInstall\n=======\n\n"
+                         "Run ``pip install`` first.\n")
+    kb.cli_json("rebuild")
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        sections = {r[0] for r in m.con.execute("SELECT section FROM chunks").fetchall()}
+    assert "Guide > Install" in sections
