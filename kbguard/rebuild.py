@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -84,20 +85,25 @@ class _DocPlan:
     removed: list[str]
     unchanged: list[ScannedFile]
     restat: list[ScannedFile]     # unchanged content, new size/mtime: refresh the stat cache
+    still_failed: list[ScannedFile]  # failed before, same bytes: it would fail the same way
 
 
 def plan_documents(scan: ScanResult, known: dict[str, DocumentRow]) -> _DocPlan:
     """Sort scanned files by what a rebuild must do with them.
 
-    A document that failed before is parsed again every run, so transient causes heal; it counts
-    as added if it was never indexed, else as changed.
+    A document that failed is parsed again only once its bytes change (a parser gives the same
+    answer for the same bytes); one that failed for a passing cause, such as vanishing mid-run,
+    has no recorded hash and so is parsed again on the next run. It counts as added if it was
+    never indexed, else as changed.
     """
-    plan = _DocPlan([], [], [], sorted(set(known) - set(scan.files)), [], [])
+    plan = _DocPlan([], [], [], sorted(set(known) - set(scan.files)), [], [], [])
     for path in sorted(scan.files):
         f = scan.files[path]
         prev = known.get(path)
         if f.error:
             plan.refused.append(f)
+        elif prev is not None and prev.status == "failed" and prev.file_hash == f.file_hash:
+            plan.still_failed.append(f)
         elif prev is None or prev.indexed_hash is None:
             plan.added.append(f)
         elif prev.status == "ok" and prev.indexed_hash == f.file_hash:
@@ -189,9 +195,9 @@ class _Rebuild:
             if self.m.get_meta("parse_settings") not in (None, settings) and plan.unchanged:
                 self.notes.append("parsing or chunking settings changed: every document is "
                                   "parsed again (unchanged chunks keep their embeddings)")
-                plan.changed.extend(plan.unchanged)
+                plan.changed.extend(plan.unchanged + plan.still_failed)
                 plan.changed.sort(key=lambda f: f.path)
-                plan.unchanged, plan.restat = [], []
+                plan.unchanged, plan.restat, plan.still_failed = [], [], []
             self.stages["scan"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -241,8 +247,10 @@ class _Rebuild:
             for f in plan.refused:
                 self._record_failure(f, known.get(f.path), f.error or "refused")
 
+        for f in plan.still_failed:
+            self.failures.append({"path": f.path, "error": known[f.path].error or "failed"})
         todo = plan.added + plan.changed
-        failed = len(plan.refused)
+        failed = len(plan.refused) + len(plan.still_failed)
         by_path = {f.path: f for f in todo}
         read_as = tuple(sorted(self.cfg.read_as.items()))
         jobs = [_ParseJob(self.cfg.kb, str(self.cfg.corpus), f.path, self.cfg.max_tokens,
@@ -287,10 +295,16 @@ class _Rebuild:
         }
 
     def _record_failure(self, f: ScannedFile, prev: DocumentRow | None, error: str) -> None:
-        """Mark a document failed; its last good chunks (if any) stay in the KB."""
+        """Mark a document failed; its last good chunks (if any) stay in the KB.
+
+        The file's hash is kept only when the file is still there and readable: then the same
+        bytes would fail the same way and are not parsed again until they change.
+        """
         self.failures.append({"path": f.path, "error": error})
+        full = self.cfg.corpus / f.path
+        settled = full.is_file() and os.access(full, os.R_OK)
         self.m.record_document(
-            DocumentRow(f.path, f.file_hash, f.size, f.mtime_ns,
+            DocumentRow(f.path, f.file_hash if settled else None, f.size, f.mtime_ns,
                         prev.indexed_hash if prev else None, "failed", error,
                         prev.chunks if prev else 0),
             None,
@@ -429,6 +443,7 @@ def parse_settings(cfg: Config) -> str:
     """What decides a document's chunks besides its bytes; a change re-chunks every document."""
     space = cfg.spaces[0]  # its tokenizer measures the chunk cap
     return json.dumps({"max_tokens": cfg.max_tokens, "read_as": cfg.read_as,
+                       "max_file_mb": cfg.max_file_mb,
                        "tokenizer": f"{space.provider}:{space.model}"}, sort_keys=True)
 
 

@@ -63,6 +63,23 @@ def test_bad_files_are_recorded_as_failed_and_the_rest_is_indexed(tmp_path: Path
     assert set(points) == manifest_chunk_ids(kb.cfg)
     assert not any("Secret" in p[1]["text"] for p in points.values())
 
+    # The same bad bytes are not parsed again; the file that vanished is retried once back.
+    vanishing.write_text("# Soon gone\n\nThis file is deleted mid-run.\n")
+    parsed = _CountParse()
+    again = rebuild(kb.cfg, progress=parsed).to_dict()
+    assert parsed.total == 1
+    assert again["documents"]["added"] == 1 and again["documents"]["failed"] == 6
+    assert {f["path"] for f in again["failures"]} == set(failed) - {"vanishing.md"}
+
+
+class _CountParse(Progress):
+    def __init__(self) -> None:
+        self.total: int | None = None
+
+    def stage(self, name: str, total: int | None = None) -> None:
+        if name == "parse":
+            self.total = total
+
 
 def test_a_document_that_turns_bad_keeps_its_last_good_chunks(kb: KB) -> None:
     kb.cli_json("rebuild")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -42,7 +43,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def guarded(fn: F) -> F:
     """Show a KbguardError once, as one line on stderr (and as JSON with --json), and exit
-    with its code. Anything else is a bug and keeps its traceback."""
+    with its code. Anything else is a bug: its traceback is printed and the exit code is 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -57,6 +58,19 @@ def guarded(fn: F) -> F:
         except KeyboardInterrupt:
             stderr.print("Interrupted. Run the same command again to continue where it stopped.")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:
+            # A bug, not bad input: keep the traceback for the report, but still exit with a
+            # code that means "could not do the work" (Python's 1 means "findings" to verify).
+            traceback.print_exc()
+            if kwargs.get("json_out"):
+                emit_json({"error": f"internal error: {type(exc).__name__}: {exc}",
+                           "error_type": "InternalError", "exit_code": EXIT_ERROR})
+            stderr.print(f"Internal error ({type(exc).__name__}); the traceback above belongs "
+                         "in a bug report. Nothing was lost: runs commit as they go, so the "
+                         "same command can be run again.")
+            raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
 
