@@ -95,6 +95,35 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    # -- building a replacement beside the live store (used by restore) --------------------
+
+    @abstractmethod
+    def staging(self, tag: str) -> Store:
+        """A store of the same backend beside this one, to build a replacement in.
+
+        ``tag`` tells stagings apart; nothing is created until the first write.
+        """
+
+    @abstractmethod
+    def swap_in(self, staging: Store) -> None:
+        """Make ``staging``'s points this store's, keeping the replaced data aside.
+
+        Idempotent: an interrupted swap is finished by calling it again with the same staging,
+        and a finished one is a no-op. The set-aside data stays until ``drop_leftovers``.
+        """
+
+    @abstractmethod
+    def drop_leftovers(self) -> None:
+        """Delete what ``swap_in`` set aside and any staging an interrupted build left behind."""
+
+    def kept_vectors(self, distance: str, vectors: np.ndarray) -> np.ndarray:
+        """The float32 rows this store keeps when ``vectors`` (one per row) are written.
+
+        Qdrant's engine stores cosine vectors normalised and leaves an already unit vector
+        untouched, so by default this is the identity for the vectors kbguard writes.
+        """
+        return vectors
+
     def ensure(self, vectors: Sequence[VectorSpec]) -> None:
         """Create the collection unless it exists with exactly this configuration."""
         info = self.describe()

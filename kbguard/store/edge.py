@@ -8,6 +8,7 @@ time: the WAL folder is locked, even against a second open in the same process.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -298,6 +299,74 @@ class EdgeStore(Store):
             pass
         with self._translate("closing"):
             shard.close()
+
+    # -- replacing the shard folder --------------------------------------------------------
+    #
+    # A replacement is built in a sibling folder, then two renames switch it in:
+    # live -> live.replaced, staging -> live. A rename within one folder is atomic, and which of
+    # the three folders exist says exactly how far an interrupted swap got, so calling swap_in
+    # again finishes it.
+
+    def staging(self, tag: str) -> EdgeStore:
+        """A shard folder beside this one (``<store>.staging-<tag>``) to build a replacement in."""
+        return EdgeStore(self.path.with_name(f"{self.path.name}{_STAGING}{tag}"))
+
+    @property
+    def _replaced(self) -> Path:
+        return self.path.with_name(self.path.name + _REPLACED)
+
+    def swap_in(self, staging: Store) -> None:
+        """Rename the staging folder into place, keeping the old shard as ``<store>.replaced``."""
+        if not isinstance(staging, EdgeStore) or staging.path.parent != self.path.parent:
+            raise StoreError(f"{staging!r} is not a staging shard of {self!r}.")
+        self.close()
+        staging.close()
+        try:
+            if not staging.path.exists():
+                if self._is_shard():
+                    return  # swapped already
+                raise StoreError(
+                    f"Neither the staging shard {staging.path} nor the store {self.path} exists, "
+                    "so there is nothing to switch to. Run the restore again."
+                )
+            if self.path.exists():
+                if self._replaced.exists():
+                    shutil.rmtree(self._replaced)  # an older swap's leftover
+                os.rename(self.path, self._replaced)
+            os.rename(staging.path, self.path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise StoreError(
+                f"Could not switch the Edge store at {self.path} to {staging.path}: {exc}. "
+                "Fix the cause and run the restore again; it finishes the switch."
+            ) from exc
+
+    def drop_leftovers(self) -> None:
+        """Delete ``<store>.replaced`` and every ``<store>.staging-*`` folder."""
+        parent = self.path.parent
+        if not parent.is_dir():
+            return
+        for entry in parent.iterdir():
+            if entry.name == self.path.name + _REPLACED or entry.name.startswith(
+                    self.path.name + _STAGING):
+                try:
+                    shutil.rmtree(entry)
+                except OSError as exc:
+                    raise StoreError(f"Could not delete {entry}: {exc}. Delete it by hand.") from exc
+
+
+
+_STAGING = ".staging-"
+_REPLACED = ".replaced"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _to_point(record: Any, with_vectors: bool) -> Point:

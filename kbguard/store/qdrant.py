@@ -27,6 +27,7 @@ from kbguard.store._common import (
 from kbguard.store.base import CollectionInfo, Hit, Point, Store, VectorSpec
 
 _TIMEOUT_S = 60
+_F32_EPS = np.float32(1.1920929e-7)  # local mode leaves vectors with a smaller norm alone
 _TO_QDRANT = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
 # gRPC status codes that mean "could not reach or talk to the server", not "bad request".
 _GRPC_UNAVAILABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED", "PERMISSION_DENIED"}
@@ -54,6 +55,7 @@ class QdrantStore(Store):
         self.path = Path(path) if path is not None else None
         self._api_key = api_key
         self._client: Any = None
+        self._shares_client = False  # a staging store borrows its parent's client
 
     def __repr__(self) -> str:
         where = f"url={self.url!r}" if self.url else f"path={str(self.path)!r}"
@@ -182,9 +184,18 @@ class QdrantStore(Store):
 
     def drop(self) -> None:
         """Delete the collection and its points; no error if it is not there."""
+        from qdrant_client import models
+
         client = self._connect()
         with self._translate("deleting the collection"):
-            if client.collection_exists(self.collection):
+            target = self._aliases().get(self.collection)
+            if target is not None:
+                # After a restore the KB's name is an alias: drop it and what it points at.
+                client.update_collection_aliases(change_aliases_operations=[
+                    models.DeleteAliasOperation(
+                        delete_alias=models.DeleteAlias(alias_name=self.collection))])
+                client.delete_collection(target)
+            elif client.collection_exists(self.collection):
                 client.delete_collection(self.collection)
 
     def upsert(self, points: Sequence[Point]) -> None:
@@ -283,11 +294,83 @@ class QdrantStore(Store):
 
     def close(self) -> None:
         """Release the client (and local mode's folder lock); safe to call twice."""
+        if self._shares_client:
+            return  # a staging store: the store it was made from owns the client
         client, self._client = self._client, None
         if client is None:
             return
         with self._translate("closing"):
             client.close()
+
+
+    # -- replacing the collection -----------------------------------------------------------
+    #
+    # Qdrant cannot rename a collection, but it switches an alias atomically: a replacement is
+    # built as collection `<name>--<tag>`, and the KB's name becomes an alias to it in one
+    # `update_collection_aliases` call (delete old alias + create new one). The first swap of a
+    # collection that `rebuild` created under the plain name has to delete that collection
+    # before the alias can take its name: the one step that is not atomic. The restore journal
+    # finishes it if the process dies in between.
+
+    def staging(self, tag: str) -> QdrantStore:
+        """Collection ``<name>--<tag>`` on the same server or local folder, sharing the client
+        (local mode allows one client per folder)."""
+        other = QdrantStore(f"{self.collection}--{tag}", url=self.url, path=self.path,
+                            api_key=self._api_key)
+        other._client = self._connect()
+        other._shares_client = True
+        return other
+
+    def _aliases(self) -> dict[str, str]:
+        client = self._connect()
+        return {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+
+    def swap_in(self, staging: Store) -> None:
+        """Point the KB's name at the staging collection; the old collection is kept."""
+        from qdrant_client import models
+
+        if not isinstance(staging, QdrantStore) or not staging.collection.startswith(
+                self.collection + "--"):
+            raise StoreError(f"{staging!r} is not a staging collection of {self!r}.")
+        client = self._connect()
+        with self._translate(f"switching to collection {staging.collection!r}"):
+            current = self._aliases().get(self.collection)
+            if current == staging.collection:
+                return  # swapped already
+            if staging.collection not in {c.name for c in client.get_collections().collections}:
+                raise StoreError(
+                    f"The staging collection {staging.collection!r} does not exist in the "
+                    f"{self.where}, so there is nothing to switch to. Run the restore again."
+                )
+            ops: list[Any] = []
+            if current is not None:
+                ops.append(models.DeleteAliasOperation(
+                    delete_alias=models.DeleteAlias(alias_name=self.collection)))
+            elif client.collection_exists(self.collection):
+                client.delete_collection(self.collection)  # see the note above
+            ops.append(models.CreateAliasOperation(create_alias=models.CreateAlias(
+                collection_name=staging.collection, alias_name=self.collection)))
+            client.update_collection_aliases(change_aliases_operations=ops)
+
+    def drop_leftovers(self) -> None:
+        """Delete every ``<name>--*`` collection the KB's name does not point at."""
+        client = self._connect()
+        with self._translate("deleting replaced collections"):
+            live = self._aliases().get(self.collection)
+            for c in client.get_collections().collections:
+                if c.name.startswith(self.collection + "--") and c.name != live:
+                    client.delete_collection(c.name)
+
+    def kept_vectors(self, distance: str, vectors: np.ndarray) -> np.ndarray:
+        """Local mode divides every cosine vector by its float32 norm on write, even a unit
+        one, which can move it by a rounding step; a server keeps unit vectors as they are."""
+        if self.path is None or distance != "cosine":
+            return vectors
+        out = np.empty_like(vectors, dtype=np.float32)
+        for i, v in enumerate(np.asarray(vectors, dtype=np.float32)):
+            norm = np.linalg.norm(v)
+            out[i] = v / norm if norm > _F32_EPS else v  # the same arithmetic as local mode
+        return out
 
 
 def _grpc_code(exc: BaseException) -> str | None:
