@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kbguard.cli import kb_commands
+from kbguard.cli import kb_commands, snapshot_commands, verify_commands
 
 app = typer.Typer(
     name="kbguard",
@@ -14,6 +14,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 kb_commands.register(app)
+snapshot_commands.register(app)
+verify_commands.register(app)
 
 
 def run() -> None:

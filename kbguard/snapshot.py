@@ -1,0 +1,597 @@
+"""Snapshots: a portable, checksummed copy of a KB's store and manifest.
+
+A snapshot is a folder ``<snapshot root>/<id>/`` holding
+
+    points.parquet      every point: id, one float32 column per named vector, payload (JSON)
+    documents.parquet   the manifest tables a restore needs to rebuild the KB from: documents,
+    chunks.parquet      chunks (with their text) and the embedding cache
+    embeddings.parquet
+    snapshot.json       format version, KB, time, corpus revision, config, counts, and the
+                        sha256 and size of every other file; it carries its own checksum
+
+It is written into ``<root>/.tmp-<id>`` and renamed into place after everything is on disk, so
+a folder with a snapshot's name is always complete. Nothing read back is trusted: the metadata
+is checked against its own checksum, file names must be plain names inside the folder, every
+file must match its sha256 before a single row is read, and no file is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kbguard.config import Config
+from kbguard.errors import SnapshotError
+from kbguard.faults import crash_point
+from kbguard.lock import kb_lock
+from kbguard.manifest import Manifest
+from kbguard.progress import SILENT, Progress
+from kbguard.store import Point
+from kbguard.versioning import find_dvc_root
+
+FORMAT_VERSION = 1
+META_FILE = "snapshot.json"
+POINTS_FILE = "points.parquet"
+TABLES = ("documents", "chunks", "embeddings")
+DATA_FILES = (POINTS_FILE, *(f"{t}.parquet" for t in TABLES))
+BATCH = 4096                   # points per Parquet row group and per store page
+VECTOR_PREFIX = "vector:"      # points.parquet column of each named vector
+_TMP_PREFIX = ".tmp-"
+_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_HASH_BLOCK = 1 << 20
+
+
+class SnapshotDamaged(SnapshotError):
+    """A snapshot's files do not match its metadata (or the metadata is unreadable)."""
+
+    exit_code = 1
+
+
+@dataclass
+class SnapshotEntry:
+    """One snapshot as ``list`` sees it: from its metadata, without checking the data files."""
+
+    id: str
+    path: Path
+    created_at: str | None
+    local: bool                 # the folder is here (else only its .dvc file is)
+    dvc: bool                   # tracked with DVC
+    points: int | None = None
+    bytes: int | None = None
+    problem: str | None = None  # why the metadata could not be read
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+@dataclass
+class CreateReport:
+    id: str
+    path: str
+    points: int
+    counts: dict[str, int]
+    bytes: int
+    seconds: float
+    points_per_s: float
+    dvc: dict[str, str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- identity and metadata --------------------------------------------------------------------
+
+def new_snapshot_id(now: datetime | None = None) -> str:
+    """A name that sorts by creation time: ``20261129T013605.123Z``."""
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def check_snapshot_id(snapshot_id: str) -> str:
+    """The id, if it is a plain folder name; SnapshotError otherwise (it is used as a path)."""
+    if not _ID.match(snapshot_id) or ".." in snapshot_id or snapshot_id.endswith(".dvc"):
+        raise SnapshotError(
+            f"{snapshot_id!r} is not a snapshot id. Ids are folder names such as "
+            "20261129T013605.123Z; `kbguard snapshot list` shows them."
+        )
+    return snapshot_id
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=True, indent=2).encode("ascii")
+
+
+def render_meta(body: dict[str, Any]) -> bytes:
+    """``snapshot.json``: the body plus the sha256 of its canonical form."""
+    digest = hashlib.sha256(_canonical(body)).hexdigest()
+    return _canonical({"snapshot": body, "sha256": digest}) + b"\n"
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """The checked body of ``folder/snapshot.json``; SnapshotDamaged names what is wrong.
+
+    The file must be exactly the canonical rendering of what it parses to, and the body must
+    match its checksum, so any changed byte is caught.
+    """
+    path = folder / META_FILE
+    if path.is_symlink() or not path.is_file():
+        raise SnapshotDamaged(
+            f"Snapshot {folder.name} has no {META_FILE}: it is incomplete or not a snapshot. "
+            f"Delete {folder} and use another snapshot."
+        )
+    raw = path.read_bytes()
+    try:
+        doc = json.loads(raw)
+        body, digest = doc["snapshot"], doc["sha256"]
+        ok = (isinstance(body, dict) and raw == _canonical(doc) + b"\n"
+              and hashlib.sha256(_canonical(body)).hexdigest() == digest)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise SnapshotDamaged(
+            f"Snapshot {folder.name} is damaged: {META_FILE} does not match its own checksum. "
+            "Use another snapshot (`kbguard snapshot list`)."
+        )
+    if body.get("format_version") != FORMAT_VERSION:
+        raise SnapshotError(
+            f"Snapshot {folder.name} has format version {body.get('format_version')!r}; this "
+            f"kbguard reads version {FORMAT_VERSION}. Use a kbguard that matches the snapshot."
+        )
+    return body
+
+
+def _safe_file(folder: Path, name: Any) -> Path:
+    """``folder/name``, refusing any name that could lead outside the folder."""
+    if not isinstance(name, str) or not _FILE_NAME.match(name) or name == META_FILE:
+        raise SnapshotError(
+            f"Snapshot {folder.name} lists a file named {name!r}, which is not a plain file "
+            "name inside the snapshot. kbguard refuses it; do not use this snapshot."
+        )
+    path = folder / name
+    if path.is_symlink() or path.resolve().parent != folder.resolve():
+        raise SnapshotError(
+            f"Snapshot {folder.name}: {name} points outside the snapshot folder. kbguard "
+            "refuses it; do not use this snapshot."
+        )
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_folder(folder: Path) -> dict[str, Any]:
+    """Check a snapshot folder completely; returns its metadata body.
+
+    Raises SnapshotDamaged naming the first file whose size or sha256 differs, or that is
+    missing, and SnapshotError for a snapshot that is unsafe to read.
+    """
+    body = read_meta(folder)
+    files = body.get("files")
+    if not isinstance(files, dict) or set(files) != set(DATA_FILES):
+        raise SnapshotDamaged(
+            f"Snapshot {folder.name} lists the files {sorted(files or {})}, not "
+            f"{sorted(DATA_FILES)}. Use another snapshot."
+        )
+    for name in sorted(files):
+        entry = files[name]
+        path = _safe_file(folder, name)
+        if not path.is_file():
+            raise SnapshotDamaged(
+                f"Snapshot {folder.name} is damaged: {name} is missing. Use another snapshot.")
+        if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
+            raise SnapshotDamaged(
+                f"Snapshot {folder.name} is damaged: {name} does not match its sha256. "
+                "Use another snapshot (`kbguard restore --latest` skips damaged ones)."
+            )
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise SnapshotDamaged(
+                f"Snapshot {folder.name}: {name} is not a readable Parquet file ({exc}).") from exc
+        if rows != entry.get("rows"):
+            raise SnapshotDamaged(
+                f"Snapshot {folder.name}: {name} holds {rows} rows, its metadata says "
+                f"{entry.get('rows')}. Use another snapshot."
+            )
+    return body
+
+
+# -- finding snapshots ------------------------------------------------------------------------
+
+def snapshot_folder(cfg: Config, snapshot_id: str) -> Path:
+    return cfg.snapshot_root / check_snapshot_id(snapshot_id)
+
+
+def list_snapshots(cfg: Config) -> list[SnapshotEntry]:
+    """Every snapshot under the root, local or DVC-tracked only, oldest first."""
+    root = cfg.snapshot_root
+    if not root.is_dir():
+        return []
+    ids: dict[str, tuple[bool, bool]] = {}
+    for entry in root.iterdir():
+        name = entry.name
+        if name.startswith("."):
+            continue  # .tmp-* (a snapshot being written, or a crashed one), .gitignore
+        if name.endswith(".dvc") and entry.is_file():
+            sid = name[:-4]
+            if _ID.match(sid):
+                local, _ = ids.get(sid, (False, False))
+                ids[sid] = (local, True)
+        elif entry.is_dir() and not entry.is_symlink() and _ID.match(name):
+            _, dvc = ids.get(name, (False, False))
+            ids[name] = (True, dvc)
+    out = []
+    for sid, (local, dvc) in ids.items():
+        snap = SnapshotEntry(sid, root / sid, None, local, dvc)
+        if local:
+            try:
+                body = read_meta(root / sid)
+                snap.created_at = body.get("created_at")
+                snap.points = body.get("counts", {}).get("points")
+                snap.bytes = sum(int(f.get("bytes", 0)) for f in body.get("files", {}).values())
+            except SnapshotError as exc:
+                snap.problem = str(exc)
+        out.append(snap)
+    out.sort(key=lambda s: (s.created_at or "", s.id))
+    return out
+
+
+# -- creating ---------------------------------------------------------------------------------
+
+def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = False,
+                    dvc_remote: str | None = None, progress: Progress = SILENT) -> CreateReport:
+    """Write a snapshot of the KB's store and manifest; returns what was written."""
+    from kbguard.rebuild import store_for  # rebuild imports the embedders: load it only here
+
+    if batch_size < 1:
+        raise SnapshotError(f"batch_size must be positive, not {batch_size}.")
+    started = time.perf_counter()
+    notes: list[str] = []
+    with kb_lock(cfg.manifest, "snapshot create"):
+        if not cfg.manifest.exists():
+            raise SnapshotError(
+                f"There is no manifest at {cfg.manifest}, so there is nothing to snapshot. "
+                "Run `kbguard rebuild` first."
+            )
+        sid = new_snapshot_id()
+        root = cfg.snapshot_root
+        final = root / sid
+        tmp = root / f"{_TMP_PREFIX}{sid}-{secrets.token_hex(3)}"
+        tmp.mkdir(parents=True)
+        try:
+            with store_for(cfg) as store:
+                info = store.describe()
+                if not info.exists:
+                    raise SnapshotError(
+                        f"The KB's {cfg.store_backend} store does not exist, so a snapshot would "
+                        "not hold it. Run `kbguard rebuild` (or `kbguard restore`) first."
+                    )
+                want = {s.name: s.dim for s in cfg.spaces}
+                have = {v.name: v.dim for v in info.vectors}
+                if have != want:
+                    raise SnapshotError(
+                        f"The store holds vectors {have} but the config asks for {want}. "
+                        "Run `kbguard rebuild --full` before taking a snapshot."
+                    )
+                specs = sorted(info.vectors, key=lambda v: v.name)
+                progress.stage("snapshot points", info.points)
+                points = _write_points(tmp / POINTS_FILE, store.scroll(batch_size=batch_size),
+                                       specs, progress)
+            crash_point("snapshot-write")
+            with Manifest.open(cfg.manifest, kb=cfg.kb) as m:
+                counts = {t: int(m.scalar(f"SELECT count(*) FROM {t}")) for t in TABLES}
+                pending = int(m.scalar("SELECT count(*) FROM store_state WHERE NOT confirmed"))
+                missing = int(m.scalar(
+                    "SELECT count(*) FROM chunks WHERE point_id NOT IN "
+                    "(SELECT point_id FROM store_state WHERE confirmed)"))
+                run = m.last_run(kind="rebuild%", status="ok")
+                progress.stage("snapshot manifest")
+                for table in TABLES:
+                    _export_table(m, table, tmp / f"{table}.parquet")
+            if pending or missing:
+                notes.append(f"the last rebuild did not finish: {missing} chunks are not in the "
+                             "store; a restore of this snapshot catches them up")
+            counts["points"] = points
+            files = {}
+            for name in DATA_FILES:
+                path = tmp / name
+                files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size,
+                               "rows": pq.ParquetFile(path).metadata.num_rows}
+            body = {
+                "format_version": FORMAT_VERSION,
+                "id": sid,
+                "kb": cfg.kb,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "corpus": _corpus_revision(run),
+                "config": {
+                    "backend": cfg.store_backend,
+                    "collection": cfg.collection,
+                    "vectors": [{"name": v.name, "dim": v.dim, "distance": v.distance}
+                                for v in specs],
+                    "spaces": [{"name": s.name, "space_id": s.space_id, "provider": s.provider,
+                                "model": s.model, "dim": s.dim, "normalize": s.normalize}
+                               for s in cfg.spaces],
+                },
+                "counts": counts,
+                "files": files,
+            }
+            (tmp / META_FILE).write_bytes(render_meta(body))
+            for name in (*DATA_FILES, META_FILE):
+                _fsync(tmp / name)
+            os.rename(tmp, final)
+            _fsync(root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        total = sum(f["bytes"] for f in files.values()) + (final / META_FILE).stat().st_size
+        dvc = _dvc_add_and_push(cfg, final, dvc_remote) if dvc_push else None
+    seconds = time.perf_counter() - started
+    return CreateReport(id=sid, path=str(final), points=points, counts=counts, bytes=total,
+                        seconds=round(seconds, 3),
+                        points_per_s=round(points / seconds, 1) if seconds else 0.0,
+                        dvc=dvc, notes=notes)
+
+
+def _write_points(path: Path, pages: Iterator[list[Point]], specs: list[Any],
+                  progress: Progress) -> int:
+    """Stream store pages into Parquet, one row group per page: memory bounded by the page."""
+    schema = pa.schema(
+        [pa.field("id", pa.string(), nullable=False)]
+        + [pa.field(VECTOR_PREFIX + s.name, pa.list_(pa.float32(), s.dim)) for s in specs]
+        + [pa.field("payload", pa.string(), nullable=False)]
+    )
+    n = 0
+    with pq.ParquetWriter(path, schema, compression="zstd", compression_level=1) as writer:
+        for page in pages:
+            columns: list[pa.Array] = [pa.array([p.id for p in page], pa.string())]
+            for s in specs:
+                columns.append(_vector_column(page, s.name, s.dim))
+            columns.append(pa.array(
+                [json.dumps(p.payload, sort_keys=True, ensure_ascii=False) for p in page],
+                pa.string()))
+            writer.write_batch(pa.record_batch(columns, schema=schema))
+            n += len(page)
+            progress.advance(len(page))
+    return n
+
+
+def _vector_column(page: list[Point], name: str, dim: int) -> pa.Array:
+    matrix = np.zeros((len(page), dim), dtype="<f4")
+    present = np.ones(len(page), dtype=bool)
+    for i, p in enumerate(page):
+        v = p.vectors.get(name)
+        if v is None or v.shape != (dim,):
+            present[i] = False  # a point without this vector: a null, never a made-up one
+        else:
+            matrix[i] = v
+    values = pa.array(matrix.reshape(-1), pa.float32())
+    mask = None if present.all() else pa.array(~present)
+    return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
+
+
+def _export_table(m: Manifest, table: str, path: Path) -> None:
+    order = {"documents": "path", "chunks": "path, seq", "embeddings": "space_id, content_hash"}
+    target = str(path).replace("'", "''")
+    m.con.execute(f"COPY (SELECT * FROM {table} ORDER BY {order[table]}) TO '{target}' "
+                  "(FORMAT parquet, COMPRESSION zstd)")
+
+
+def _corpus_revision(run: dict[str, Any] | None) -> dict[str, Any]:
+    if run is None:
+        return {"fingerprint": None, "git_rev": None, "rebuild_run": None}
+    git_rev = None
+    for note in (run.get("summary") or {}).get("notes", []):
+        if note.startswith("corpus git revision "):
+            git_rev = note.rsplit(" ", 1)[-1]
+    finished = run.get("finished_at")
+    return {"fingerprint": run.get("corpus_rev"), "git_rev": git_rev,
+            "rebuild_run": run.get("run_id"),
+            "rebuilt_at": finished.isoformat(timespec="seconds") if finished else None}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- reading points back ----------------------------------------------------------------------
+
+@dataclass
+class PointBatch:
+    ids: list[str]
+    vectors: dict[str, np.ndarray]       # name -> (n, dim) float32
+    present: dict[str, np.ndarray]       # name -> (n,) bool: False where the point has no vector
+    payloads: list[str]                  # JSON text, parsed by the caller
+
+    def points(self) -> list[Point]:
+        out = []
+        for i, pid in enumerate(self.ids):
+            vecs = {name: m[i] for name, m in self.vectors.items() if self.present[name][i]}
+            out.append(Point(pid, vecs, json.loads(self.payloads[i])))
+        return out
+
+
+def read_points(folder: Path, body: dict[str, Any], batch_size: int = BATCH
+                ) -> Iterator[PointBatch]:
+    """The snapshot's points in batches; checks the columns against the metadata."""
+    vectors = {v["name"]: int(v["dim"]) for v in body["config"]["vectors"]}
+    pf = pq.ParquetFile(_safe_file(folder, POINTS_FILE))
+    want = {"id", "payload", *(VECTOR_PREFIX + n for n in vectors)}
+    if set(pf.schema_arrow.names) != want:
+        raise SnapshotDamaged(
+            f"Snapshot {folder.name}: {POINTS_FILE} has columns {pf.schema_arrow.names}, "
+            f"not {sorted(want)}.")
+    for batch in pf.iter_batches(batch_size=batch_size):
+        n = batch.num_rows
+        mats, present = {}, {}
+        for name, dim in vectors.items():
+            col = batch.column(VECTOR_PREFIX + name)
+            if not isinstance(col.type, pa.FixedSizeListType) or col.type.list_size != dim:
+                raise SnapshotDamaged(
+                    f"Snapshot {folder.name}: vector {name!r} in {POINTS_FILE} is {col.type}, "
+                    f"not {dim} float32 values.")
+            flat = col.values.slice(col.offset * dim, n * dim)
+            mats[name] = flat.to_numpy(zero_copy_only=False).astype("<f4", copy=False
+                                                                     ).reshape(n, dim)
+            present[name] = (~np.asarray(col.is_null().to_numpy(zero_copy_only=False))
+                             if col.null_count else np.ones(n, dtype=bool))
+        yield PointBatch(batch.column("id").to_pylist(), mats, present,
+                         batch.column("payload").to_pylist())
+
+
+# -- pruning ----------------------------------------------------------------------------------
+
+@dataclass
+class PruneReport:
+    kept: list[str]
+    deleted: list[str]
+    dry_run: bool
+    skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable: never deleted
+    temporary: list[str] = field(default_factory=list)           # crashed writes cleared away
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_prune(entries: list[SnapshotEntry], keep_last: int, keep_daily: int) -> set[str]:
+    """The ids to keep: the ``keep_last`` newest, plus the newest of each of the
+    ``keep_daily`` most recent days (UTC) that have a snapshot."""
+    newest_first = sorted(entries, key=lambda s: (s.created_at or s.id, s.id), reverse=True)
+    keep = {s.id for s in newest_first[:keep_last]}
+    days: list[str] = []
+    for s in newest_first:
+        day = s.created_at[:10] if s.created_at else f"{s.id[:4]}-{s.id[4:6]}-{s.id[6:8]}"
+        if day not in days:
+            days.append(day)
+            if len(days) > keep_daily:
+                break
+            keep.add(s.id)
+    return keep
+
+
+def prune_snapshots(cfg: Config, *, keep_last: int, keep_daily: int,
+                    dry_run: bool = False) -> PruneReport:
+    """Delete the snapshots that the retention rule does not keep (and crashed writes)."""
+    if keep_last < 0 or keep_daily < 0:
+        raise SnapshotError("--keep-last and --keep-daily must be 0 or more.")
+    if keep_last == 0 and keep_daily == 0:
+        raise SnapshotError(
+            "--keep-last 0 --keep-daily 0 would delete every snapshot. Keep at least one; "
+            "to delete them all, remove the snapshot folder yourself.")
+    with kb_lock(cfg.manifest, "snapshot prune"):
+        entries = list_snapshots(cfg)
+        readable = [s for s in entries if s.problem is None]
+        keep = plan_prune(readable, keep_last, keep_daily)
+        report = PruneReport(
+            kept=[s.id for s in readable if s.id in keep],
+            deleted=[s.id for s in readable if s.id not in keep],
+            dry_run=dry_run,
+            skipped=[{"id": s.id, "problem": s.problem or ""} for s in entries if s.problem],
+            temporary=sorted(p.name for p in cfg.snapshot_root.glob(_TMP_PREFIX + "*"))
+            if cfg.snapshot_root.is_dir() else [],
+        )
+        if dry_run:
+            return report
+        by_id = {s.id: s for s in readable}
+        for sid in report.deleted:
+            _delete_snapshot(cfg, by_id[sid])
+        for name in report.temporary:  # we hold the lock, so no snapshot is being written
+            shutil.rmtree(cfg.snapshot_root / name, ignore_errors=True)
+    return report
+
+
+def _delete_snapshot(cfg: Config, snap: SnapshotEntry) -> None:
+    dvc_file = snap.path.with_name(snap.id + ".dvc")
+    if dvc_file.exists():
+        root = find_dvc_root(cfg.snapshot_root)
+        if root is not None:
+            # removes the .dvc file and its .gitignore entry; the data stays in the DVC cache
+            # and remotes until `dvc gc`
+            _dvc(root, "remove", "-q", str(dvc_file.relative_to(root)))
+        else:
+            dvc_file.unlink()
+    if snap.path.is_dir():
+        shutil.rmtree(snap.path)
+
+
+# -- DVC --------------------------------------------------------------------------------------
+
+def _dvc(root: Path, *args: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=3600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SnapshotError(f"`dvc {args[0]}` could not run in {root}: {exc}.") from exc
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise SnapshotError(
+            f"`dvc {' '.join(args)}` failed in {root}: {' '.join(detail[-3:]) or 'no output'}. "
+            "Fix the DVC setup (`dvc remote list`, `dvc doctor`) and run again."
+        )
+    return done.stdout
+
+
+def _dvc_root_for(cfg: Config) -> Path:
+    root = find_dvc_root(cfg.snapshot_root.resolve())
+    if root is None:
+        raise SnapshotError(
+            f"The snapshot root {cfg.snapshot_root} is not inside a DVC repository. Run "
+            "`dvc init` in the repository that holds it (and add a remote with `dvc remote add "
+            "-d NAME URL`), or leave out --dvc-push."
+        )
+    return root
+
+
+def _dvc_add_and_push(cfg: Config, folder: Path, remote: str | None) -> dict[str, str]:
+    root = _dvc_root_for(cfg)
+    rel = str(folder.relative_to(root))
+    _dvc(root, "add", "-q", rel)
+    _dvc(root, "push", "-q", *(["-r", remote] if remote else []), rel + ".dvc")
+    return {"dvc_file": rel + ".dvc", "remote": remote or "(default)",
+            "next": f"commit {rel}.dvc and {Path(rel).parent / '.gitignore'} with git"}
+
+
+def pull_snapshot(cfg: Config, snapshot_id: str, remote: str | None = None) -> Path:
+    """Fetch a DVC-tracked snapshot that is not present locally; returns its folder."""
+    folder = snapshot_folder(cfg, snapshot_id)
+    dvc_file = folder.with_name(snapshot_id + ".dvc")
+    if not dvc_file.is_file():
+        raise SnapshotError(
+            f"There is no snapshot {snapshot_id} under {cfg.snapshot_root} (neither a folder nor "
+            "a .dvc file). `kbguard snapshot list` shows the snapshots there."
+        )
+    root = _dvc_root_for(cfg)
+    _dvc(root, "pull", "-q", *(["-r", remote] if remote else []),
+         str(dvc_file.relative_to(root)))
+    if not folder.is_dir():
+        raise SnapshotError(f"`dvc pull` did not bring back {folder}. Check {dvc_file}.")
+    return folder
