@@ -59,9 +59,10 @@ _HASH_BLOCK = 1 << 20
 
 
 class SnapshotDamaged(SnapshotError):
-    """A snapshot's files do not match its metadata (or the metadata is unreadable)."""
+    """A snapshot's files do not match its metadata (or the metadata is unreadable).
 
-    exit_code = 1
+    `kbguard snapshot verify` reports it as a finding (exit 1); for a restore it is a reason
+    the work cannot be done (exit 2, as every SnapshotError)."""
 
 
 @dataclass

@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
-from kbguard.cli.common import (DEFAULT_CONFIG_PATH, EXIT_ERROR, ConfigOpt, JsonOpt, QuietOpt,
-                                RichProgress, emit_json, guarded, load, stderr, stdout)
+from kbguard.cli.common import (DEFAULT_CONFIG_PATH, EXIT_ERROR, EXIT_FINDINGS, ConfigOpt,
+                                JsonOpt, QuietOpt, RichProgress, emit_json, guarded, load, stderr,
+                                stdout)
+from kbguard.errors import SnapshotError
 from kbguard.restore import restore
-from kbguard.snapshot import (create_snapshot, list_snapshots, prune_snapshots, snapshot_folder,
-                              verify_folder)
+from kbguard.snapshot import (SnapshotDamaged, create_snapshot, list_snapshots, prune_snapshots,
+                              snapshot_folder, verify_folder)
 
 snapshot_app = typer.Typer(
     name="snapshot", no_args_is_help=True,
@@ -109,11 +111,15 @@ def verify_cmd(
     cfg = load(config)
     folder = snapshot_folder(cfg, snapshot_id)
     if not folder.is_dir():
-        from kbguard.errors import SnapshotError
-
         raise SnapshotError(f"There is no snapshot folder {folder}. `kbguard snapshot list` "
                             "shows the snapshots; `kbguard restore ID` pulls one from DVC.")
-    body = verify_folder(folder)
+    try:
+        body = verify_folder(folder)
+    except SnapshotDamaged as exc:
+        if json_out:
+            emit_json({"id": snapshot_id, "ok": False, "problem": str(exc)})
+        stderr.print(f"Damaged: {exc}")
+        raise typer.Exit(EXIT_FINDINGS) from None
     if json_out:
         emit_json({"id": snapshot_id, "ok": True, "counts": body["counts"],
                    "created_at": body["created_at"], "files": body["files"]})

@@ -362,8 +362,12 @@ class QdrantStore(Store):
                     client.delete_collection(c.name)
 
     def kept_vectors(self, distance: str, vectors: np.ndarray) -> np.ndarray:
-        """Local mode divides every cosine vector by its float32 norm on write, even a unit
-        one, which can move it by a rounding step; a server keeps unit vectors as they are."""
+        """What a read through this client returns after a write.
+
+        Local mode divides every cosine vector by its float32 norm in memory, even a unit one,
+        which can move it by a rounding step; it persists the vector as written, so a client
+        that opens the folder later reads that back. A server keeps unit vectors as they are.
+        """
         if self.path is None or distance != "cosine":
             return vectors
         out = np.empty_like(vectors, dtype=np.float32)
