@@ -44,6 +44,16 @@ class SpaceConfig:
 
 
 @dataclass(frozen=True)
+class Canary:
+    """A query whose expected documents must be among the top ``k`` results (`kbguard verify`)."""
+
+    query: str
+    expect: tuple[str, ...]
+    k: int = 5
+    space: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     kb: str
@@ -63,6 +73,7 @@ class Config:
     parse_workers: int = 2
     read_as: dict[str, str] = field(default_factory=dict)   # suffix -> format suffix
     extra: dict[str, Any] = field(default_factory=dict)
+    canaries: tuple[Canary, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -134,7 +145,8 @@ def _parse(path: Path, data: dict[str, Any]) -> Config:
         read_as=_read_as(path, r.get("parsing.read_as", dict, {})),
         extra={k: v for k, v in data.items()
                if k not in ("kb", "corpus", "chunking", "parsing", "spaces", "store",
-                            "manifest", "snapshots", "rebuild")},
+                            "manifest", "snapshots", "rebuild", "canaries")},
+        canaries=_canaries(path, data.get("canaries", []), names),
     )
     if cfg.max_tokens < 16:
         raise ConfigError(f"{path}: chunking.max_tokens must be at least 16, got {cfg.max_tokens}.")
@@ -182,6 +194,36 @@ def _space(path: Path, i: int, raw: Any, root: Path) -> SpaceConfig:
         normalize=bool(raw.get("normalize", True)), batch_size=batch,
         model_path=(root / mp).resolve() if mp else None,
     )
+
+
+def _canaries(path: Path, raw: Any, spaces: list[str]) -> tuple[Canary, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: canaries must be [[canaries]] tables.")
+    out = []
+    for i, c in enumerate(raw):
+        where = f"{path}: [[canaries]] #{i + 1}"
+        if not isinstance(c, dict):
+            raise ConfigError(f"{where} must be a table.")
+        query, expect = c.get("query"), c.get("expect")
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError(f"{where}: query must be the text to search for.")
+        if isinstance(expect, str):
+            expect = [expect]
+        if not isinstance(expect, list) or not expect or \
+                not all(isinstance(e, str) and e for e in expect):
+            raise ConfigError(f"{where}: expect must list corpus-relative document paths, "
+                              'e.g. expect = ["guide/install.md"].')
+        k = c.get("k", 5)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"{where}: k must be a positive integer, got {k!r}.")
+        space = c.get("space")
+        if space is not None and space not in spaces:
+            raise ConfigError(f"{where}: space {space!r} is not one of {spaces}.")
+        if len(expect) > k:
+            raise ConfigError(f"{where}: {len(expect)} expected documents cannot all be in the "
+                              f"top {k}; raise k.")
+        out.append(Canary(query=query, expect=tuple(expect), k=k, space=space))
+    return tuple(out)
 
 
 class _Reader:

@@ -1,0 +1,104 @@
+"""Prometheus textfile-collector metrics of `kbguard verify`, written atomically.
+
+node_exporter's textfile collector reads every ``*.prom`` file of a folder on each scrape; a
+half-written file would be read as garbage, so the metrics go to a temporary file in the same
+folder and are renamed over the old one. The time of the last completed check survives a run that
+could not check: it is read back from the previous file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kbguard.verify import VerifyReport
+
+LAST_SUCCESS = "kbguard_verify_last_success_timestamp_seconds"
+
+
+def render_metrics(kb: str, report: VerifyReport | None, *, started: float,
+                   last_success: float | None, error: str | None = None) -> str:
+    from kbguard.verify import FINDINGS
+
+    label = f'kb="{_escape(kb)}"'
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            lines.append(f"{name}{{{labels}}} {_num(value)}")
+
+    metric("kbguard_verify_up", "gauge",
+           "1 if the last check could run to the end, 0 if it could not check.",
+           [(label, 0 if report is None or report.exit_code == 2 else 1)])
+    metric("kbguard_verify_healthy", "gauge", "1 if the last check found nothing.",
+           [(label, 1 if report is not None and report.healthy else 0)])
+    metric("kbguard_verify_exit_code", "gauge",
+           "Exit code of the last check: 0 healthy, 1 findings, 2 could not check.",
+           [(label, 2 if report is None else report.exit_code)])
+    if report is not None:
+        metric("kbguard_verify_findings", "gauge", "Findings of the last check, by class.",
+               [(f'{label},finding="{name}"', f.count) for name, f in report.findings.items()])
+        metric("kbguard_verify_points_checked", "gauge", "Points compared by the last check.",
+               [(label, report.points_checked)])
+    else:
+        metric("kbguard_verify_findings", "gauge", "Findings of the last check, by class.",
+               [(f'{label},finding="{name}"', 0) for name in FINDINGS])
+    metric("kbguard_verify_duration_seconds", "gauge", "Wall time of the last check.",
+           [(label, round(time.time() - started, 3))])
+    metric("kbguard_verify_last_run_timestamp_seconds", "gauge",
+           "When the last check started (whatever its outcome).", [(label, round(started, 3))])
+    if last_success is not None:
+        metric(LAST_SUCCESS, "gauge",
+               "When the last check that ran to the end (exit 0 or 1) started.",
+               [(label, round(last_success, 3))])
+    if error:
+        lines.append(f"# could not check: {' '.join(error.split())}")
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics(path: Path, kb: str, report: VerifyReport | None, *, started: float,
+                  error: str | None = None) -> None:
+    """Write the metrics of one check to ``path`` atomically."""
+    path = Path(path)
+    completed = report is not None and report.exit_code != 2
+    last_success = started if completed else _previous_success(path)
+    text = render_metrics(kb, report, started=started, last_success=last_success, error=error)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # the exporter usually runs as another user
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _previous_success(path: Path) -> float | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(rf"^{LAST_SUCCESS}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else None
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

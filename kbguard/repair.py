@@ -1,0 +1,210 @@
+"""Repair: heal what `kbguard verify` found, from the embedding cache, then check again.
+
+The cache is the source of every vector written: damaged cache rows (and the rows that are gone)
+are re-embedded first, then every damaged point is rewritten whole (vectors from the cache,
+payload from the manifest), orphans are deleted, and a drifted collection is recreated and
+refilled. Only texts the cache cannot supply are embedded. Points are written the way a rebuild
+writes them (state row pending, upsert, flush, confirm), so a killed repair leaves nothing that
+the next check or rebuild would not see.
+
+A store that cannot be opened, or a manifest that cannot be read, is not repaired: that is a
+restore, and the repair refuses with a message that says so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kbguard.config import Config
+from kbguard.errors import KbguardError
+from kbguard.lock import kb_lock
+from kbguard.manifest import Manifest, blob_vector, now
+from kbguard.progress import SILENT, Progress
+from kbguard.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
+
+
+class RestoreNeeded(KbguardError):
+    """The damage is beyond a repair from the cache: restore from a snapshot."""
+
+
+@dataclass
+class RepairReport:
+    before: VerifyReport
+    after: VerifyReport
+    actions: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return self.after.exit_code
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.after.to_dict()
+        out["repair"] = {"actions": self.actions, "seconds": self.seconds,
+                         "before": {"counts": self.before.counts(),
+                                    "total_findings": self.before.total,
+                                    "run_id": self.before.run_id}}
+        return out
+
+
+def repair_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
+              progress: Progress = SILENT) -> RepairReport:
+    """Check, repair what can be repaired from the cache, check again; all under the KB lock."""
+    started = time.perf_counter()
+    opts = CheckOptions(sample=sample, deep=deep)
+    with kb_lock(cfg.manifest, "verify --repair"):
+        before, plan = check_kb(cfg, opts, progress)
+        record_check(cfg, before, kind="verify")
+        if plan.store_unreadable:
+            raise RestoreNeeded(
+                "The store cannot be opened, so there is nothing to repair: this is a restore. "
+                "Run `kbguard restore --latest`, or `kbguard rebuild --full` to rebuild the "
+                f"store from the embedding cache. ({before.findings['store_unreadable'].examples[0]['error']})")
+        if plan.manifest_unreadable:
+            raise RestoreNeeded(
+                f"The manifest {cfg.manifest} cannot be read, and a repair works from it: this "
+                "is a restore. Run `kbguard restore --latest` to bring back the manifest.")
+        actions = _apply(cfg, plan, progress)
+        # the re-check samples afresh: what was re-embedded is compared again
+        after, _ = check_kb(cfg, opts, progress)
+        record_check(cfg, after, kind="verify-after-repair")
+    return RepairReport(before, after, actions, round(time.perf_counter() - started, 3))
+
+
+def _apply(cfg: Config, plan: RepairPlan, progress: Progress) -> dict[str, Any]:
+    from kbguard.embed import get_embedder
+    from kbguard.rebuild import store_for, vector_specs
+
+    embedded_before = {s: get_embedder(s).texts_embedded for s in cfg.spaces}
+    actions: dict[str, Any] = {"cache_rows_replaced": 0, "cache_rows_dropped": 0,
+                               "points_rewritten": 0, "orphans_deleted": 0,
+                               "collection_recreated": False, "texts_embedded": 0}
+    with Manifest.open(cfg.manifest, kb=cfg.kb) as m:
+        run_id = m.start_run("repair")
+        try:
+            rewrite = set(plan.rewrite)
+            _recache(cfg, m, plan, actions, rewrite, run_id)
+            with store_for(cfg) as store:
+                if plan.recreate:
+                    store.drop()
+                    actions["collection_recreated"] = True
+                if plan.recreate or plan.create:
+                    store.ensure(vector_specs(cfg))
+                    with m.transaction():
+                        m.con.execute("UPDATE store_state SET confirmed = false")
+                    rewrite = {r[0] for r in m.con.execute("SELECT point_id FROM chunks").fetchall()}
+                actions["points_rewritten"] = _rewrite(cfg, m, store, sorted(rewrite), run_id,
+                                                       progress)
+                actions["orphans_deleted"] = _delete(cfg, m, store, sorted(plan.delete))
+            actions["texts_embedded"] = sum(get_embedder(s).texts_embedded - n
+                                            for s, n in embedded_before.items())
+            m.finish_run(run_id, "ok", actions)
+        except BaseException as exc:
+            try:
+                m.finish_run(run_id, "failed", {"error": str(exc) or type(exc).__name__,
+                                                **actions})
+            except Exception:
+                pass  # the original error matters more than recording it
+            raise
+    return actions
+
+
+def _recache(cfg: Config, m: Manifest, plan: RepairPlan, actions: dict[str, Any],
+             rewrite: set[str], run_id: int) -> None:
+    """Replace damaged, missing and drifted cache rows with fresh embeddings."""
+    from kbguard.embed import get_embedder
+
+    spaces = {s.space_id: s for s in cfg.spaces}
+    by_space: dict[str, list[str]] = {}
+    for space_id, h in sorted(plan.recache):
+        by_space.setdefault(space_id, []).append(h)
+    for space_id, hashes in by_space.items():
+        texts = dict(m.con.execute(
+            "SELECT content_hash, min(text) FROM chunks WHERE content_hash IN "
+            "(SELECT unnest(?::VARCHAR[])) GROUP BY 1", [hashes]).fetchall())
+        unused = [h for h in hashes if h not in texts]
+        space = spaces.get(space_id)
+        if unused or space is None:
+            # a damaged row nobody uses (or of a space no longer configured): drop it
+            gone = hashes if space is None else unused
+            with m.transaction():
+                m.con.execute("DELETE FROM embeddings WHERE space_id = ? AND content_hash IN "
+                              "(SELECT unnest(?::VARCHAR[]))", [space_id, gone])
+            actions["cache_rows_dropped"] += len(gone)
+        if space is None:
+            continue
+        todo = [h for h in hashes if h in texts]
+        embedder = get_embedder(space)
+        for lo in range(0, len(todo), space.batch_size):
+            batch = todo[lo:lo + space.batch_size]
+            vectors = embedder.embed_batch([texts[h] for h in batch])
+            with m.transaction():
+                m.cache_vectors(space_id, list(zip(batch, vectors)), run_id)
+            actions["cache_rows_replaced"] += len(batch)
+        if todo:
+            rewrite.update(r[0] for r in m.con.execute(
+                "SELECT point_id FROM chunks WHERE content_hash IN (SELECT unnest(?::VARCHAR[]))",
+                [todo]).fetchall())
+
+
+def _rewrite(cfg: Config, m: Manifest, store: Any, ids: list[str], run_id: int,
+             progress: Progress) -> int:
+    """Write whole points from the manifest and the cache, embedding what the cache lacks."""
+    from kbguard.embed import get_embedder
+    from kbguard.rebuild import point_payload
+    from kbguard.store import Point
+
+    names = ",".join(sorted(s.name for s in cfg.spaces))
+    written = 0
+    if ids:
+        progress.stage("rewrite points", len(ids))
+    for lo in range(0, len(ids), cfg.upsert_batch):
+        batch = ids[lo:lo + cfg.upsert_batch]
+        rows = m.con.execute(
+            "SELECT point_id, path, content_hash, occurrence, section, text FROM chunks "
+            "WHERE point_id IN (SELECT unnest(?::VARCHAR[]))", [batch]).fetchall()
+        hashes = sorted({r[2] for r in rows})
+        vectors: dict[str, dict[str, Any]] = {}
+        for space in cfg.spaces:
+            have = {h: blob_vector(b) for h, b in m.con.execute(
+                "SELECT content_hash, vector FROM embeddings WHERE space_id = ? AND "
+                "content_hash IN (SELECT unnest(?::VARCHAR[]))",
+                [space.space_id, hashes]).fetchall()}
+            lacking = [h for h in hashes if h not in have]
+            if lacking:
+                text_of = {r[2]: r[5] for r in rows}
+                fresh = get_embedder(space).embed_batch([text_of[h] for h in lacking])
+                with m.transaction():
+                    m.cache_vectors(space.space_id, list(zip(lacking, fresh)), run_id)
+                have.update(zip(lacking, fresh))
+            for h, v in have.items():
+                vectors.setdefault(h, {})[space.name] = v
+        points = [Point(pid, vectors[h], point_payload(cfg.kb, path, h, occ, section, text))
+                  for pid, path, h, occ, section, text in rows]
+        ts = now()
+        with m.transaction():
+            m.con.execute("DELETE FROM store_state WHERE point_id IN "
+                          "(SELECT unnest(?::VARCHAR[]))", [[p.id for p in points]])
+            m.con.executemany("INSERT INTO store_state VALUES (?, ?, ?, ?, false, ?)",
+                              [[pid, path, h, names, ts] for pid, path, h, *_ in rows])
+        store.upsert(points)
+        store.flush()
+        with m.transaction():
+            m.con.execute("UPDATE store_state SET confirmed = true WHERE point_id IN "
+                          "(SELECT unnest(?::VARCHAR[]))", [[p.id for p in points]])
+        written += len(points)
+        progress.advance(len(batch))
+    return written
+
+
+def _delete(cfg: Config, m: Manifest, store: Any, ids: list[str]) -> int:
+    for lo in range(0, len(ids), cfg.upsert_batch):
+        batch = ids[lo:lo + cfg.upsert_batch]
+        store.delete(batch)
+        store.flush()
+        with m.transaction():
+            m.con.execute("DELETE FROM store_state WHERE point_id IN "
+                          "(SELECT unnest(?::VARCHAR[]))", [batch])
+    return len(ids)
