@@ -378,3 +378,40 @@ def test_open_store_rejects_an_unknown_backend():
     known = r"Unknown store backend 'chroma'; the known backends are edge, qdrant\."
     with pytest.raises(StoreError, match=known):
         open_store("chroma", path=Path("x"))
+
+
+def test_a_staging_store_swaps_in_and_drop_leftovers_clears_the_rest(make_store):
+    live = make_store()
+    live.create(SPECS)
+    old, new = _points(3, seed=1), _points(4, seed=2)
+    live.upsert(old)
+    live.flush()
+    staging = live.staging("t1")
+    staging.create(SPECS)
+    staging.upsert(new)
+    staging.flush()
+    assert live.count() == 3                       # building beside it changes nothing
+
+    live.swap_in(staging)
+    live.swap_in(staging)                          # a second call (a rerun) is a no-op
+    live.close()
+    reopened = make_store()
+    got = _by_id(reopened.retrieve([p.id for p in new + old]))
+    assert set(got) == {p.id for p in new}
+    for p in new:
+        _assert_same(got[p.id], p)
+    if isinstance(reopened, EdgeStore):
+        with EdgeStore(reopened.path.with_name("shard.replaced")) as replaced:
+            assert replaced.count() == 3               # the old shard waits until dropped
+    reopened.drop_leftovers()
+    assert reopened.count() == 4
+    assert sorted(p.name for p in reopened.path.parent.iterdir()) == [reopened.path.name]
+
+
+def test_swap_in_refuses_a_store_that_is_not_its_staging(make_store, tmp_path):
+    live = make_store()
+    live.create(SPECS)
+    other = EdgeStore(tmp_path / "elsewhere") if isinstance(live, QdrantStore) else \
+        QdrantStore("kb", path=tmp_path / "elsewhere")
+    with pytest.raises(StoreError, match="is not a staging"):
+        live.swap_in(other)
