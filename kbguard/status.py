@@ -10,6 +10,7 @@ from kbguard.lock import check_unlocked
 from kbguard.manifest import Manifest
 from kbguard.rebuild import plan_documents, store_for
 from kbguard.scan import scan_corpus
+from kbguard.verify import last_check
 from kbguard.versioning import dvc_view
 
 
@@ -26,6 +27,7 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
             "counts": m.counts(),
             "last_run": _run(m.last_run()),
             "last_successful_rebuild": _run(m.last_run(kind="rebuild%", status="ok")),
+            "last_check": last_check(m),
             "failed_documents": [
                 {"path": p, "error": e} for p, e in m.con.execute(
                     "SELECT path, error FROM documents WHERE status = 'failed' ORDER BY path"

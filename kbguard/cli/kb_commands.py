@@ -123,6 +123,14 @@ def _print_status(st: dict[str, Any]) -> None:
             stdout.print(f"             error: {run['error']}")
     else:
         stdout.print("  last run   none")
+    check = st.get("last_check")
+    if check:
+        found = ", ".join(f"{k} {v}" for k, v in check["findings"].items())
+        stdout.print(f"  last check #{check['run_id']} at {check['checked_at']}: "
+                     + (found if found else "healthy" if check["status"] == "ok"
+                        else check["status"]))
+    else:
+        stdout.print("  last check none: run `kbguard verify`")
     for f in st["failed_documents"][:10]:
         stdout.print(f"  failed     {f['path']}: {f['error']}")
     if "pending" in st:

@@ -1,0 +1,351 @@
+"""`kbguard verify`: each injected fault is reported as exactly its class, and `--repair` heals it.
+
+Every test builds a real KB (real DuckDB manifest, real store under tmp_path, the fake embedder),
+damages it with `kbguard.chaos`, and reads the verdict through the CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import KB, make_kb, store_contents
+
+from kbguard.chaos import fill_synthetic, inject
+from kbguard.embed import get_embedder
+from kbguard.manifest import Manifest
+from kbguard.verify import FINDINGS
+
+CANARY = """
+[[canaries]]
+query = "Document 1 part 2 topic2"
+expect = ["doc1.md"]
+k = 3
+"""
+
+
+def built(tmp_path: Path, backend: str = "edge", **kw) -> KB:
+    kb = make_kb(tmp_path, backend=backend, **kw)
+    kb.cli_json("rebuild")
+    return kb
+
+
+def verify(kb: KB, *args: str) -> tuple[int, dict]:
+    res = kb.cli("verify", "--json", *args)
+    assert res.code in (0, 1, 2), (res.code, res.stdout, res.stderr, res.exception)
+    return res.code, json.loads(res.stdout)
+
+
+def nonzero(report: dict) -> dict[str, int]:
+    return {k: v["count"] for k, v in report["findings"].items() if v["count"]}
+
+
+def embedded(kb: KB) -> int:
+    return sum(get_embedder(s).texts_embedded for s in kb.cfg.spaces)
+
+
+def repair(kb: KB, *args: str) -> dict:
+    before = embedded(kb)
+    res = kb.cli("verify", "--repair", "--json", *args)
+    assert res.code == 0, (res.code, res.stdout, res.stderr, res.exception)
+    report = json.loads(res.stdout)
+    assert report["healthy"] and nonzero(report) == {}
+    report["embed_calls"] = embedded(kb) - before
+    return report
+
+
+# -- a healthy KB --------------------------------------------------------------------------
+
+def test_healthy_kb_reports_every_class_at_zero(tmp_path: Path, backend: str) -> None:
+    kb = built(tmp_path, backend, extra=CANARY)
+    code, report = verify(kb)
+    assert code == 0
+    assert report["healthy"] is True
+    assert set(report["findings"]) == set(FINDINGS)
+    assert all(f["count"] == 0 for f in report["findings"].values())
+    assert report["findings"]["canary_failures"]["checked"] is True
+    assert report["findings"]["embedding_drift"]["checked"] is False  # no --deep/--sample
+    assert report["points_checked"] == report["manifest_points"] > 0
+    assert report["run_id"] is not None
+
+
+def test_human_output_and_exit_code_on_findings(tmp_path: Path) -> None:
+    kb = built(tmp_path)
+    inject(kb.cfg, "delete-points", count=2, seed=1)
+    res = kb.cli("verify")
+    assert res.code == 1
+    assert "2 findings" in res.stdout
+    assert "missing_points     2" in res.stdout
+    assert "fix: `kbguard verify --repair` writes them from the embedding cache." in res.stdout
+
+
+# -- one class per fault, exact counts, then repair with no embedding calls ----------------
+
+CASES = [
+    # (chaos action, count, finding, expected count)
+    ("delete-points", 3, "missing_points", 3),
+    ("add-orphans", 2, "orphan_points", 2),
+    ("stale-points", 2, "stale_points", 2),
+    ("flip-bits", 4, "vector_corruption", 4),
+    ("wrong-model", 3, "wrong_space", 3),
+    ("nan-vectors", 2, "invalid_vectors", 2),
+    ("zero-vectors", 2, "invalid_vectors", 2),
+    ("damage-payloads", 3, "payload_damage", 3),
+    ("drift-config", 1, "config_drift", 1),
+]
+
+
+@pytest.mark.parametrize("action,n,finding,expected", CASES, ids=[c[0] for c in CASES])
+def test_each_fault_is_exactly_its_class_and_repair_heals_it(
+        tmp_path: Path, backend: str, action: str, n: int, finding: str, expected: int) -> None:
+    kb = built(tmp_path, backend)
+    healthy_points = store_contents(kb.cfg)
+    inject(kb.cfg, action, count=n, seed=7)
+
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {finding: expected}
+    examples = report["findings"][finding]["examples"]
+    assert len(examples) == min(expected, 5)
+    if finding not in ("config_drift",):
+        assert all("point_id" in e and "path" in e for e in examples)
+
+    fixed = repair(kb)
+    assert fixed["embed_calls"] == 0
+    assert fixed["repair"]["before"]["counts"][finding] == expected
+    assert store_contents(kb.cfg) == healthy_points
+    assert verify(kb)[0] == 0
+
+
+def test_dropped_collection_is_all_points_missing_and_refilled_from_cache(
+        tmp_path: Path, backend: str) -> None:
+    kb = built(tmp_path, backend)
+    healthy_points = store_contents(kb.cfg)
+    inject(kb.cfg, "drop-collection")
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"missing_points": len(healthy_points)}
+    fixed = repair(kb)
+    assert fixed["embed_calls"] == 0
+    assert store_contents(kb.cfg) == healthy_points
+
+
+def test_file_level_bit_flips_in_an_edge_shard_are_detected(tmp_path: Path) -> None:
+    kb = built(tmp_path, "edge")
+    healthy_points = store_contents(kb.cfg)
+    result = inject(kb.cfg, "flip-file-bits", count=6, seed=3)
+    assert result.count == 6
+    damaged = store_contents(kb.cfg)
+    changed = {pid for pid in healthy_points if damaged[pid] != healthy_points[pid]}
+    assert changed, "the flips must land in stored vectors"
+
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"vector_corruption": len(changed)}
+    assert {e["point_id"] for e in report["findings"]["vector_corruption"]["examples"]} <= changed
+    fixed = repair(kb)
+    assert fixed["embed_calls"] == 0
+    assert store_contents(kb.cfg) == healthy_points
+
+
+@pytest.mark.parametrize("action", ["damage-cache", "drop-cache-rows"])
+def test_damaged_cache_rows_are_manifest_damage_and_only_they_are_re_embedded(
+        tmp_path: Path, backend: str, action: str) -> None:
+    kb = built(tmp_path, backend)
+    healthy_points = store_contents(kb.cfg)
+    inject(kb.cfg, action, count=3, seed=5)
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"manifest_damage": 3}
+    fixed = repair(kb)
+    assert fixed["embed_calls"] == 3
+    assert fixed["repair"]["actions"]["cache_rows_replaced"] == 3
+    assert store_contents(kb.cfg) == healthy_points
+
+
+def test_a_store_that_cannot_be_opened_is_a_finding_and_repair_refuses(
+        tmp_path: Path, backend: str) -> None:
+    kb = built(tmp_path, backend)
+    inject(kb.cfg, "truncate-store")
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"store_unreadable": 1}
+    assert report["findings"]["missing_points"]["checked"] is False
+    res = kb.cli("verify", "--repair")
+    assert res.code == 2
+    assert "this is a restore" in res.stderr
+    assert "kbguard restore --latest" in res.stderr
+
+
+def test_an_unreadable_manifest_is_a_finding_and_repair_refuses(tmp_path: Path) -> None:
+    kb = built(tmp_path)
+    inject(kb.cfg, "damage-manifest")
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"manifest_damage": 1}
+    assert "cannot be read" in report["findings"]["manifest_damage"]["examples"][0]["error"]
+    res = kb.cli("verify", "--repair")
+    assert res.code == 2
+    assert "this is a restore" in res.stderr
+
+
+def test_a_corpus_change_since_the_build_is_reported_and_left_to_rebuild(tmp_path: Path) -> None:
+    kb = built(tmp_path)
+    kb.write("doc1.md", "# Changed\n\nNew text entirely.\n")
+    kb.write("new.md", "# New\n\nA new document.\n")
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"corpus_changed": 2}
+    changes = {e["path"]: e["change"] for e in report["findings"]["corpus_changed"]["examples"]}
+    assert changes == {"doc1.md": "changed", "new.md": "added"}
+    kb.cli_json("rebuild")
+    assert verify(kb)[0] == 0
+
+
+def test_wrong_model_everywhere_is_seen_only_by_fresh_embeddings(tmp_path: Path) -> None:
+    kb = built(tmp_path)
+    healthy_points = store_contents(kb.cfg)
+    inject(kb.cfg, "poison-cache", count=3, seed=2)
+    # the cache and the store agree, so checksums and comparisons pass
+    assert verify(kb)[0] == 0
+    code, report = verify(kb, "--deep")
+    assert code == 1
+    assert nonzero(report) == {"embedding_drift": 3}
+    code, report = verify(kb, "--sample", "1000")
+    assert nonzero(report) == {"embedding_drift": 3}
+    fixed = repair(kb, "--deep")
+    assert fixed["repair"]["actions"]["cache_rows_replaced"] == 3
+    assert store_contents(kb.cfg) == healthy_points
+
+
+def test_sample_re_embeds_exactly_n_points(tmp_path: Path) -> None:
+    kb = built(tmp_path)
+    before = embedded(kb)
+    code, report = verify(kb, "--sample", "5")
+    assert code == 0
+    assert report["sampled"] == 5
+    assert embedded(kb) - before == 5
+
+
+def test_a_failing_canary_is_reported(tmp_path: Path) -> None:
+    kb = built(tmp_path, extra=CANARY + """
+[[canaries]]
+query = "something about nothing"
+expect = ["absent.md"]
+k = 3
+""")
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"canary_failures": 1}
+    assert report["findings"]["canary_failures"]["examples"][0]["missing"] == ["absent.md"]
+
+
+# -- verify only reads ---------------------------------------------------------------------
+
+def _tree(path: Path) -> dict[str, str]:
+    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def _kb_content(kb: KB) -> dict[str, list]:
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        return {t: m.con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+                for t in ("meta", "documents", "chunks", "embeddings", "store_state")}
+
+
+def test_verify_changes_neither_store_nor_manifest_content(tmp_path: Path, backend: str) -> None:
+    kb = built(tmp_path, backend)
+    inject(kb.cfg, "flip-bits", count=2, seed=1)  # findings too: still nothing may change
+    # Qdrant Edge rewrites its config file the first time it loads a shard it created; after
+    # that a load changes no byte. A no-op rebuild does that first load.
+    kb.cli_json("rebuild")
+    store_before, content_before = _tree(kb.cfg.store_path), _kb_content(kb)
+    contents_before = store_contents(kb.cfg)
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        runs = m.scalar("SELECT count(*) FROM runs")
+    for args in ((), ("--deep",), ("--sample", "3")):
+        assert verify(kb, *args)[0] == 1
+    assert _tree(kb.cfg.store_path) == store_before
+    assert _kb_content(kb) == content_before
+    assert store_contents(kb.cfg) == contents_before
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        assert m.scalar("SELECT count(*) FROM runs") == runs + 3
+        assert m.scalar("SELECT count(*) FROM findings") == 3 * len(FINDINGS)
+
+
+# -- history, status, metrics, lock --------------------------------------------------------
+
+def test_every_check_is_recorded_and_status_shows_the_last(tmp_path: Path) -> None:
+    kb = built(tmp_path)
+    inject(kb.cfg, "delete-points", count=1, seed=4)
+    code, report = verify(kb)
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        rows = dict(m.con.execute("SELECT finding, count FROM findings WHERE run_id = ?",
+                                  [report["run_id"]]).fetchall())
+        status = m.scalar("SELECT status FROM runs WHERE run_id = ?", [report["run_id"]])
+    assert rows == {name: (1 if name == "missing_points" else 0) for name in FINDINGS}
+    assert status == "findings"
+    st = kb.cli_json("status")
+    assert st["last_check"]["run_id"] == report["run_id"]
+    assert st["last_check"]["findings"] == {"missing_points": 1}
+    text = kb.cli("status").stdout
+    assert "last check" in text and "missing_points 1" in text
+
+
+def test_prom_file_is_written_atomically_with_every_class(tmp_path: Path) -> None:
+    kb = built(tmp_path)
+    prom = tmp_path / "metrics" / "kbguard.prom"
+    t0 = time.time()
+    assert kb.cli("verify", "--prom-file", str(prom)).code == 0
+    text = prom.read_text()
+    for name in FINDINGS:
+        assert f'kbguard_verify_findings{{kb="testkb",finding="{name}"}} 0' in text
+    assert 'kbguard_verify_up{kb="testkb"} 1' in text
+    assert f'kbguard_verify_points_checked{{kb="testkb"}} ' in text
+    last = float(text.split('kbguard_verify_last_success_timestamp_seconds{kb="testkb"} ')[1]
+                 .split()[0])
+    assert t0 - 1 <= last <= time.time()
+    assert [p.name for p in prom.parent.iterdir()] == ["kbguard.prom"]  # no temp file left
+
+    kb.cfg.manifest.unlink()  # now it cannot check: the last success time must survive
+    assert kb.cli("verify", "--prom-file", str(prom)).code == 2
+    text = prom.read_text()
+    assert 'kbguard_verify_up{kb="testkb"} 0' in text
+    assert f'kbguard_verify_last_success_timestamp_seconds{{kb="testkb"}} {last:g}' in text or \
+        str(round(last, 3)) in text
+
+
+def test_no_manifest_means_could_not_check(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path)
+    res = kb.cli("verify")
+    assert res.code == 2
+    assert "has not been built yet" in res.stderr
+
+
+def test_verify_does_not_wait_for_a_busy_kb(tmp_path: Path) -> None:
+    from kbguard.lock import kb_lock
+
+    kb = built(tmp_path)
+    with kb_lock(kb.cfg.manifest, "rebuild"):
+        res = kb.cli("verify")
+    assert res.code == 3
+    assert "busy" in res.stderr
+
+
+# -- scale ---------------------------------------------------------------------------------
+
+def test_a_healthy_10k_point_kb_never_reports_a_finding(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path, docs=0, dim=32)
+    assert fill_synthetic(kb.cfg, points=10_000, words=12) == 10_000
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        text = m.scalar("SELECT text FROM chunks WHERE path = 'synthetic/doc000042.md' AND seq = 7")
+    with open(kb.config_path, "a") as fh:  # a canary that must find that chunk's document
+        fh.write(f'\n[[canaries]]\nquery = """{text}"""\nexpect = ["synthetic/doc000042.md"]\n')
+    for args in ((), (), ("--sample", "200")):
+        code, report = verify(kb, *args)
+        assert code == 0, nonzero(report)
+        assert report["points_checked"] == 10_000
+        assert report["findings"]["canary_failures"]["checked"] is True
