@@ -306,8 +306,8 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
         n = 0
         for batch in read_points(folder, body, batch_size):
             points = batch.points()
+            # no flush per batch: a killed build is thrown away, never resumed
             stage.upsert(points)
-            stage.flush()
             m.con.register("restored_state", _state_rows(points))
             with m.transaction():
                 m.con.execute("INSERT INTO store_state SELECT * FROM restored_state")
@@ -315,6 +315,7 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
             n += len(points)
             crash_point("restore-build")
             progress.advance(len(points))
+        stage.flush()
         counts = body["counts"]
         got = {t: int(m.scalar(f"SELECT count(*) FROM {t}")) for t in TABLES}
         got["points"] = n

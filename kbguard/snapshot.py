@@ -367,7 +367,11 @@ def _write_points(path: Path, pages: Iterator[list[Point]], specs: list[Any],
         + [pa.field("payload", pa.string(), nullable=False)]
     )
     n = 0
-    with pq.ParquetWriter(path, schema, compression="zstd", compression_level=1) as writer:
+    # Float32 vectors hardly compress and decompressing them costs a restore time: only the
+    # ids and payloads are compressed.
+    compression = {name: "none" if name.startswith(VECTOR_PREFIX) else "zstd"
+                   for name in schema.names}
+    with pq.ParquetWriter(path, schema, compression=compression) as writer:
         for page in pages:
             columns: list[pa.Array] = [pa.array([p.id for p in page], pa.string())]
             for s in specs:

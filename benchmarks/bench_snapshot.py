@@ -1,0 +1,198 @@
+"""Snapshot and restore benchmark: a 100k-point KB with 384-d vectors in the embedded store.
+
+Builds a synthetic KB once (Edge store + DuckDB manifest written directly, with unit
+float32 vectors and payloads shaped like kbguard's: ~400 characters of chunk text each), then
+times, through the library:
+
+    snapshot   `create_snapshot`: scroll the store into Parquet, export the manifest tables,
+               sha256 every file, rename into place
+    restore    `restore(..., catch_up=False)` after the store and manifest are deleted: check
+               the snapshot's checksums, build the staging shard and manifest, read every point
+               back and compare it with the snapshot, switch over
+
+and checks that the restored store holds every point; each run starts from the KB the
+previous restore left. There is no corpus behind the synthetic
+KB, so the catch-up rebuild is left out (it is an ordinary incremental rebuild).
+
+    .venv/bin/python benchmarks/bench_snapshot.py --points 100000 --runs 3
+
+Raw results go to benchmarks/runs/ (git-ignored); a Markdown summary is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from kbguard.config import load_config  # noqa: E402
+from kbguard.manifest import Manifest, vector_bytes, vector_checksum  # noqa: E402
+from kbguard.rebuild import point_payload, store_for, vector_specs  # noqa: E402
+from kbguard.restore import restore  # noqa: E402
+from kbguard.snapshot import create_snapshot  # noqa: E402
+from kbguard.store import Point  # noqa: E402
+
+DIM = 384
+PER_DOC = 100
+WORDS = ("backup restore vector shard manifest chunk embedding corpus query index payload "
+         "checksum parquet segment snapshot replica cluster migration schema rebuild").split()
+
+
+def write_config(root: Path) -> Path:
+    (root / "corpus").mkdir()
+    path = root / "kbguard.toml"
+    path.write_text(textwrap.dedent(f"""\
+        [kb]
+        name = "bench"
+        [corpus]
+        path = "corpus"
+        [[spaces]]
+        name = "local"
+        provider = "fake"
+        model = "fake-hash"
+        dim = {DIM}
+        [store]
+        backend = "edge"
+        path = "state/store"
+        [manifest]
+        path = "state/manifest.duckdb"
+        [snapshots]
+        root = "state/snapshots"
+        """))
+    return path
+
+
+def build_kb(cfg, n: int, seed: int = 0) -> None:
+    """Store and manifest of an n-point KB, consistent with each other."""
+    rng = np.random.default_rng(seed)
+    space = cfg.spaces[0]
+    batch = 5000
+    with Manifest.open(cfg.manifest, kb=cfg.kb) as m, store_for(cfg) as store:
+        store.create(vector_specs(cfg))
+        for lo in range(0, n, batch):
+            hi = min(n, lo + batch)
+            vecs = rng.normal(size=(hi - lo, DIM)).astype(np.float32)
+            vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+            points, chunks, emb, state = [], [], [], []
+            ts = dt.datetime.now(dt.timezone.utc)
+            for i in range(lo, hi):
+                path = f"docs/doc{i // PER_DOC:05d}.md"
+                words = rng.choice(WORDS, size=60)
+                text = f"Chunk {i}: " + " ".join(words)
+                h = f"{i:032x}"
+                pid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench/{path}/{h}"))
+                v = vecs[i - lo]
+                points.append(Point(pid, {"local": v},
+                                    point_payload(cfg.kb, path, h, 0, "Section", text)))
+                chunks.append((pid, path, i % PER_DOC, h, 0, "Section", text, 70))
+                blob = vector_bytes(v)
+                emb.append((space.space_id, h, blob, vector_checksum(blob), ts, None))
+                state.append((pid, path, h, "local", True, ts))
+            store.upsert(points)
+            store.flush()
+            with m.transaction():
+                m.con.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", chunks)
+                m.con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", emb)
+                m.con.executemany("INSERT INTO store_state VALUES (?, ?, ?, ?, ?, ?)", state)
+        docs = (n + PER_DOC - 1) // PER_DOC
+        with m.transaction():
+            m.con.execute(
+                "INSERT INTO documents SELECT 'docs/doc' || lpad(i::VARCHAR, 5, '0') || '.md', "
+                "md5(i::VARCHAR), 4096, 0, md5(i::VARCHAR), 'ok', NULL, ?, now() "
+                "FROM range(?) t(i)", [PER_DOC, docs])
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def one_run(cfg, n: int) -> dict:
+    """Snapshot the KB, delete store and manifest, restore: the KB is whole again after."""
+    store_bytes = du(cfg.store_path)
+    t = time.perf_counter()
+    snap = create_snapshot(cfg)
+    snapshot_s = time.perf_counter() - t
+
+    shutil.rmtree(cfg.store_path)
+    cfg.manifest.unlink()
+    t = time.perf_counter()
+    rep = restore(cfg, snap.id, catch_up=False)
+    restore_s = time.perf_counter() - t
+    with store_for(cfg) as store:
+        assert store.count() == n, "the restored store lacks points"
+    files = json.loads((Path(snap.path) / "snapshot.json").read_text())["snapshot"]["files"]
+    shutil.rmtree(snap.path)
+    return {
+        "points": n, "store_bytes": store_bytes,
+        "snapshot_s": round(snapshot_s, 2), "snapshot_points_per_s": round(n / snapshot_s),
+        "snapshot_bytes": snap.bytes, "snapshot_files": {k: v["bytes"] for k, v in files.items()},
+        "restore_s": round(restore_s, 2), "restore_points_per_s": round(n / restore_s),
+        "restore_stages": rep.stages, "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where to build the KBs (default: a temporary folder)")
+    args = ap.parse_args()
+    workdir = args.workdir or Path(tempfile.gettempdir())
+    root = Path(tempfile.mkdtemp(dir=workdir))
+    runs = []
+    try:
+        cfg = load_config(write_config(root))
+        t = time.perf_counter()
+        build_kb(cfg, args.points)
+        print(f"built the KB in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        for _ in range(args.runs):
+            r = one_run(cfg, args.points)
+            print(json.dumps(r), file=sys.stderr)
+            runs.append(r)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    med = {k: statistics.median(r[k] for r in runs)
+           for k in ("snapshot_s", "snapshot_points_per_s", "restore_s",
+                     "restore_points_per_s", "snapshot_bytes", "store_bytes")}
+    stages = {k: statistics.median(r["restore_stages"][k] for r in runs)
+              for k in runs[0]["restore_stages"]}
+    load = os.getloadavg()
+    record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+              "python": platform.python_version(), "load_after_last_run": load,
+              "median": med, "restore_stages_median": stages, "runs": runs}
+    out = HERE / "runs"
+    out.mkdir(exist_ok=True)
+    name = f"snapshot-{record['date'].replace(':', '')}.json"
+    (out / name).write_text(json.dumps(record, indent=2))
+    mb = 2**20
+    print(f"| {args.points} points, {DIM}-d | median of {args.runs} |\n|---|---|")
+    print(f"| snapshot create | {med['snapshot_s']:.1f} s ({med['snapshot_points_per_s']:,.0f} "
+          "points/s) |")
+    print(f"| restore (check, build, verify, switch) | {med['restore_s']:.1f} s "
+          f"({med['restore_points_per_s']:,.0f} points/s) |")
+    print("| restore stages | " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()) + " |")
+    print(f"| snapshot size on disk | {med['snapshot_bytes'] / mb:.0f} MiB (store folder "
+          f"{med['store_bytes'] / mb:.0f} MiB) |")
+    print(f"\nraw: benchmarks/runs/{name}; load average {load}")
+
+
+if __name__ == "__main__":
+    main()
