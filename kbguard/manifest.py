@@ -18,6 +18,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from kbguard.errors import ManifestError
 from kbguard.migrations import MIGRATIONS
@@ -274,12 +275,23 @@ class Manifest:
     def cache_vectors(self, space_id: str, items: Sequence[tuple[str, np.ndarray]],
                       run_id: int | None) -> None:
         """Add vectors to the cache (existing keys are replaced). No transaction."""
-        ts = now()
-        rows = []
-        for content_hash, vec in items:
-            blob = vector_bytes(vec)
-            rows.append([space_id, content_hash, blob, vector_checksum(blob), ts, run_id])
-        self.con.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+        if not items:
+            return
+        blobs = [vector_bytes(vec) for _, vec in items]
+        # One Arrow batch, not executemany: DuckDB runs executemany row by row (~2.5 ms a row).
+        batch = pa.table({
+            "space_id": pa.array([space_id] * len(items), pa.string()),
+            "content_hash": pa.array([h for h, _ in items], pa.string()),
+            "vector": pa.array(blobs, pa.binary()),
+            "checksum": pa.array([vector_checksum(b) for b in blobs], pa.string()),
+            "created_at": pa.array([now()] * len(items), pa.timestamp("us", tz="UTC")),
+            "run_id": pa.array([run_id] * len(items), pa.int64()),
+        })
+        self.con.register("_cache_batch", batch)
+        try:
+            self.con.execute("INSERT OR REPLACE INTO embeddings SELECT * FROM _cache_batch")
+        finally:
+            self.con.unregister("_cache_batch")
 
     # -- counts for status -------------------------------------------------------------------
 
