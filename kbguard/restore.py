@@ -275,7 +275,7 @@ def _finish_interrupted(cfg: Config, live: Store, notes: list[str]) -> str | Non
         return None
     tag, sid = journal["tag"], journal["snapshot"]
     if journal["phase"] == BUILDING:
-        live.staging(tag).drop()
+        live.drop_leftovers()  # the staging copy, however far its build got
         _remove(_staged_manifest(cfg, tag))
         journal_path(cfg).unlink()
         notes.append(f"an interrupted restore of snapshot {sid} had not switched over; its "

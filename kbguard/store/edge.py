@@ -151,6 +151,7 @@ class EdgeStore(Store):
             for s in want.values()
         }
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._shard = EdgeShard.create(str(self.path), EdgeConfig(vectors=params))
         except BaseException as exc:  # noqa: BLE001 - see module docstring
             _reraise_interrupts(exc)
