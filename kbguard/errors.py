@@ -10,7 +10,10 @@
      │    └── ProviderUnavailable  the provider cannot be reached or loaded at all
      ├── StoreError               the vector store rejected an operation
      │    └── StoreUnavailable    the store cannot be opened (missing, locked, damaged)
-     └── SnapshotError            a snapshot is missing, damaged or untrusted
+     ├── SnapshotError            a snapshot is missing, damaged or untrusted
+     │    └── SnapshotDamaged     its files do not match its checksums
+     ├── RestoreNeeded            damage beyond a repair from the cache: restore a snapshot
+     └── RestorePending           a killed restore must be finished before anything else
 
 The CLI maps these to exit codes in one place (`kbguard.cli.main`); the library never prints
 and never exits. Third-party exceptions are translated at the adapter boundary.
@@ -63,3 +66,18 @@ class StoreUnavailable(StoreError):
 
 class SnapshotError(KbguardError):
     pass
+
+
+class SnapshotDamaged(SnapshotError):
+    """A snapshot's files do not match its metadata (or the metadata is unreadable).
+
+    `kbguard snapshot verify` reports it as a finding (exit 1); for a restore it is a reason
+    the work cannot be done (exit 2, as every SnapshotError)."""
+
+
+class RestoreNeeded(KbguardError):
+    """The damage is beyond a repair from the cache: restore from a snapshot."""
+
+
+class RestorePending(KbguardError):
+    """A restore was killed after its commit point; only `kbguard restore` may run."""

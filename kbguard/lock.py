@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kbguard.errors import LockedError
+from kbguard.errors import LockedError, RestorePending
 
 
 def lock_path(manifest: Path) -> Path:
@@ -33,12 +33,32 @@ def kb_lock(manifest: Path, command: str) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         try:
+            if command != "restore":
+                _refuse_half_restored(manifest)
             yield
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _refuse_half_restored(manifest: Path) -> None:
+    """Past its commit point a killed restore may have switched the store but not yet the
+    manifest; only `kbguard restore` may touch the KB until it has finished the switch."""
+    journal = manifest.with_name(manifest.name + ".restore.json")
+    if not journal.exists():
+        return
+    try:
+        state = json.loads(journal.read_text())
+    except (OSError, ValueError):
+        state = {"phase": "switching"}  # unreadable: assume the worst, restore will say more
+    if isinstance(state, dict) and state.get("phase") == "switching":
+        snapshot = state.get("snapshot", "?")
+        raise RestorePending(
+            f"A restore of snapshot {snapshot} was interrupted while switching the KB over "
+            f"({journal}); the store and the manifest may be from different versions. Run "
+            f"`kbguard restore {snapshot} --yes` to finish it first.")
 
 
 def check_unlocked(manifest: Path) -> None:

@@ -18,15 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kbguard.config import Config
-from kbguard.errors import KbguardError
+from kbguard.errors import RestoreNeeded
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, blob_vector, now
 from kbguard.progress import SILENT, Progress
 from kbguard.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
-
-
-class RestoreNeeded(KbguardError):
-    """The damage is beyond a repair from the cache: restore from a snapshot."""
 
 
 @dataclass

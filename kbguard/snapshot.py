@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kbguard.config import Config
-from kbguard.errors import SnapshotError
+from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.faults import crash_point
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest
@@ -56,13 +56,6 @@ _TMP_PREFIX = ".tmp-"
 _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HASH_BLOCK = 1 << 20
-
-
-class SnapshotDamaged(SnapshotError):
-    """A snapshot's files do not match its metadata (or the metadata is unreadable).
-
-    `kbguard snapshot verify` reports it as a finding (exit 1); for a restore it is a reason
-    the work cannot be done (exit 2, as every SnapshotError)."""
 
 
 @dataclass

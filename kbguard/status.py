@@ -10,6 +10,8 @@ from kbguard.lock import check_unlocked
 from kbguard.manifest import Manifest
 from kbguard.rebuild import plan_documents, store_for
 from kbguard.scan import scan_corpus
+from kbguard.restore import pending_restore
+from kbguard.snapshot import list_snapshots
 from kbguard.verify import last_check
 from kbguard.versioning import dvc_view
 
@@ -36,6 +38,11 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
         }
         known = m.documents()
     out["store"] = _store(cfg)
+    out["latest_snapshot"] = _latest_snapshot(cfg)
+    try:
+        out["restore_pending"] = pending_restore(cfg)
+    except KbguardError as exc:
+        out["restore_pending"] = {"error": str(exc)}
     if check_corpus:
         view = dvc_view(cfg.corpus)
         scan = scan_corpus(cfg.corpus, cfg.include, cfg.exclude, known,
@@ -47,6 +54,16 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
             "up_to_date": not (plan.added or plan.changed or plan.removed),
         }
     return out
+
+
+def _latest_snapshot(cfg: Config) -> dict[str, Any] | None:
+    """The newest snapshot by its metadata (not re-hashed: `kbguard snapshot verify` does that)."""
+    entries = [e for e in list_snapshots(cfg) if e.problem is None]
+    if not entries:
+        return None
+    e = entries[-1]
+    return {"id": e.id, "created_at": e.created_at, "points": e.points, "local": e.local,
+            "dvc": e.dvc}
 
 
 def _run(run: dict[str, Any] | None) -> dict[str, Any] | None:

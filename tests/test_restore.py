@@ -279,6 +279,12 @@ def test_sigkill_during_a_restore_then_rerun(tmp_path: Path, crash_at: str) -> N
         # must follow; nothing else is used until the restore is run again.
         assert journal["phase"] == "switching"
         assert store_contents(kb.cfg) == snap_store
+        for command in (["rebuild"], ["verify"], ["snapshot", "create"]):
+            refused = kb.cli(*command)
+            assert refused.code == 2, (command, refused.stdout, refused.stderr)
+            assert f"kbguard restore {sid} --yes" in refused.stderr
+        assert kb.cli_json("status")["restore_pending"]["snapshot"] == sid
+        assert store_contents(kb.cfg) == snap_store
     else:
         # Before the commit point the KB is the old one, untouched.
         assert store_contents(kb.cfg) == old_store

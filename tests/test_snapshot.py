@@ -34,6 +34,7 @@ def test_create_writes_parquet_files_and_checked_metadata(built: KB) -> None:
     res = built.cli("snapshot", "create")
     assert res.code == 0, res.stderr
     sid = res.stdout.strip()                       # stdout is the id and nothing else
+    assert built.cli_json("status")["latest_snapshot"]["id"] == sid
     folder = snapshot_folder(built.cfg, sid)
     assert sorted(p.name for p in folder.iterdir()) == sorted([*DATA_FILES, META_FILE])
     body = read_meta(folder)

@@ -131,6 +131,13 @@ def _print_status(st: dict[str, Any]) -> None:
                         else check["status"]))
     else:
         stdout.print("  last check none: run `kbguard verify`")
+    snap = st.get("latest_snapshot")
+    stdout.print(f"  snapshot   {snap['id']} ({snap['points']} points)" if snap else
+                 "  snapshot   none: run `kbguard snapshot create`")
+    pending = st.get("restore_pending")
+    if pending:
+        stdout.print(f"  RESTORE    interrupted: {pending.get('error') or 'snapshot ' + str(pending.get('snapshot'))}"
+                     f"; run `kbguard restore {pending.get('snapshot', 'ID')} --yes` to finish it")
     for f in st["failed_documents"][:10]:
         stdout.print(f"  failed     {f['path']}: {f['error']}")
     if "pending" in st:
