@@ -22,6 +22,7 @@ demo: install
 	$(VENV)/bin/kbguard rebuild --config $(SAMPLE)
 	$(VENV)/bin/kbguard status --config $(SAMPLE)
 	$(VENV)/bin/kbguard search "How do I test a view with the test client?" -k 3 --config $(SAMPLE)
+	$(VENV)/bin/kbguard verify --config $(SAMPLE)
 
 test: install
 	$(VENV)/bin/pytest -q
