@@ -45,6 +45,12 @@ def vector_in(values: np.ndarray) -> list[float]:
     return np.asarray(values, dtype=np.float32).ravel().tolist()
 
 
+def vector_buffer(values: np.ndarray) -> memoryview:
+    """A vector as a float32 buffer. The Edge bindings read a buffer ~2.5x faster than a list
+    of Python floats (a list costs one object per float), and bit-exactly."""
+    return memoryview(np.ascontiguousarray(values, dtype=np.float32).ravel())
+
+
 def check_specs(vectors: Sequence[VectorSpec]) -> dict[str, VectorSpec]:
     """The specs by name, after checking they describe a collection a store can create."""
     if not vectors:

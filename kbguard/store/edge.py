@@ -25,6 +25,7 @@ from kbguard.store._common import (
     engine_message,
     id_from_store,
     same_config,
+    vector_buffer,
     vector_in,
     vector_out,
 )
@@ -203,7 +204,7 @@ class EdgeStore(Store):
         batch = [
             EdgePoint(
                 canonical_id(p.id),
-                {name: vector_in(v) for name, v in p.vectors.items()},
+                {name: vector_buffer(v) for name, v in p.vectors.items()},
                 p.payload,
             )
             for p in points
