@@ -36,7 +36,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))

@@ -8,13 +8,12 @@ could not check: it is read back from the previous file.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kbguard.fsutil import atomic_write_text
 if TYPE_CHECKING:
     from kbguard.verify import VerifyReport
 
@@ -70,21 +69,7 @@ def write_metrics(path: Path, kb: str, report: VerifyReport | None, *, started: 
     completed = report is not None and report.exit_code != 2
     last_success = started if completed else _previous_success(path)
     text = render_metrics(kb, report, started=started, last_success=last_success, error=error)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # the exporter usually runs as another user
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, text, mode=0o644)  # the exporter usually runs as another user
 
 
 def _previous_success(path: Path) -> float | None:

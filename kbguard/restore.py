@@ -35,6 +35,7 @@ import pyarrow as pa
 from kbguard.config import Config
 from kbguard.errors import KbguardError, SnapshotError, StoreError
 from kbguard.faults import crash_point
+from kbguard.fsutil import atomic_write_text, fsync_path
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, now
 from kbguard.progress import SILENT, Progress
@@ -97,22 +98,7 @@ def pending_restore(cfg: Config) -> dict[str, Any] | None:
 
 
 def _write_journal(cfg: Config, journal: dict[str, Any]) -> None:
-    path = journal_path(cfg)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(journal, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write_text(journal_path(cfg), json.dumps(journal))
 
 
 def _remove(path: Path) -> None:
@@ -261,10 +247,10 @@ def _switch(cfg: Config, live: Store, tag: str) -> None:
         # A WAL left by the old manifest would be replayed into the new file: drop it first.
         _remove(cfg.manifest.with_name(cfg.manifest.name + ".wal"))
         os.replace(staged, cfg.manifest)
-        _fsync_dir(cfg.manifest.parent)
+        fsync_path(cfg.manifest.parent)
     live.drop_leftovers()
     journal_path(cfg).unlink(missing_ok=True)
-    _fsync_dir(cfg.manifest.parent)
+    fsync_path(cfg.manifest.parent)
 
 
 def _finish_interrupted(cfg: Config, live: Store, notes: list[str]) -> str | None:

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from kbguard.config import Config
 from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.faults import crash_point
+from kbguard.fsutil import fsync_path
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest
 from kbguard.progress import SILENT, Progress
@@ -336,9 +337,9 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
             }
             (tmp / META_FILE).write_bytes(render_meta(body))
             for name in (*DATA_FILES, META_FILE):
-                _fsync(tmp / name)
+                fsync_path(tmp / name)
             os.rename(tmp, final)
-            _fsync(root)
+            fsync_path(root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -412,12 +413,6 @@ def _corpus_revision(run: dict[str, Any] | None) -> dict[str, Any]:
             "rebuilt_at": finished.isoformat(timespec="seconds") if finished else None}
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- reading points back ----------------------------------------------------------------------

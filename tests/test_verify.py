@@ -304,7 +304,7 @@ def test_prom_file_is_written_atomically_with_every_class(tmp_path: Path) -> Non
     for name in FINDINGS:
         assert f'kbguard_verify_findings{{kb="testkb",finding="{name}"}} 0' in text
     assert 'kbguard_verify_up{kb="testkb"} 1' in text
-    assert f'kbguard_verify_points_checked{{kb="testkb"}} ' in text
+    assert 'kbguard_verify_points_checked{kb="testkb"} ' in text
     last = float(text.split('kbguard_verify_last_success_timestamp_seconds{kb="testkb"} ')[1]
                  .split()[0])
     assert t0 - 1 <= last <= time.time()

@@ -11,6 +11,7 @@ from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOp
                                 emit_json, guarded, load, stdout)
 from kbguard.config import PROVIDERS, render_config
 from kbguard.errors import ConfigError, CorpusError
+from kbguard.fsutil import atomic_write_text
 from kbguard.rebuild import rebuild
 from kbguard.search import search
 from kbguard.status import kb_status
@@ -43,9 +44,7 @@ def init_cmd(
     kb = name or _kb_name(corpus)
     config.parent.mkdir(parents=True, exist_ok=True)
     text = render_config(kb=kb, corpus=corpus, config_dir=config.parent, provider=provider)
-    tmp = config.with_name(config.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(config)
+    atomic_write_text(config, text)
     load(config)  # what init writes must load
     stdout.print(f"Wrote {config} for KB '{kb}'. Build it with: kbguard rebuild --config {config}")
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from kbguard.errors import StoreError, StoreUnavailable
+from kbguard.fsutil import fsync_path
 from kbguard.store._common import (
     canonical_id,
     check_specs,
@@ -336,7 +337,7 @@ class EdgeStore(Store):
                     shutil.rmtree(self._replaced)  # an older swap's leftover
                 os.rename(self.path, self._replaced)
             os.rename(staging.path, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_path(self.path.parent)
         except OSError as exc:
             raise StoreError(
                 f"Could not switch the Edge store at {self.path} to {staging.path}: {exc}. "
@@ -362,13 +363,6 @@ _STAGING = ".staging-"
 _REPLACED = ".replaced"
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make renames inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _to_point(record: Any, with_vectors: bool) -> Point:
