@@ -17,6 +17,7 @@ from kbguard.cli.main import app
 from kbguard.config import Config, load_config
 
 BACKENDS = ["edge", "qdrant"]
+DVC = [sys.executable, "-m", "dvc"]
 FAKE_DIM = 64
 
 
@@ -150,3 +151,15 @@ def manifest_chunk_ids(cfg: Config) -> set[str]:
 
     with Manifest.open(cfg.manifest, read_only=True) as m:
         return {r[0] for r in m.con.execute("SELECT point_id FROM chunks").fetchall()}
+
+
+def git_dvc_repo(root: Path):
+    """Make ``root`` a real git + DVC repository; returns a runner of commands inside it."""
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=root, check=True, capture_output=True)
+
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "t@example.com")
+    run("git", "config", "user.name", "t")
+    run(*DVC, "init", "-q")
+    return run

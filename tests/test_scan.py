@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from conftest import DVC, git_dvc_repo
 
 from kbguard.manifest import DocumentRow
 from kbguard.scan import file_md5, matches, scan_corpus
 from kbguard.versioning import dvc_view
-
-DVC = [sys.executable, "-m", "dvc"]
 
 
 def test_globs() -> None:
@@ -38,11 +36,7 @@ def test_stat_cache_avoids_rehashing(tmp_path: Path) -> None:
 
 
 def test_dvc_hashes_match_computed_and_dirty_files_are_excluded(tmp_path: Path) -> None:
-    run = lambda *a: subprocess.run(a, cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
-    run("git", "init", "-q")
-    run("git", "config", "user.email", "t@example.com")
-    run("git", "config", "user.name", "t")
-    run(*DVC, "init", "-q")
+    run = git_dvc_repo(tmp_path)
     corpus = tmp_path / "corpus"
     (corpus / "sub").mkdir(parents=True)
     (corpus / "a.md").write_text("alpha")

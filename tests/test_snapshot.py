@@ -7,20 +7,17 @@ import hashlib
 import json
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import KB, make_kb, store_contents
+from conftest import DVC, KB, git_dvc_repo, make_kb, store_contents
 
 from kbguard.errors import SnapshotError
 from kbguard.snapshot import (DATA_FILES, META_FILE, SnapshotDamaged, SnapshotEntry,
                               create_snapshot, plan_prune, read_meta, render_meta,
                               snapshot_folder, verify_folder)
 
-DVC = [sys.executable, "-m", "dvc"]
 
 
 @pytest.fixture
@@ -189,11 +186,7 @@ def test_snapshot_of_a_kb_without_a_store_says_what_to_do(tmp_path: Path) -> Non
 def test_snapshots_on_a_dvc_remote(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     kb = make_kb(repo)
-    run = lambda *a: subprocess.run(a, cwd=repo, check=True, capture_output=True)  # noqa: E731
-    run("git", "init", "-q")
-    run("git", "config", "user.email", "t@example.com")
-    run("git", "config", "user.name", "t")
-    run(*DVC, "init", "-q")
+    run = git_dvc_repo(repo)
     remote = tmp_path / "remote"
     run(*DVC, "remote", "add", "-d", "store", str(remote))
     kb.cli_json("rebuild")
