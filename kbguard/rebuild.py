@@ -191,6 +191,10 @@ class _Rebuild:
             if view and view.git_rev:
                 self.notes.append(f"corpus git revision {view.git_rev}")
             plan = plan_documents(scan, known)
+            if not scan.files:
+                self.notes.append(
+                    f"no file in {self.cfg.corpus} matches corpus.include "
+                    f"({', '.join(self.cfg.include)}); check the globs in {self.cfg.path}")
             settings = parse_settings(self.cfg)
             if self.m.get_meta("parse_settings") not in (None, settings) and plan.unchanged:
                 self.notes.append("parsing or chunking settings changed: every document is "

@@ -151,3 +151,11 @@ def test_read_as_indexes_sphinx_txt_sources_as_rst(tmp_path: Path) -> None:
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
         sections = {r[0] for r in m.con.execute("SELECT section FROM chunks").fetchall()}
     assert "Guide > Install" in sections
+
+
+def test_an_empty_corpus_says_that_nothing_matched(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path, docs=0)
+    kb.write("notes.odt", b"not a supported format")
+    report = kb.cli_json("rebuild")
+    assert report["documents"]["added"] == 0
+    assert any("matches corpus.include" in n for n in report["notes"])
