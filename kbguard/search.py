@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from kbguard.config import Config
 from kbguard.embed import get_embedder
-from kbguard.errors import ConfigError
+from kbguard.errors import ConfigError, ManifestError
 from kbguard.lock import check_unlocked
 from kbguard.rebuild import store_for
 
@@ -33,8 +33,12 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
         raise ConfigError(f"-k must be at least 1, got {k}.")
     sp = cfg.space(space) if space else cfg.spaces[0]
     check_unlocked(cfg.manifest)
-    vector = get_embedder(sp).embed_batch([query])[0]
+    if not cfg.manifest.exists():
+        raise ManifestError(f"KB '{cfg.kb}' has not been built yet (no manifest at "
+                            f"{cfg.manifest}). Run `kbguard rebuild` first.")
     with store_for(cfg) as store:
+        store.describe()  # a missing or damaged store fails here, before the model loads
+        vector = get_embedder(sp).embed_batch([query])[0]
         hits = store.query(sp.name, vector, k)
     return [
         SearchHit(

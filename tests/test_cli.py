@@ -86,3 +86,10 @@ def test_search_rejects_an_empty_query(kb: KB) -> None:
     kb.cli_json("rebuild")
     res = kb.cli("search", "   ")
     assert res.code == 2 and "empty" in res.stderr
+
+
+def test_search_before_the_first_build_says_to_build(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path, docs=1)
+    res = kb.cli("search", "anything")
+    assert res.code == 2
+    assert "has not been built yet" in res.stderr and "kbguard rebuild" in res.stderr
