@@ -304,3 +304,10 @@ def test_sigkill_during_a_restore_then_rerun(tmp_path: Path, crash_at: str) -> N
     done = kb.cli_json("rebuild")
     assert store_contents(kb.cfg) == old_store
     assert done["chunks"]["written"] > 0
+
+
+def test_restore_latest_without_any_snapshot_says_what_to_do(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path)
+    kb.cli_json("rebuild")
+    res = kb.cli("restore", "--latest")
+    assert res.code == 2 and "no snapshot" in res.stderr and "rebuild --full" in res.stderr

@@ -176,8 +176,13 @@ def restore_cmd(
 ) -> None:
     """Replace the KB's store and manifest with a verified snapshot, then catch up."""
     cfg = load(config)
+    if latest and not list_snapshots(cfg):
+        raise SnapshotError(f"KB '{cfg.kb}' has no snapshot under {cfg.snapshot_root}; there is "
+                            "nothing to restore. `kbguard rebuild --full` rebuilds the store "
+                            "from the manifest's embedding cache instead.")
     if not yes:
-        _confirm(f"Replace the store and manifest of KB '{cfg.kb}' with a snapshot?", "--yes")
+        what = "the newest intact snapshot" if latest else f"snapshot {snapshot_id}"
+        _confirm(f"Replace the store and manifest of KB '{cfg.kb}' with {what}?", "--yes")
     report = restore(cfg, snapshot_id or None, latest=latest, catch_up=not no_catch_up,
                      dvc_remote=dvc_remote or None,
                      progress=RichProgress(enabled=not quiet and not json_out))
