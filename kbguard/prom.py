@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kbguard.fsutil import atomic_write_text
+from kbguard.durable import atomic_write_text
 if TYPE_CHECKING:
     from kbguard.verify import VerifyReport
 

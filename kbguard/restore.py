@@ -35,7 +35,7 @@ import pyarrow as pa
 from kbguard.config import Config
 from kbguard.errors import KbguardError, SnapshotError, StoreError
 from kbguard.faults import crash_point
-from kbguard.fsutil import atomic_write_text, fsync_path
+from kbguard.durable import atomic_write_text, fsync_path
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, now
 from kbguard.progress import SILENT, Progress

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from kbguard.config import Config
 from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.faults import crash_point
-from kbguard.fsutil import fsync_path
+from kbguard.durable import fsync_path
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest
 from kbguard.progress import SILENT, Progress

@@ -11,7 +11,7 @@ from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOp
                                 emit_json, guarded, load, stdout)
 from kbguard.config import PROVIDERS, render_config
 from kbguard.errors import ConfigError, CorpusError
-from kbguard.fsutil import atomic_write_text
+from kbguard.durable import atomic_write_text
 from kbguard.rebuild import rebuild
 from kbguard.search import search
 from kbguard.status import kb_status

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kbguard.errors import StoreError, StoreUnavailable
-from kbguard.fsutil import fsync_path
+from kbguard.durable import fsync_path
 from kbguard.store._common import (
     canonical_id,
     check_specs,
