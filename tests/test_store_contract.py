@@ -173,6 +173,43 @@ def test_a_point_may_carry_only_some_of_the_vectors(store):
     assert got.payload == {}
 
 
+def test_retrieve_arrays_holds_what_retrieve_returns(store):
+    points = _points(40, seed=3)
+    some = Point(str(uuid.uuid4()), {"local": points[0].vectors["local"]}, {"only": "local"})
+    store.upsert(points + [some])
+    want = _by_id(points + [some])
+    ids = [p.id for p in points[::3]] + [some.id.upper(), str(uuid.uuid4())]
+    dims = {"local": 8, "primary": 16}
+
+    for arrays in (store.retrieve_arrays(ids, dims), Store.retrieve_arrays(store, ids, dims)):
+        assert sorted(arrays.ids) == sorted([p.id for p in points[::3]] + [some.id])
+        assert len(arrays.payloads) == len(arrays.ids)
+        for name, dim in dims.items():
+            assert arrays.vectors[name].shape == (len(arrays.ids), dim)
+            assert arrays.vectors[name].dtype == np.float32
+            assert arrays.odd[name] == {}
+        for row, pid in enumerate(arrays.ids):
+            assert arrays.payloads[row] == want[pid].payload
+            for name in dims:
+                stored = arrays.vector(name, row)
+                if name in want[pid].vectors:
+                    assert arrays.present[name][row]
+                    assert np.array_equal(stored, want[pid].vectors[name])
+                else:
+                    assert not arrays.present[name][row] and stored is None
+
+    # asked for another length than the collection's: the vectors come back as they are, aside
+    arrays = store.retrieve_arrays([points[1].id], {"local": 4})
+    assert not arrays.present["local"][0]
+    assert np.array_equal(arrays.odd["local"][0], points[1].vectors["local"])
+
+    # no vectors asked for: ids and payloads only
+    arrays = store.retrieve_arrays([points[2].id], {})
+    assert arrays.ids == [points[2].id] and arrays.vectors == {}
+    assert arrays.payloads == [points[2].payload]
+    assert store.retrieve_arrays([], dims).ids == []
+
+
 def test_upserting_an_id_twice_leaves_one_point(store):
     first, second = _points(2)
     store.upsert([first])

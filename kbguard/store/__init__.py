@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from kbguard.errors import StoreError
-from kbguard.store.base import DISTANCES, CollectionInfo, Hit, Point, Store, VectorSpec
+from kbguard.store.base import (
+    DISTANCES,
+    CollectionInfo,
+    Hit,
+    Point,
+    PointArrays,
+    Store,
+    VectorSpec,
+)
 
 BACKENDS = ("edge", "qdrant")
 
@@ -15,6 +23,7 @@ __all__ = [
     "CollectionInfo",
     "Hit",
     "Point",
+    "PointArrays",
     "Store",
     "VectorSpec",
     "open_store",

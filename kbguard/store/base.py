@@ -9,7 +9,7 @@ see a Qdrant exception.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,29 @@ class Point:
     id: str
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
     payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PointArrays:
+    """Points as columns, for readers that check many points at once.
+
+    Row ``i`` of every field belongs to ``ids[i]``. Each requested vector name has an
+    ``(len(ids), dim)`` float32 matrix; a row of it holds the stored vector only where ``present``
+    is true. A stored vector of another length is not in the matrix but in ``odd``; a point
+    without the vector is in neither.
+    """
+
+    ids: list[str]
+    payloads: list[dict[str, Any]]
+    vectors: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+    odd: dict[str, dict[int, np.ndarray]]
+
+    def vector(self, name: str, row: int) -> np.ndarray | None:
+        """The stored vector ``name`` of row ``row`` as it is stored; None if it has none."""
+        if self.present[name][row]:
+            return self.vectors[name][row]
+        return self.odd[name].get(row)
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,29 @@ class Store(ABC):
     @abstractmethod
     def retrieve(self, ids: Sequence[str], *, with_vectors: bool = True) -> list[Point]:
         """The points among ``ids`` that exist, in no particular order."""
+
+    def retrieve_arrays(self, ids: Sequence[str], dims: Mapping[str, int]) -> PointArrays:
+        """The points among ``ids`` that exist, as columns, with the named vectors of ``dims``
+        (name -> dimension) as matrices. Adapters whose bindings hand out vectors cheaply in
+        bulk override this; this default converts ``retrieve``'s points."""
+        points = self.retrieve(ids, with_vectors=bool(dims))
+        n = len(points)
+        out = PointArrays(
+            ids=[p.id for p in points], payloads=[p.payload for p in points],
+            vectors={name: np.zeros((n, dim), dtype=np.float32) for name, dim in dims.items()},
+            present={name: np.zeros(n, dtype=bool) for name in dims},
+            odd={name: {} for name in dims})
+        for row, p in enumerate(points):
+            for name, dim in dims.items():
+                vec = p.vectors.get(name)
+                if vec is None:
+                    continue
+                if vec.shape == (dim,):
+                    out.vectors[name][row] = vec
+                    out.present[name][row] = True
+                else:
+                    out.odd[name][row] = vec
+        return out
 
     @abstractmethod
     def scroll(self, *, batch_size: int = 1024, with_vectors: bool = True) -> Iterator[list[Point]]:

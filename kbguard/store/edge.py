@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from kbguard.store._common import (
     vector_in,
     vector_out,
 )
-from kbguard.store.base import CollectionInfo, Hit, Point, Store, VectorSpec
+from kbguard.store.base import CollectionInfo, Hit, Point, PointArrays, Store, VectorSpec
 
 _CONFIG_FILE = "edge_config.json"
 _TO_EDGE = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
@@ -235,6 +236,16 @@ class EdgeStore(Store):
             records = shard.retrieve(wanted, True, with_vectors)
             return [_to_point(r, with_vectors) for r in records]
 
+    def retrieve_arrays(self, ids: Sequence[str], dims: Mapping[str, int]) -> PointArrays:
+        """The points among ``ids`` that exist, as columns (see ``PointArrays``)."""
+        wanted = [canonical_id(i) for i in ids]
+        if not wanted:
+            return _arrays_from_records([], dims)
+        shard = self._open()
+        with self._translate(f"reading {len(wanted)} points"):
+            records = shard.retrieve(wanted, True, bool(dims))
+            return _arrays_from_records(records, dims)
+
     def scroll(self, *, batch_size: int = 1024, with_vectors: bool = True) -> Iterator[list[Point]]:
         """Every point in id order, in pages of at most ``batch_size``."""
         if batch_size <= 0:
@@ -373,3 +384,49 @@ def _to_point(record: Any, with_vectors: bool) -> Point:
         items = raw.items() if isinstance(raw, dict) else [("", raw)]
         vectors = {name: vector_out(v) for name, v in items}
     return Point(id=id_from_store(record.id), vectors=vectors, payload=dict(record.payload or {}))
+
+
+def _arrays_from_records(records: Sequence[Any], dims: Mapping[str, int]) -> PointArrays:
+    # The bindings hand each vector over as a list of Python floats. Packing that list into
+    # float32 bytes with struct (exact: the values are float32s) and making one matrix of a
+    # page's bytes costs about half of what numpy's conversion of the lists costs.
+    n = len(records)
+    packers = {name: struct.Struct(f"<{dim}f") for name, dim in dims.items()}
+    packed: dict[str, list[bytes]] = {name: [] for name in dims}
+    present = {name: np.zeros(n, dtype=bool) for name in dims}
+    odd: dict[str, dict[int, np.ndarray]] = {name: {} for name in dims}
+    ids, payloads = [], []
+    for row, r in enumerate(records):
+        ids.append(id_from_store(r.id))
+        payloads.append(r.payload or {})
+        if not dims:
+            continue
+        raw = r.vector
+        # A collection made outside kbguard may have one unnamed vector, which Edge names "".
+        named = raw if isinstance(raw, dict) else {"": raw} if raw is not None else {}
+        for name, packer in packers.items():
+            values = named.get(name)
+            blob = None
+            if values is not None and len(values) == dims[name]:
+                try:
+                    blob = packer.pack(*values)
+                except (struct.error, OverflowError, TypeError):
+                    blob = None
+            if blob is not None:
+                packed[name].append(blob)
+                present[name][row] = True
+                continue
+            packed[name].append(bytes(packer.size))
+            if values is not None:
+                vec = vector_out(values)
+                if vec.shape == (dims[name],):
+                    packed[name][-1] = vec.astype("<f4").tobytes()
+                    present[name][row] = True
+                else:
+                    odd[name][row] = vec
+    vectors = {
+        name: np.frombuffer(b"".join(packed[name]), dtype="<f4").reshape(n, dim).astype(
+            np.float32, copy=False)
+        for name, dim in dims.items()
+    }
+    return PointArrays(ids=ids, payloads=payloads, vectors=vectors, present=present, odd=odd)
