@@ -36,6 +36,7 @@ from kbguard.errors import KbguardError, ManifestError, StoreError, StoreUnavail
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, now, vector_checksum
 from kbguard.progress import SILENT, Progress
+from kbguard.store import PointArrays
 
 BATCH = 1024                  # chunks per comparison batch: the memory bound of a check
 MAX_EXAMPLES = 5
@@ -417,31 +418,40 @@ class _Check:
 
         self.progress.stage("verify points", wanted)
         sample_ids = self._sample_ids(m)
+        dims = {s.name: s.dim for s in spaces}
+        # Each chunk comes with its cached vector of every compared space, from one join that
+        # DuckDB streams: a lookup per batch would scan the whole cache once per batch.
+        cached = "".join(f", e{k}.vector AS cached{k}" for k in range(len(spaces)))
+        joins = "".join(f" LEFT JOIN embeddings e{k} ON e{k}.space_id = ? "
+                        f"AND e{k}.content_hash = c.content_hash" for k in range(len(spaces)))
         matched = 0
         cur = m.con.cursor()
         try:
             reader = cur.sql(
-                "SELECT point_id, path, content_hash, occurrence, section, text FROM chunks"
-            ).to_arrow_reader(BATCH)
+                "SELECT c.point_id, c.path, c.content_hash, c.occurrence, c.section, c.text"
+                f"{cached} FROM chunks c{joins}",
+                params=[s.space_id for s in spaces] or None).to_arrow_reader(BATCH)
             for batch in reader:
                 cols = batch.to_pydict()
                 ids = cols["point_id"]
-                got = {p.id: p for p in store.retrieve(ids, with_vectors=True)}
-                matched += len(got)
-                cache = {s.space_id: self._cached(m, s, cols["content_hash"]) for s in spaces}
+                got = store.retrieve_arrays(ids, dims)
+                where = {pid: row for row, pid in enumerate(got.ids)}
+                matched += len(where)
                 rows = list(zip(ids, cols["path"], cols["content_hash"], cols["occurrence"],
                                 cols["section"], cols["text"]))
+                at = np.full(len(rows), -1, dtype=np.intp)   # the store row to compare vectors
                 flagged: set[str] = set()       # any finding: no drift check
                 skip: set[str] = set()          # missing or stale: no vector check
-                for pid, path, h, occ, section, text in rows:
-                    p = got.get(pid)
-                    if p is None:
+                for i, (pid, path, h, occ, section, text) in enumerate(rows):
+                    j = where.get(pid)
+                    if j is None:
                         self.f["missing_points"].add({"point_id": pid, "path": path})
                         self.plan.rewrite.add(pid)
                         flagged.add(pid)
                         skip.add(pid)
                         continue
-                    stored_hash = p.payload.get("content_hash")
+                    payload = got.payloads[j]
+                    stored_hash = payload.get("content_hash")
                     if isinstance(stored_hash, str) and stored_hash != h:
                         self.f["stale_points"].add({"point_id": pid, "path": path,
                                                     "store": stored_hash, "manifest": h})
@@ -449,54 +459,72 @@ class _Check:
                         flagged.add(pid)
                         skip.add(pid)
                         continue
-                    if p.payload != point_payload(self.cfg.kb, path, h, occ, section, text):
+                    if payload != point_payload(self.cfg.kb, path, h, occ, section, text):
                         self.f["payload_damage"].add({"point_id": pid, "path": path,
-                                                      "keys": _payload_diff(p.payload, path, h,
+                                                      "keys": _payload_diff(payload, path, h,
                                                                             occ, section, text,
                                                                             self.cfg.kb)})
                         self.plan.rewrite.add(pid)
                         flagged.add(pid)
-                for space in spaces:
-                    self._compare_vectors(m, space, rows, got, cache[space.space_id], flagged,
-                                          skip)
+                    at[i] = j
+                if skip:  # a point id the manifest lists twice is skipped as a whole
+                    for i, row in enumerate(rows):
+                        if row[0] in skip:
+                            at[i] = -1
+                for k, space in enumerate(spaces):
+                    self._compare_vectors(m, space, rows, at, got, cols[f"cached{k}"], flagged)
                 if self.opts.deep or sample_ids:
                     for pid, path, h, *_rest, text in rows:
-                        if pid in flagged or pid not in got:
+                        j = where.get(pid)
+                        if pid in flagged or j is None:
                             continue
                         if self.opts.deep or pid in sample_ids:
                             for space in spaces:
-                                vec = got[pid].vectors.get(space.name)
+                                vec = got.vector(space.name, j)
                                 if vec is not None:
-                                    self.drift_todo.append((pid, path, h, space, text, vec))
+                                    self.drift_todo.append((pid, path, h, space, text,
+                                                            np.array(vec)))
                     if len(self.drift_todo) >= BATCH:
                         self._check_drift()
-                self.report.points_checked += len(got)
+                self.report.points_checked += len(where)
                 self.progress.advance(len(rows))
         finally:
             cur.close()
         return matched
 
-    def _cached(self, m: Manifest, space: SpaceConfig, hashes: list[str]
-                ) -> dict[str, np.ndarray]:
-        rows = m.con.execute(
-            "SELECT content_hash, vector FROM embeddings WHERE space_id = ? AND content_hash IN "
-            "(SELECT unnest(?::VARCHAR[]))", [space.space_id, hashes]).fetchall()
-        return {h: np.frombuffer(b, dtype="<f4") for h, b in rows
-                if (space.space_id, h) not in self.damaged_cache}
-
     def _compare_vectors(self, m: Manifest, space: SpaceConfig, rows: list[tuple],
-                         got: dict[str, Any], cache: dict[str, np.ndarray],
-                         flagged: set[str], skip: set[str]) -> None:
-        dim = space.dim
-        todo = []  # (pid, path, h, stored) for points whose vector can be compared
-        for pid, path, h, *_ in rows:
-            p = got.get(pid)
-            if p is None or pid in skip:
+                         at: np.ndarray, got: PointArrays, blobs: list[bytes | None],
+                         flagged: set[str]) -> None:
+        """Check the ``space`` vector of every row with a store row in ``at`` (-1: none).
+
+        The rows whose stored vector is finite, non-zero and bit for bit their cached vector
+        pass as whole matrices; only the others are looked at one by one, to name what is wrong.
+        """
+        dim, name = space.dim, space.name
+        size = 4 * dim
+        damaged = self.damaged_cache
+        check = np.flatnonzero(at >= 0).tolist()
+        fast = [i for i in check if blobs[i] is not None and len(blobs[i]) == size
+                and not (damaged and (space.space_id, rows[i][2]) in damaged)]
+        passed = np.zeros(len(rows), dtype=bool)
+        if fast:
+            idx = np.asarray(fast, dtype=np.intp)
+            where = at[idx]
+            stored = got.vectors[name][where]
+            expected = np.frombuffer(b"".join([blobs[i] for i in fast]),
+                                     dtype="<f4").reshape(len(fast), dim)
+            good = (got.present[name][where] & (stored == expected).all(axis=1)
+                    & np.isfinite(stored).all(axis=1) & stored.any(axis=1))
+            passed[idx[good]] = True
+        todo = []  # (pid, path, h, stored, cached) for points whose vector can be compared
+        for i in check:
+            if passed[i]:
                 continue
-            vec = p.vectors.get(space.name)
+            pid, path, h, *_ = rows[i]
+            vec = got.vector(name, int(at[i]))
             problem = None
             if vec is None:
-                problem = f"no {space.name!r} vector"
+                problem = f"no {name!r} vector"
             elif vec.shape != (dim,):
                 problem = f"{vec.size} values, the space has {dim}"
             elif not np.isfinite(vec).all():
@@ -505,15 +533,15 @@ class _Check:
                 problem = "zero vector"
             if problem:
                 self.f["invalid_vectors"].add({"point_id": pid, "path": path,
-                                               "vector": space.name, "problem": problem})
+                                               "vector": name, "problem": problem})
                 self.plan.rewrite.add(pid)
                 flagged.add(pid)
                 continue
-            if (space.space_id, h) in self.damaged_cache:
+            if (space.space_id, h) in damaged:
                 self.plan.rewrite.add(pid)  # its cached vector is re-embedded, then rewritten
                 flagged.add(pid)
                 continue
-            if h not in cache:
+            if blobs[i] is None:
                 key = (space.space_id, h)
                 if key not in self.plan.recache:
                     self.plan.recache.add(key)
@@ -523,11 +551,11 @@ class _Check:
                 self.plan.rewrite.add(pid)
                 flagged.add(pid)
                 continue
-            todo.append((pid, path, h, vec))
+            todo.append((pid, path, h, vec, np.frombuffer(blobs[i], dtype="<f4")))
         if not todo:
             return
         stored = np.stack([t[3] for t in todo])
-        expected = np.stack([cache[t[2]] for t in todo])
+        expected = np.stack([t[4] for t in todo])
         same = (stored == expected).all(axis=1)
         # A cached vector that is not unit length is normalised by a cosine store: compare
         # with the normalised vector, within float32 round-off.
@@ -538,16 +566,16 @@ class _Check:
             close = (np.abs(stored[renorm] - unit) <= RENORM_ATOL).all(axis=1)
             same[np.flatnonzero(renorm)[close]] = True
         for i in np.flatnonzero(~same):
-            pid, path, h, vec = todo[i]
+            pid, path, h, vec, _ = todo[i]
             other = self._other_space(m, space, h, vec)
             if other:
                 self.f["wrong_space"].add({"point_id": pid, "path": path,
-                                           "vector": space.name, "holds": other,
+                                           "vector": name, "holds": other,
                                            "config": space.space_id})
             else:
                 diff = np.abs(vec.astype(np.float64) - expected[i])
                 self.f["vector_corruption"].add({
-                    "point_id": pid, "path": path, "vector": space.name,
+                    "point_id": pid, "path": path, "vector": name,
                     "components_differing": int((diff > 0).sum()),
                     "max_abs_diff": float(diff.max())})
             self.plan.rewrite.add(pid)
