@@ -335,29 +335,34 @@ def _verify_copy(stage: Store, folder: Path, body: dict[str, Any], batch_size: i
     (bit for bit, as the store keeps them) and payloads, and the total count."""
     stage.close()  # reopen from disk: what is checked is what a later open will see
     distance = {v["name"]: v["distance"] for v in body["config"]["vectors"]}
+    dims = {v["name"]: int(v["dim"]) for v in body["config"]["vectors"]}
     progress.stage("verify copy", int(body["counts"]["points"]))
     n = 0
     for batch in read_points(folder, body, batch_size):
-        got = {p.id: p for p in stage.retrieve(batch.ids, with_vectors=True)}
-        for pid in batch.ids:
-            if pid not in got:
-                _mismatch(stage, f"point {pid} is missing")
+        got = stage.retrieve_arrays(batch.ids, dims)
+        row_of = {pid: i for i, pid in enumerate(got.ids)}
+        missing = [pid for pid in batch.ids if pid not in row_of]
+        if missing:
+            _mismatch(stage, f"point {missing[0]} is missing")
+        order = np.fromiter((row_of[pid] for pid in batch.ids), dtype=np.int64,
+                            count=len(batch.ids))
         for name, matrix in batch.vectors.items():
+            if got.odd[name]:
+                row = next(iter(got.odd[name]))
+                _mismatch(stage, f"vector {name!r} of point {got.ids[row]} has the wrong length")
             want = stage.kept_vectors(distance[name], matrix)
             present = batch.present[name]
-            rows = np.zeros_like(want)
-            for i, pid in enumerate(batch.ids):
-                v = got[pid].vectors.get(name)
-                if (v is None) != (not present[i]):
-                    _mismatch(stage, f"point {pid} {'lacks' if v is None else 'has'} vector "
-                                     f"{name!r}")
-                if v is not None:
-                    rows[i] = v
+            stored = got.present[name][order]
+            if (stored != present).any():
+                i = int(np.flatnonzero(stored != present)[0])
+                _mismatch(stage, f"point {batch.ids[i]} {'has' if stored[i] else 'lacks'} "
+                                 f"vector {name!r}")
+            rows = got.vectors[name][order]
             bad = np.flatnonzero((rows != want).any(axis=1) & present)
             if bad.size:
                 _mismatch(stage, f"vector {name!r} of point {batch.ids[bad[0]]} differs")
-        for pid, text in zip(batch.ids, batch.payloads):
-            if got[pid].payload != json.loads(text):
+        for pid, i, text in zip(batch.ids, order, batch.payloads):
+            if got.payloads[i] != json.loads(text):
                 _mismatch(stage, f"the payload of point {pid} differs")
         n += len(batch.ids)
         progress.advance(len(batch.ids))
