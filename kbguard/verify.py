@@ -39,6 +39,7 @@ from kbguard.progress import SILENT, Progress
 from kbguard.store import PointArrays
 
 BATCH = 1024                  # chunks per comparison batch: the memory bound of a check
+JOIN_BYTES = 64 << 20         # cached vectors DuckDB holds at once to join them to the chunks
 MAX_EXAMPLES = 5
 DRIFT_MIN_COSINE = 0.999      # fresh vs stored embedding of the same text by the same model
 RENORM_ATOL = 1e-6            # stored vs cached, where the store had to normalise the vector
@@ -419,78 +420,92 @@ class _Check:
         self.progress.stage("verify points", wanted)
         sample_ids = self._sample_ids(m)
         dims = {s.name: s.dim for s in spaces}
-        # Each chunk comes with its cached vector of every compared space, from one join that
-        # DuckDB streams: a lookup per batch would scan the whole cache once per batch.
-        cached = "".join(f", e{k}.vector AS cached{k}" for k in range(len(spaces)))
-        joins = "".join(f" LEFT JOIN embeddings e{k} ON e{k}.space_id = ? "
-                        f"AND e{k}.content_hash = c.content_hash" for k in range(len(spaces)))
         matched = 0
-        cur = m.con.cursor()
-        try:
-            reader = cur.sql(
-                "SELECT c.point_id, c.path, c.content_hash, c.occurrence, c.section, c.text"
-                f"{cached} FROM chunks c{joins}",
-                params=[s.space_id for s in spaces] or None).to_arrow_reader(BATCH)
-            for batch in reader:
-                cols = batch.to_pydict()
-                ids = cols["point_id"]
-                got = store.retrieve_arrays(ids, dims)
-                where = {pid: row for row, pid in enumerate(got.ids)}
-                matched += len(where)
-                rows = list(zip(ids, cols["path"], cols["content_hash"], cols["occurrence"],
-                                cols["section"], cols["text"]))
-                at = np.full(len(rows), -1, dtype=np.intp)   # the store row to compare vectors
-                flagged: set[str] = set()       # any finding: no drift check
-                skip: set[str] = set()          # missing or stale: no vector check
-                for i, (pid, path, h, occ, section, text) in enumerate(rows):
+        for batch in self._chunks_with_cache(m, spaces):
+            cols = batch.to_pydict()
+            ids = cols["point_id"]
+            got = store.retrieve_arrays(ids, dims)
+            where = {pid: row for row, pid in enumerate(got.ids)}
+            matched += len(where)
+            rows = list(zip(ids, cols["path"], cols["content_hash"], cols["occurrence"],
+                            cols["section"], cols["text"]))
+            at = np.full(len(rows), -1, dtype=np.intp)   # the store row to compare vectors
+            flagged: set[str] = set()       # any finding: no drift check
+            skip: set[str] = set()          # missing or stale: no vector check
+            for i, (pid, path, h, occ, section, text) in enumerate(rows):
+                j = where.get(pid)
+                if j is None:
+                    self.f["missing_points"].add({"point_id": pid, "path": path})
+                    self.plan.rewrite.add(pid)
+                    flagged.add(pid)
+                    skip.add(pid)
+                    continue
+                payload = got.payloads[j]
+                stored_hash = payload.get("content_hash")
+                if isinstance(stored_hash, str) and stored_hash != h:
+                    self.f["stale_points"].add({"point_id": pid, "path": path,
+                                                "store": stored_hash, "manifest": h})
+                    self.plan.rewrite.add(pid)
+                    flagged.add(pid)
+                    skip.add(pid)
+                    continue
+                if payload != point_payload(self.cfg.kb, path, h, occ, section, text):
+                    self.f["payload_damage"].add({"point_id": pid, "path": path,
+                                                  "keys": _payload_diff(payload, path, h,
+                                                                        occ, section, text,
+                                                                        self.cfg.kb)})
+                    self.plan.rewrite.add(pid)
+                    flagged.add(pid)
+                at[i] = j
+            if skip:  # a point id the manifest lists twice is skipped as a whole
+                for i, row in enumerate(rows):
+                    if row[0] in skip:
+                        at[i] = -1
+            for k, space in enumerate(spaces):
+                self._compare_vectors(m, space, rows, at, got, cols[f"cached{k}"], flagged)
+            if self.opts.deep or sample_ids:
+                for pid, path, h, *_rest, text in rows:
                     j = where.get(pid)
-                    if j is None:
-                        self.f["missing_points"].add({"point_id": pid, "path": path})
-                        self.plan.rewrite.add(pid)
-                        flagged.add(pid)
-                        skip.add(pid)
+                    if pid in flagged or j is None:
                         continue
-                    payload = got.payloads[j]
-                    stored_hash = payload.get("content_hash")
-                    if isinstance(stored_hash, str) and stored_hash != h:
-                        self.f["stale_points"].add({"point_id": pid, "path": path,
-                                                    "store": stored_hash, "manifest": h})
-                        self.plan.rewrite.add(pid)
-                        flagged.add(pid)
-                        skip.add(pid)
-                        continue
-                    if payload != point_payload(self.cfg.kb, path, h, occ, section, text):
-                        self.f["payload_damage"].add({"point_id": pid, "path": path,
-                                                      "keys": _payload_diff(payload, path, h,
-                                                                            occ, section, text,
-                                                                            self.cfg.kb)})
-                        self.plan.rewrite.add(pid)
-                        flagged.add(pid)
-                    at[i] = j
-                if skip:  # a point id the manifest lists twice is skipped as a whole
-                    for i, row in enumerate(rows):
-                        if row[0] in skip:
-                            at[i] = -1
-                for k, space in enumerate(spaces):
-                    self._compare_vectors(m, space, rows, at, got, cols[f"cached{k}"], flagged)
-                if self.opts.deep or sample_ids:
-                    for pid, path, h, *_rest, text in rows:
-                        j = where.get(pid)
-                        if pid in flagged or j is None:
-                            continue
-                        if self.opts.deep or pid in sample_ids:
-                            for space in spaces:
-                                vec = got.vector(space.name, j)
-                                if vec is not None:
-                                    self.drift_todo.append((pid, path, h, space, text,
-                                                            np.array(vec)))
-                    if len(self.drift_todo) >= BATCH:
-                        self._check_drift()
-                self.report.points_checked += len(where)
-                self.progress.advance(len(rows))
-        finally:
-            cur.close()
+                    if self.opts.deep or pid in sample_ids:
+                        for space in spaces:
+                            vec = got.vector(space.name, j)
+                            if vec is not None:
+                                self.drift_todo.append((pid, path, h, space, text,
+                                                        np.array(vec)))
+                if len(self.drift_todo) >= BATCH:
+                    self._check_drift()
+            self.report.points_checked += len(where)
+            self.progress.advance(len(rows))
         return matched
+
+    def _chunks_with_cache(self, m: Manifest, spaces: list[SpaceConfig]) -> Iterator[Any]:
+        """Every chunk in Arrow batches of BATCH rows, each row with its cached vector of every
+        space (``cached0``, ``cached1``, ...; null where the cache has none).
+
+        One hash join per pass, instead of a lookup per batch that would scan the whole cache
+        each time. The join holds its cached vectors in DuckDB's memory, so the cache is split
+        into passes of about JOIN_BYTES of vectors each by a hash of the content hash.
+        """
+        ids = [s.space_id for s in spaces]
+        cache_bytes = sum(4 * s.dim * m.scalar(
+            "SELECT count(*) FROM embeddings WHERE space_id = ?", [s.space_id]) for s in spaces)
+        passes = max(1, -(-cache_bytes // JOIN_BYTES))
+        cached = "".join(f", e{k}.vector AS cached{k}" for k in range(len(spaces)))
+        joins = "".join(
+            f" LEFT JOIN (SELECT content_hash, vector FROM embeddings WHERE space_id = ? AND "
+            f"hash(content_hash) % {passes} = ?) e{k} ON e{k}.content_hash = c.content_hash"
+            for k in range(len(spaces)))
+        sql = ("SELECT c.point_id, c.path, c.content_hash, c.occurrence, c.section, c.text"
+               f"{cached} FROM chunks c{joins} WHERE hash(c.content_hash) % {passes} = ?")
+        for p in range(passes):
+            cur = m.con.cursor()
+            try:
+                params = [x for space_id in ids for x in (space_id, p)] + [p]
+                yield from cur.sql(sql, params=params).to_arrow_reader(BATCH)
+            finally:
+                cur.close()
 
     def _compare_vectors(self, m: Manifest, space: SpaceConfig, rows: list[tuple],
                          at: np.ndarray, got: PointArrays, blobs: list[bytes | None],
