@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from kbguard.config import Config
 from kbguard.errors import KbguardError, SnapshotError, StoreError
@@ -42,6 +41,7 @@ from kbguard.progress import SILENT, Progress
 from kbguard.snapshot import (
     BATCH,
     TABLES,
+    VECTOR_PREFIX,
     list_snapshots,
     pull_snapshot,
     read_points,
@@ -294,14 +294,12 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
             points = batch.points()
             # no flush per batch: a killed build is thrown away, never resumed
             stage.upsert(points)
-            m.con.register("restored_state", _state_rows(points))
-            with m.transaction():
-                m.con.execute("INSERT INTO store_state SELECT * FROM restored_state")
-            m.con.unregister("restored_state")
             n += len(points)
             crash_point("restore-build")
             progress.advance(len(points))
         stage.flush()
+        with m.transaction():
+            m.con.execute(_state_sql(folder, body))
         counts = body["counts"]
         got = {t: int(m.scalar(f"SELECT count(*) FROM {t}")) for t in TABLES}
         got["points"] = n
@@ -316,17 +314,23 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
     return n
 
 
-def _state_rows(points: list[Any]) -> pa.Table:
-    """store_state for restored points: every one written and confirmed."""
-    ts = now()
-    return pa.table({
-        "point_id": [p.id for p in points],
-        "path": [str(p.payload.get("path", "")) for p in points],
-        "content_hash": [str(p.payload.get("content_hash", "")) for p in points],
-        "vectors": [",".join(sorted(p.vectors)) for p in points],
-        "confirmed": [True] * len(points),
-        "written_at": pa.array([ts] * len(points), pa.timestamp("us", tz="UTC")),
-    })
+def _state_sql(folder: Path, body: dict[str, Any]) -> str:
+    """store_state for the restored points, all written and confirmed, straight from the
+    snapshot's points file: one statement in DuckDB instead of rows built in Python."""
+    src = str(folder / "points.parquet").replace("'", "''")
+    names = sorted(v["name"] for v in body["config"]["vectors"])
+
+    def column(name: str) -> str:
+        return '"' + (VECTOR_PREFIX + name).replace('"', '""') + '"'
+
+    def literal(name: str) -> str:
+        return "'" + name.replace("'", "''") + "'"
+
+    present = ", ".join(f"CASE WHEN {column(n)} IS NOT NULL THEN {literal(n)} END" for n in names)
+    return (
+        "INSERT INTO store_state SELECT id, coalesce(payload::JSON->>'path', ''), "
+        "coalesce(payload::JSON->>'content_hash', ''), "
+        f"concat_ws(',', {present}), true, now() FROM read_parquet('{src}')")
 
 
 def _verify_copy(stage: Store, folder: Path, body: dict[str, Any], batch_size: int,
