@@ -420,6 +420,7 @@ class _Check:
         self.progress.stage("verify points", wanted)
         sample_ids = self._sample_ids(m)
         dims = {s.name: s.dim for s in spaces}
+        store.will_read_all()
         matched = 0
         for batch in self._chunks_with_cache(m, spaces):
             cols = batch.to_pydict()

@@ -12,6 +12,7 @@ import pytest
 
 from kbguard.errors import StoreError, StoreUnavailable
 from kbguard.store import CollectionInfo, Point, Store, VectorSpec, open_store
+from kbguard.store._common import canonical_ids
 from kbguard.store.edge import EdgeStore
 from kbguard.store.qdrant import QdrantStore
 
@@ -164,6 +165,16 @@ def test_ids_come_back_canonical_and_missing_ids_are_skipped(store):
     assert store.retrieve([]) == []
 
 
+def test_canonical_ids_pass_canonical_lists_through_and_refuse_non_uuids():
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    assert canonical_ids([a, b]) == [a, b]
+    assert canonical_ids([a.upper(), uuid.UUID(b)]) == [a, b]
+    assert canonical_ids([]) == []
+    for bad in (["not-a-uuid"], [a + "\n" + b], [7]):
+        with pytest.raises(StoreError, match="not a UUID"):
+            canonical_ids(bad)
+
+
 def test_a_point_may_carry_only_some_of_the_vectors(store):
     point = _points(1)[0]
     store.upsert([Point(point.id, {"local": point.vectors["local"]}, {})])
@@ -181,6 +192,7 @@ def test_retrieve_arrays_holds_what_retrieve_returns(store):
     ids = [p.id for p in points[::3]] + [some.id.upper(), str(uuid.uuid4())]
     dims = {"local": 8, "primary": 16}
 
+    store.will_read_all()  # a read-ahead hint: changes nothing
     for arrays in (store.retrieve_arrays(ids, dims), Store.retrieve_arrays(store, ids, dims)):
         assert sorted(arrays.ids) == sorted([p.id for p in points[::3]] + [some.id])
         assert len(arrays.payloads) == len(arrays.ids)

@@ -15,6 +15,7 @@ from kbguard.store.base import DISTANCES, VectorSpec
 # The form str(uuid.UUID(...)) gives; ids kbguard generates are already in it, and recognising
 # them here costs a tenth of a parse-and-format round trip.
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CANONICAL_UUID_LINES = re.compile(f"(?:{_CANONICAL_UUID.pattern}\n)*")
 
 
 def canonical_id(point_id: Any) -> str:
@@ -29,6 +30,16 @@ def canonical_id(point_id: Any) -> str:
         raise StoreError(
             f"Point id {point_id!r} is not a UUID; kbguard stores only UUID point ids."
         ) from None
+
+
+def canonical_ids(point_ids: Sequence[Any]) -> list[str]:
+    """``canonical_id`` of each id; a list already canonical is checked by one regex match."""
+    if all(isinstance(i, str) for i in point_ids):
+        lines = "\n".join(point_ids) + "\n"
+        # the length rules out an id with a newline inside passing as two
+        if len(lines) == 37 * len(point_ids) and _CANONICAL_UUID_LINES.fullmatch(lines):
+            return list(point_ids)
+    return [canonical_id(i) for i in point_ids]
 
 
 def id_from_store(point_id: Any) -> str:

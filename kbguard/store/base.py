@@ -125,6 +125,9 @@ class Store(ABC):
                     out.odd[name][row] = vec
         return out
 
+    def will_read_all(self) -> None:
+        """A hint that every point is about to be read; an adapter may read ahead. No-op here."""
+
     @abstractmethod
     def scroll(self, *, batch_size: int = 1024, with_vectors: bool = True) -> Iterator[list[Point]]:
         """Every point, in pages of at most ``batch_size``; memory bounded by the page."""

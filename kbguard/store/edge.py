@@ -22,6 +22,7 @@ from kbguard.errors import StoreError, StoreUnavailable
 from kbguard.durable import fsync_path
 from kbguard.store._common import (
     canonical_id,
+    canonical_ids,
     check_specs,
     config_mismatch,
     engine_message,
@@ -238,13 +239,39 @@ class EdgeStore(Store):
 
     def retrieve_arrays(self, ids: Sequence[str], dims: Mapping[str, int]) -> PointArrays:
         """The points among ``ids`` that exist, as columns (see ``PointArrays``)."""
-        wanted = [canonical_id(i) for i in ids]
+        wanted = canonical_ids(ids)
         if not wanted:
             return _arrays_from_records([], dims)
         shard = self._open()
         with self._translate(f"reading {len(wanted)} points"):
             records = shard.retrieve(wanted, True, bool(dims))
             return _arrays_from_records(records, dims)
+
+    def will_read_all(self) -> None:
+        """Read the payload storage files once, front to back, before the engine reads them.
+
+        The engine reads payloads through memory maps a page at a time, and the pages do not
+        stay cached from one process to the next, so a first full read of a 100k-point shard
+        waits on ~12,000 single-page disk reads (~1 s). One sequential read of the same files
+        (~50 MB there) costs a few hundredths of that. Skipped when the files would not fit in
+        free memory; only reads, never writes.
+        """
+        files = [f for f in self.path.glob("segments/*/payload_storage/*") if f.is_file()]
+        try:
+            total = sum(f.stat().st_size for f in files)
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return
+        if total > free // 2:
+            return
+        buf = bytearray(1 << 20)
+        for f in files:
+            try:
+                with open(f, "rb", buffering=0) as fh:
+                    while fh.readinto(buf):
+                        pass
+            except OSError:
+                pass  # a hint only: the engine reports any real problem when it reads
 
     def scroll(self, *, batch_size: int = 1024, with_vectors: bool = True) -> Iterator[list[Point]]:
         """Every point in id order, in pages of at most ``batch_size``."""
