@@ -276,6 +276,37 @@ def test_verify_changes_neither_store_nor_manifest_content(tmp_path: Path, backe
         assert m.scalar("SELECT count(*) FROM findings") == 3 * len(FINDINGS)
 
 
+SECOND_SPACE = """
+[[spaces]]
+name = "second"
+provider = "fake"
+model = "fake-hash-b"
+dim = 24
+"""
+
+
+@pytest.mark.parametrize("action,n,finding", [("flip-bits", 4, "vector_corruption"),
+                                              ("wrong-model", 3, "wrong_space"),
+                                              ("drop-cache-rows", 2, "manifest_damage")])
+def test_the_cache_joined_in_several_passes_gives_the_same_verdict(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str, n: int,
+        finding: str) -> None:
+    import kbguard.verify
+
+    kb = built(tmp_path, extra=SECOND_SPACE)
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        cache_bytes = sum(4 * s.dim * m.scalar("SELECT count(*) FROM embeddings WHERE "
+                                               "space_id = ?", [s.space_id])
+                          for s in kb.cfg.spaces)
+    monkeypatch.setattr(kbguard.verify, "JOIN_BYTES", cache_bytes // 4)  # four passes, not one
+    code, report = verify(kb)
+    assert code == 0 and report["points_checked"] == report["manifest_points"]
+    inject(kb.cfg, action, count=n, seed=5)
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {finding: n}
+
+
 # -- history, status, metrics, lock --------------------------------------------------------
 
 def test_every_check_is_recorded_and_status_shows_the_last(tmp_path: Path) -> None:
