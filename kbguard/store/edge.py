@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import struct
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -420,11 +421,12 @@ def _arrays_from_records(records: Sequence[Any], dims: Mapping[str, int]) -> Poi
     n = len(records)
     packers = {name: struct.Struct(f"<{dim}f") for name, dim in dims.items()}
     packed: dict[str, list[bytes]] = {name: [] for name in dims}
-    present = {name: np.zeros(n, dtype=bool) for name in dims}
+    present: dict[str, list[bool]] = {name: [] for name in dims}
     odd: dict[str, dict[int, np.ndarray]] = {name: {} for name in dims}
     ids, payloads = [], []
     for row, r in enumerate(records):
-        ids.append(id_from_store(r.id))
+        rid = r.id  # a UUID's str() is the canonical form already
+        ids.append(str(rid) if type(rid) is uuid.UUID else id_from_store(rid))
         payloads.append(r.payload or {})
         if not dims:
             continue
@@ -438,22 +440,19 @@ def _arrays_from_records(records: Sequence[Any], dims: Mapping[str, int]) -> Poi
                 try:
                     blob = packer.pack(*values)
                 except (struct.error, OverflowError, TypeError):
-                    blob = None
-            if blob is not None:
-                packed[name].append(blob)
-                present[name][row] = True
-                continue
-            packed[name].append(bytes(packer.size))
-            if values is not None:
+                    pass  # numpy's conversion below decides
+            if blob is None and values is not None:
                 vec = vector_out(values)
                 if vec.shape == (dims[name],):
-                    packed[name][-1] = vec.astype("<f4").tobytes()
-                    present[name][row] = True
+                    blob = vec.astype("<f4").tobytes()
                 else:
                     odd[name][row] = vec
+            packed[name].append(bytes(packer.size) if blob is None else blob)
+            present[name].append(blob is not None)
     vectors = {
         name: np.frombuffer(b"".join(packed[name]), dtype="<f4").reshape(n, dim).astype(
             np.float32, copy=False)
         for name, dim in dims.items()
     }
-    return PointArrays(ids=ids, payloads=payloads, vectors=vectors, present=present, odd=odd)
+    flags = {name: np.array(present[name], dtype=bool) for name in dims}
+    return PointArrays(ids=ids, payloads=payloads, vectors=vectors, present=flags, odd=odd)
