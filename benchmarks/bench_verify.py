@@ -4,8 +4,9 @@ Builds a synthetic KB once (`kbguard.chaos.fill_synthetic`: corpus files, DuckDB
 Qdrant Edge shard, 384-d vectors from the fake embedder, ~60-word chunk texts in the payloads),
 then runs the full check (`verify_kb`, every point compared with its cached vector, its payload
 and the manifest; no sampling, no canaries) several times, each in a fresh process so peak
-memory is that of one check. Also times a bare scroll of the shard with vectors (the floor that
-the store's Python bindings set) for comparison.
+memory is that of one check. Also times a bare scroll of the shard with vectors (after the same
+read-ahead of the payload files that the check does: the floor that the engine and its Python
+bindings set) for comparison.
 
     .venv/bin/python benchmarks/bench_verify.py --points 100000 --runs 5
 
@@ -60,6 +61,7 @@ else:
     from kbguard.rebuild import store_for
     n = 0
     with store_for(cfg) as store:
+        store.will_read_all()
         for page in store.scroll(batch_size=1024, with_vectors=True):
             n += len(page)
     out = {"points": n}

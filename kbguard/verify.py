@@ -1,8 +1,9 @@
 """Verify: compare store, manifest and corpus, and name every difference by class.
 
-The check reads only. It opens the manifest read-only, walks the chunks it wants in batches
-(memory bounded by the batch), fetches those points from the store by id and compares each with
-what the manifest says it should be: payload, content hash, and the vector bit for bit against the
+The check reads only. It opens the manifest read-only, walks the chunks it wants in batches,
+each chunk joined to its cached vectors (memory bounded by the batch, and DuckDB's join by
+JOIN_BYTES), fetches those points from the store by id as matrices and compares them with what
+the manifest says they should be: payload, content hash, and the vector bit for bit against the
 embedding cache (cached vectors are normalised float32, which both stores keep exactly). Points
 the store holds beyond the manifest's are found from the count, and listed by an id-only scroll
 only when the counts disagree. At the end one short write transaction records the check in the
