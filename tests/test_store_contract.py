@@ -190,25 +190,25 @@ def test_retrieve_arrays_holds_what_retrieve_returns(store):
     store.upsert(points + [some])
     want = _by_id(points + [some])
     ids = [p.id for p in points[::3]] + [some.id.upper(), str(uuid.uuid4())]
-    dims = {"local": 8, "primary": 16}
-
     store.will_read_all()  # a read-ahead hint: changes nothing
-    for arrays in (store.retrieve_arrays(ids, dims), Store.retrieve_arrays(store, ids, dims)):
-        assert sorted(arrays.ids) == sorted([p.id for p in points[::3]] + [some.id])
-        assert len(arrays.payloads) == len(arrays.ids)
-        for name, dim in dims.items():
-            assert arrays.vectors[name].shape == (len(arrays.ids), dim)
-            assert arrays.vectors[name].dtype == np.float32
-            assert arrays.odd[name] == {}
-        for row, pid in enumerate(arrays.ids):
-            assert arrays.payloads[row] == want[pid].payload
-            for name in dims:
-                stored = arrays.vector(name, row)
-                if name in want[pid].vectors:
-                    assert arrays.present[name][row]
-                    assert np.array_equal(stored, want[pid].vectors[name])
-                else:
-                    assert not arrays.present[name][row] and stored is None
+
+    for dims in ({"local": 8, "primary": 16}, {"local": 8}, {"primary": 16}):
+        for arrays in (store.retrieve_arrays(ids, dims), Store.retrieve_arrays(store, ids, dims)):
+            assert sorted(arrays.ids) == sorted([p.id for p in points[::3]] + [some.id])
+            assert len(arrays.payloads) == len(arrays.ids)
+            for name, dim in dims.items():
+                assert arrays.vectors[name].shape == (len(arrays.ids), dim)
+                assert arrays.vectors[name].dtype == np.float32
+                assert arrays.odd[name] == {}
+            for row, pid in enumerate(arrays.ids):
+                assert arrays.payloads[row] == want[pid].payload
+                for name in dims:
+                    stored = arrays.vector(name, row)
+                    if name in want[pid].vectors:
+                        assert arrays.present[name][row]
+                        assert np.array_equal(stored, want[pid].vectors[name])
+                    else:
+                        assert not arrays.present[name][row] and stored is None
 
     # asked for another length than the collection's: the vectors come back as they are, aside
     arrays = store.retrieve_arrays([points[1].id], {"local": 4})
