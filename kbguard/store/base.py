@@ -41,7 +41,7 @@ class PointArrays:
     Row ``i`` of every field belongs to ``ids[i]``. Each requested vector name has an
     ``(len(ids), dim)`` float32 matrix; a row of it holds the stored vector only where ``present``
     is true. A stored vector of another length is not in the matrix but in ``odd``; a point
-    without the vector is in neither.
+    without the vector is in neither. The matrices may be read-only views: copy to change them.
     """
 
     ids: list[str]
@@ -104,8 +104,8 @@ class Store(ABC):
 
     def retrieve_arrays(self, ids: Sequence[str], dims: Mapping[str, int]) -> PointArrays:
         """The points among ``ids`` that exist, as columns, with the named vectors of ``dims``
-        (name -> dimension) as matrices. Adapters whose bindings hand out vectors cheaply in
-        bulk override this; this default converts ``retrieve``'s points."""
+        (name -> dimension) as matrices. This default converts ``retrieve``'s points; adapters
+        that can build the columns more cheaply override it."""
         points = self.retrieve(ids, with_vectors=bool(dims))
         n = len(points)
         out = PointArrays(
