@@ -125,7 +125,14 @@ class Manifest:
     def _check_version(self) -> None:
         applied = self._applied()
         if applied == 0:
-            raise ManifestError(f"{self.path} is not a kbguard manifest (no schema found).")
+            tables = self.con.execute(
+                "SELECT count(*) FROM information_schema.tables").fetchone()[0]
+            if tables == 0:
+                raise ManifestError(
+                    f"{self.path} is an empty manifest: a first build was interrupted before it "
+                    "wrote anything. Run `kbguard rebuild`.")
+            raise ManifestError(f"{self.path} is not a kbguard manifest (no schema found). "
+                                "Point manifest.path at the KB's manifest.")
         if applied > SCHEMA_VERSION:
             raise ManifestError(
                 f"{self.path} has schema version {applied}, newer than this kbguard "
