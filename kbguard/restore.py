@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from kbguard.config import Config
-from kbguard.errors import KbguardError, SnapshotError, StoreError
+from kbguard.errors import KbguardError, ManifestError, SnapshotError, StoreError
 from kbguard.faults import crash_point
 from kbguard.durable import atomic_write_text, fsync_path
 from kbguard.lock import kb_lock
@@ -283,21 +284,26 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
     _remove(staged)
     with Manifest.open(staged, kb=cfg.kb) as m:
         run_id = m.start_run("restore")
-        progress.stage("restore manifest")
-        with m.transaction():
-            for table in TABLES:
-                src = str(folder / f"{table}.parquet").replace("'", "''")
-                m.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet('{src}')")
-        progress.stage("restore points", int(body["counts"]["points"]))
-        n = 0
-        for batch in read_points(folder, body, batch_size):
-            points = batch.points()
-            # no flush per batch: a killed build is thrown away, never resumed
-            stage.upsert(points)
-            n += len(points)
-            crash_point("restore-build")
-            progress.advance(len(points))
-        stage.flush()
+        # DuckDB loads the manifest tables on a connection of its own in a thread while this
+        # one writes the points: DuckDB runs without the GIL, the point writes need it.
+        loader = _TableLoader(m, folder)
+        loader.start()
+        try:
+            progress.stage("restore points", int(body["counts"]["points"]))
+            n = 0
+            for batch in read_points(folder, body, batch_size):
+                points = batch.points()
+                # no flush per batch: a killed build is thrown away, never resumed
+                stage.upsert(points)
+                n += len(points)
+                crash_point("restore-build")
+                progress.advance(len(points))
+            stage.flush()
+        finally:
+            loader.join()  # never close the manifest under a thread still writing into it
+        if loader.error is not None:
+            raise ManifestError(f"Loading the snapshot's tables into the new manifest failed: "
+                                f"{loader.error}. The KB was not switched.") from loader.error
         with m.transaction():
             m.con.execute(_state_sql(folder, body))
         counts = body["counts"]
@@ -312,6 +318,31 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
                      body.get("corpus", {}).get("fingerprint"))
         m.con.execute("CHECKPOINT")  # everything in the file itself, nothing in a WAL
     return n
+
+
+class _TableLoader(threading.Thread):
+    """Loads documents, chunks and the embedding cache from the snapshot into the staging
+    manifest, in one transaction on a connection of its own."""
+
+    def __init__(self, m: Manifest, folder: Path):
+        super().__init__(name="kbguard-restore-tables", daemon=True)
+        self.m, self.folder = m, folder
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            con = self.m.con.cursor()
+            try:
+                con.execute("BEGIN TRANSACTION")
+                for table in TABLES:
+                    src = str(self.folder / f"{table}.parquet").replace("'", "''")
+                    con.execute(
+                        f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet('{src}')")
+                con.execute("COMMIT")
+            finally:
+                con.close()
+        except Exception as exc:  # handed to the restoring thread, which raises it
+            self.error = exc
 
 
 def _state_sql(folder: Path, body: dict[str, Any]) -> str:
