@@ -30,7 +30,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -46,35 +45,12 @@ from kbguard.rebuild import point_payload, store_for, vector_specs  # noqa: E402
 from kbguard.restore import restore  # noqa: E402
 from kbguard.snapshot import create_snapshot  # noqa: E402
 from kbguard.store import Point  # noqa: E402
+from synthetic import write_synthetic_config  # noqa: E402
 
 DIM = 384
 PER_DOC = 100
 WORDS = ("backup restore vector shard manifest chunk embedding corpus query index payload "
          "checksum parquet segment snapshot replica cluster migration schema rebuild").split()
-
-
-def write_config(root: Path) -> Path:
-    (root / "corpus").mkdir()
-    path = root / "kbguard.toml"
-    path.write_text(textwrap.dedent(f"""\
-        [kb]
-        name = "bench"
-        [corpus]
-        path = "corpus"
-        [[spaces]]
-        name = "local"
-        provider = "fake"
-        model = "fake-hash"
-        dim = {DIM}
-        [store]
-        backend = "edge"
-        path = "state/store"
-        [manifest]
-        path = "state/manifest.duckdb"
-        [snapshots]
-        root = "state/snapshots"
-        """))
-    return path
 
 
 def build_kb(cfg, n: int, seed: int = 0) -> None:
@@ -157,7 +133,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(dir=workdir))
     runs = []
     try:
-        cfg = load_config(write_config(root))
+        cfg = load_config(write_synthetic_config(root, DIM))
         t = time.perf_counter()
         build_kb(cfg, args.points)
         print(f"built the KB in {time.perf_counter() - t:.0f} s", file=sys.stderr)

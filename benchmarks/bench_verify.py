@@ -28,24 +28,9 @@ import textwrap
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from synthetic import write_synthetic_config
 
-CONFIG = """\
-[kb]
-name = "bench"
-[corpus]
-path = "corpus"
-[[spaces]]
-name = "local"
-provider = "fake"
-model = "fake-hash"
-dim = {dim}
-[store]
-backend = "edge"
-path = "state/store"
-[manifest]
-path = "state/manifest.duckdb"
-"""
+HERE = Path(__file__).resolve().parent
 
 CHILD = """
 import json, resource, sys, time
@@ -89,7 +74,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     config = root / "kbguard.toml"
     if not (root / "state" / "manifest.duckdb").exists():
-        config.write_text(CONFIG.format(dim=args.dim))
+        write_synthetic_config(root, args.dim)
         from kbguard.chaos import fill_synthetic
         from kbguard.config import load_config
 
