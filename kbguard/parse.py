@@ -63,6 +63,10 @@ class Element:
     level: int = 0  # heading depth for titles (1 = top level) when known, else 0
 
 
+# Bump when a change here changes the elements of a file that parsed before: a rebuild then
+# re-chunks every document (chunks whose text is unchanged keep their vectors).
+PARSER_VERSION = 2
+
 TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".rst", ".html", ".htm"})
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | {".pdf", ".docx"}
 
@@ -224,13 +228,17 @@ def _from_markup(parts: Sequence[Any]) -> list[Element]:
 # Headings do not end like sentences; without POS tags unstructured's title test lets short
 # one-sentence paragraphs through, and these endings catch them.
 _SENTENCE_END = re.compile(r"[.,;:]$")
+# Short code lines in plain text (a prompt, an assignment, a call) look like titles too; taking
+# them for headings would cut code samples into sections of their own.
+_CODE_LINE = re.compile(r"^(>>>|\.\.\.|\$\s)|[=;{}]|^[a-z_][\w.]*\(.*\)$")
 
 
 def _from_plain_text(text: str) -> list[Element]:
     parts = _partitioner("text")(text=text, languages=_NO_LANGUAGE)
     out = []
     for part, body in _content(parts):
-        if part.category == "Title" and not _SENTENCE_END.search(body):
+        if (part.category == "Title" and not _SENTENCE_END.search(body)
+                and not _CODE_LINE.search(body)):
             out.append(_title(body, 0))  # plain text says nothing about heading depth
         else:
             out.append(Element("text", body))

@@ -196,9 +196,11 @@ class _Rebuild:
                     f"no file in {self.cfg.corpus} matches corpus.include "
                     f"({', '.join(self.cfg.include)}); check the globs in {self.cfg.path}")
             settings = parse_settings(self.cfg)
-            if self.m.get_meta("parse_settings") not in (None, settings) and plan.unchanged:
-                self.notes.append("parsing or chunking settings changed: every document is "
-                                  "parsed again (unchanged chunks keep their embeddings)")
+            if (self.m.get_meta("parse_settings") not in (None, settings)
+                    and (plan.unchanged or plan.still_failed)):
+                self.notes.append("the parser or the parsing/chunking settings changed: every "
+                                  "document is parsed again (unchanged chunks keep their "
+                                  "embeddings)")
                 plan.changed.extend(plan.unchanged + plan.still_failed)
                 plan.changed.sort(key=lambda f: f.path)
                 plan.unchanged, plan.restat, plan.still_failed = [], [], []
@@ -445,8 +447,11 @@ class _Rebuild:
 
 def parse_settings(cfg: Config) -> str:
     """What decides a document's chunks besides its bytes; a change re-chunks every document."""
+    from kbguard.parse import PARSER_VERSION
+
     space = cfg.spaces[0]  # its tokenizer measures the chunk cap
-    return json.dumps({"max_tokens": cfg.max_tokens, "read_as": cfg.read_as,
+    return json.dumps({"parser": PARSER_VERSION, "max_tokens": cfg.max_tokens,
+                       "read_as": cfg.read_as,
                        "max_file_mb": cfg.max_file_mb,
                        "tokenizer": f"{space.provider}:{space.model}"}, sort_keys=True)
 

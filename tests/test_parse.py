@@ -81,6 +81,15 @@ def test_parsing_downloads_nothing(tmp_path: Path) -> None:
     assert importlib.util.find_spec("en_core_web_sm") is None
 
 
+def test_short_code_lines_in_plain_text_are_not_titles(tmp_path: Path) -> None:
+    p = tmp_path / "a.txt"
+    p.write_text("Paginator objects\n\n>>> p.count\n\nmodel = Contact\n\np.page(2)\n\n"
+                 "The paginator splits a list into pages of a given size for display.\n")
+    els = parse_file(p)
+    assert _titles(els) == ["Paginator objects"]
+    assert ">>> p.count" in _text(els) and "model = Contact" in _text(els)
+
+
 def _docx_without_document_part() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:

@@ -159,3 +159,14 @@ def test_an_empty_corpus_says_that_nothing_matched(tmp_path: Path) -> None:
     report = kb.cli_json("rebuild")
     assert report["documents"]["added"] == 0
     assert any("matches corpus.include" in n for n in report["notes"])
+
+
+def test_a_new_parser_version_rechunks_every_document(tmp_path: Path, monkeypatch) -> None:
+    kb = make_kb(tmp_path, docs=2)
+    kb.cli_json("rebuild")
+    import kbguard.parse
+
+    monkeypatch.setattr(kbguard.parse, "PARSER_VERSION", kbguard.parse.PARSER_VERSION + 1)
+    report = kb.cli_json("rebuild")
+    assert report["documents"]["changed"] == 2 and report["chunks"]["embedded"] == 0
+    assert kb.cli_json("rebuild")["documents"]["changed"] == 0
