@@ -125,9 +125,12 @@ class Manifest:
     def _check_version(self) -> None:
         applied = self._applied()
         if applied == 0:
-            tables = self.con.execute(
-                "SELECT count(*) FROM information_schema.tables").fetchone()[0]
-            if tables == 0:
+            # migrations is created before the first migration runs: a file holding only that
+            # (or nothing) is a first build killed before it wrote anything
+            others = self.con.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_name <> 'migrations'").fetchone()[0]
+            if others == 0:
                 raise ManifestError(
                     f"{self.path} is an empty manifest: a first build was interrupted before it "
                     "wrote anything. Run `kbguard rebuild`.")

@@ -323,7 +323,10 @@ class _Rebuild:
         for space in self.cfg.spaces:
             m.con.execute(
                 "CREATE OR REPLACE TEMP TABLE embed_todo AS "
-                "SELECT row_number() OVER (ORDER BY content_hash) AS rn, content_hash, text FROM ("
+                # by length: a batch of similar lengths pads little (MiniLM, 640 Django chunks:
+                # 26.7 texts/s against 17.6-20.7 in hash order)
+                "SELECT row_number() OVER (ORDER BY length(text), content_hash) AS rn, "
+                "content_hash, text FROM ("
                 "  SELECT content_hash, min(text) AS text FROM chunks "
                 "  WHERE content_hash NOT IN "
                 "    (SELECT content_hash FROM embeddings WHERE space_id = ?) "

@@ -23,9 +23,10 @@ def _cached(cfg) -> set[str]:
     try:
         m = Manifest.open(cfg.manifest, read_only=True)
     except ManifestError as exc:
-        # killed while the manifest was being created: a file with no schema yet (the next
-        # rebuild migrates it), so nothing is cached
-        assert "interrupted before it wrote anything" in str(exc), exc
+        # killed while the manifest was being created or migrated (the next rebuild finishes
+        # the migrations): nothing can have been cached yet
+        assert ("interrupted before it wrote anything" in str(exc)
+                or "run any writing command" in str(exc)), exc
         return set()
     with m:
         return {r[0] for r in m.con.execute("SELECT content_hash FROM embeddings").fetchall()}
