@@ -272,16 +272,6 @@ class Manifest:
 
     # -- embedding cache ---------------------------------------------------------------------
 
-    def cached_vectors(self, space_id: str, content_hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        if not content_hashes:
-            return {}
-        rows = self.con.execute(
-            "SELECT content_hash, vector FROM embeddings "
-            "WHERE space_id = ? AND content_hash IN (SELECT unnest(?::VARCHAR[]))",
-            [space_id, list(content_hashes)],
-        ).fetchall()
-        return {h: blob_vector(b) for h, b in rows}
-
     def cache_vectors(self, space_id: str, items: Sequence[tuple[str, np.ndarray]],
                       run_id: int | None) -> None:
         """Add vectors to the cache (existing keys are replaced). No transaction."""

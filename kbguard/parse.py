@@ -31,8 +31,7 @@ a sentence is kept as text. The patch is process-wide; it only changes how unstr
 and tags words.
 
 Heavy imports (unstructured, spaCy, docutils, pdfminer) happen once per process, on first use:
-``parse_file`` runs in worker processes, and ``preload`` lets a pool initializer pay that cost
-before the first file.
+``parse_file`` runs in worker processes, and a no-op rebuild never imports them.
 """
 
 from __future__ import annotations
@@ -123,14 +122,6 @@ def parse_file(path: Path, read_as: Mapping[str, str] | None = None) -> list[Ele
         raise ParseError(f"{path.name}: no extractable text found.{hint} Add text or remove "
                          "the file from the corpus.")
     return elements
-
-
-def preload() -> None:
-    """Import the parsers now (e.g. as a process-pool initializer) instead of on the first file."""
-    for name in _PARTITIONERS:
-        _partitioner(name)
-    _docutils()
-    _pdfminer()
 
 
 # -- routes -----------------------------------------------------------------------------------
