@@ -34,8 +34,10 @@ def verify_cmd(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Compare store, manifest and corpus; name every difference. Exit 0 healthy, 1 findings,
-    2 could not check, 3 busy."""
+    """Compare store, manifest and corpus; name every difference.
+
+    Exit 0 healthy, 1 findings, 2 could not check, 3 busy (another kbguard command holds the KB).
+    """
     from kbguard.repair import repair_kb
     from kbguard.verify import verify_kb
 
