@@ -73,8 +73,27 @@ def vector_specs(cfg: Config) -> list[VectorSpec]:
 def rebuild(cfg: Config, *, full: bool = False, progress: Progress = SILENT) -> RebuildReport:
     """Run an incremental (or, with ``full``, a from-scratch) rebuild of one KB."""
     with kb_lock(cfg.manifest, "rebuild"):
+        if not full and not cfg.manifest.exists():
+            _refuse_lost_manifest(cfg)
         with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest:
             return _Rebuild(cfg, manifest, progress).run(full)
+
+
+def _refuse_lost_manifest(cfg: Config) -> None:
+    """Without its manifest a rebuild knows no cached vector and embeds the whole corpus: when
+    the store or a snapshot survives, that is a lost manifest, and the answer is a restore.
+    ``--full`` says the user wants the full rebuild all the same."""
+    from kbguard.recovery import lost_manifest
+
+    try:
+        with store_for(cfg) as store:
+            info = store.describe()
+        points: int | None = info.points if info.exists else 0
+    except StoreError:
+        points = None  # unreadable: whether its files are there decides
+    lost = lost_manifest(cfg, store_points=points)
+    if lost is not None:
+        raise lost
 
 
 @dataclass

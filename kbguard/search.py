@@ -6,9 +6,10 @@ from dataclasses import asdict, dataclass
 
 from kbguard.config import Config
 from kbguard.embed import get_embedder
-from kbguard.errors import ConfigError, ManifestError
+from kbguard.errors import ConfigError
 from kbguard.lock import check_unlocked
 from kbguard.rebuild import store_for
+from kbguard.recovery import missing_manifest
 
 SNIPPET_CHARS = 240
 
@@ -34,8 +35,7 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
     sp = cfg.space(space) if space else cfg.spaces[0]
     check_unlocked(cfg.manifest)
     if not cfg.manifest.exists():
-        raise ManifestError(f"KB '{cfg.kb}' has not been built yet (no manifest at "
-                            f"{cfg.manifest}). Run `kbguard rebuild` first.")
+        raise missing_manifest(cfg, never_built="Run `kbguard rebuild` first.")
     with store_for(cfg) as store:
         store.describe()  # a missing or damaged store fails here, before the model loads
         vector = get_embedder(sp).embed_batch([query])[0]

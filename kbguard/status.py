@@ -9,6 +9,7 @@ from kbguard.errors import KbguardError
 from kbguard.lock import check_unlocked
 from kbguard.manifest import Manifest
 from kbguard.rebuild import plan_documents, store_for
+from kbguard.recovery import missing_manifest
 from kbguard.scan import scan_corpus
 from kbguard.restore import pending_restore
 from kbguard.snapshot import list_snapshots
@@ -19,6 +20,8 @@ from kbguard.versioning import dvc_view
 def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
     """A read-only report of the KB; never writes the manifest or the store."""
     check_unlocked(cfg.manifest)
+    if not cfg.manifest.exists():
+        raise missing_manifest(cfg)
     with Manifest.open(cfg.manifest, read_only=True) as m:
         out: dict[str, Any] = {
             "kb": cfg.kb,

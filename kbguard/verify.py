@@ -36,6 +36,7 @@ from kbguard.config import Config, SpaceConfig
 from kbguard.errors import KbguardError, ManifestError, StoreError, StoreUnavailable
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, now, vector_checksum
+from kbguard.recovery import missing_manifest
 from kbguard.progress import SILENT, Progress
 from kbguard.store import PointArrays
 
@@ -241,8 +242,8 @@ class _Check:
     def _open_manifest(self) -> Manifest | None:
         path = self.cfg.manifest
         if not path.exists():
-            raise ManifestError(f"No manifest at {path}: this KB has not been built yet, so "
-                                "there is nothing to check against. Run `kbguard rebuild`.")
+            raise missing_manifest(self.cfg, never_built="There is nothing to check against; "
+                                   "run `kbguard rebuild`.")
         try:
             m = Manifest.open(path, read_only=True)
         except ManifestError as exc:
