@@ -70,6 +70,20 @@ def test_status_reports_counts_last_run_and_pending_changes(kb: KB) -> None:
     assert human.code == 0 and "not indexed yet: 1 added" in human.stdout
 
 
+def test_a_lost_store_is_named_with_the_cheap_way_back(kb: KB) -> None:
+    import shutil
+
+    kb.cli_json("rebuild")
+    shutil.rmtree(kb.cfg.store_path)
+    st = kb.cli("status")
+    assert st.code == 0 and "missing; `kbguard rebuild` writes it again" in st.stdout
+    found = kb.cli("search", "anything")
+    assert found.code == 2 and "Run `kbguard rebuild`" in found.stderr
+    again = kb.cli_json("rebuild")
+    assert again["chunks"]["embedded"] == 0
+    assert again["chunks"]["written"] == again["chunks"]["total"]
+
+
 def test_search_finds_the_document_about_the_query(tmp_path: Path, backend: str) -> None:
     kb = make_kb(tmp_path, backend=backend)
     kb.write("zebra.md", "# Zebras\n\nZebras have black and white stripes on their bodies.\n")

@@ -372,7 +372,7 @@ def test_edge_damaged_segment_is_store_unavailable(tmp_path, damage):
 
 
 def test_edge_missing_store_says_how_to_build_it(tmp_path):
-    with pytest.raises(StoreUnavailable, match="no Edge store.*rebuild --full"):
+    with pytest.raises(StoreUnavailable, match="no Edge store.*kbguard rebuild`: it writes"):
         EdgeStore(tmp_path / "nowhere").count()
 
 

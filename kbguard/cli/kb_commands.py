@@ -109,9 +109,12 @@ def _print_status(st: dict[str, Any]) -> None:
     store = st["store"]
     if "error" in store:
         stdout.print(f"  store      {store['backend']} at {store['location']}: {store['error']}")
+    elif not store["exists"]:
+        stdout.print(f"  store      {store['backend']} at {store['location']}: missing; "
+                     "`kbguard rebuild` writes it again from the embedding cache")
     else:
         stdout.print(f"  store      {store['backend']} at {store['location']}: "
-                     f"{store['points'] if store['exists'] else 'missing'} points")
+                     f"{store['points']} points")
     run = st["last_run"]
     if run:
         line = f"  last run   #{run['run_id']} {run['kind']} {run['status']} at {run['started_at']}"

@@ -98,7 +98,7 @@ class EdgeStore(Store):
             if not self._is_shard():
                 raise StoreUnavailable(
                     f"There is no Edge store at {self.path}. "
-                    "Run `kbguard rebuild --full` to build it."
+                    "Run `kbguard rebuild`: it writes the store from the embedding cache."
                 )
             self._shard = self._load()
         return self._shard
@@ -252,10 +252,11 @@ class EdgeStore(Store):
     def will_read_all(self) -> None:
         """Read the payload storage files once, front to back, before the engine reads them.
 
-        The engine reads payloads through memory maps a page at a time: a fresh process that
-        reads a whole 100k-point shard was measured waiting on ~12,000 single-page reads (~1 s).
-        One sequential read of the same files (~50 MB there) costs a few hundredths of that. Skipped when the files would not fit in
-        free memory; only reads, never writes.
+        The engine reads payloads through memory maps a page at a time. Measured on a
+        100k-point shard: its first retrieve of every point took 1.3 s without this and 0.54 s
+        after it, even with the files already in the page cache, and one sequential read of the
+        files (~50 MB there) costs a few hundredths of a second. Skipped when the files would
+        not fit in free memory; only reads, never writes.
         """
         files = [f for f in self.path.glob("segments/*/payload_storage/*") if f.is_file()]
         try:
