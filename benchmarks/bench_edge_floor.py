@@ -208,8 +208,8 @@ def main() -> None:
     print()
     print("| step | median s | µs per point |")
     print("|---|---|---|")
-    for k in ("build_points", "build_points_without_payload", "update", "flush_close", "write", "load", "retrieve",
-              "getters", "pack", "read", "read_by_scroll"):
+    for k in ("build_points", "build_points_without_payload", "update", "flush_close", "write",
+              "load", "retrieve", "getters", "pack", "read", "read_by_scroll"):
         print(f"| {k} | {med[k]:.3f} | {med[k] / n * 1e6:.1f} |")
     best_read = min(med["read"], med["read_by_scroll"])
     read_rate = n / best_read
