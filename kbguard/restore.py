@@ -369,6 +369,7 @@ def _verify_copy(stage: Store, folder: Path, body: dict[str, Any], batch_size: i
     """Read the staging store back and compare every point with the snapshot: ids, vectors
     (bit for bit, as the store keeps them) and payloads, and the total count."""
     stage.close()  # reopen from disk: what is checked is what a later open will see
+    stage.will_read_all()
     distance = {v["name"]: v["distance"] for v in body["config"]["vectors"]}
     dims = {v["name"]: int(v["dim"]) for v in body["config"]["vectors"]}
     progress.stage("verify copy", int(body["counts"]["points"]))
