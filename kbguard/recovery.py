@@ -55,10 +55,13 @@ def lost_manifest(cfg: Config, *, store_points: int | None = None) -> ManifestEr
             f"lost or moved, `kbguard restore --latest` brings back manifest and store from it"
             f"{remote}, embedding only what changed since. (`kbguard rebuild --full` would "
             "embed the whole corpus again.)")
-    store_left = store_points > 0 if store_points is not None else store_on_disk(cfg)
-    if store_left:
+    if store_points is not None:
+        left = f"still holds {store_points:,} points" if store_points > 0 else ""
+    else:
+        left = f"is still there ({cfg.store_path})" if store_on_disk(cfg) else ""
+    if left:
         return ManifestError(
-            f"{where}, but the store of KB '{cfg.kb}' still holds points: the manifest was "
+            f"{where}, but the store of KB '{cfg.kb}' {left}: the manifest was "
             "lost or moved, and there is no snapshot to restore it from. Put the manifest back "
             "if you can (check [manifest] path in the config); otherwise `kbguard rebuild "
             "--full` builds a new one, embedding the whole corpus again.")
