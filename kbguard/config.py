@@ -1,19 +1,29 @@
 """The KB config: one TOML file per knowledge base.
 
+The file's schema is a tree of pydantic models, one per TOML table, each with ``extra="forbid"``
+and strict types: a mistyped key or a value of the wrong type is a ``ConfigError`` that names
+the key, says what it expected and, for a typo, the nearest valid key. Every default is written
+once, in these models; ``render_config`` (what ``kbguard init`` writes) and the README's key
+table are checked against them by the tests.
+
 Relative paths resolve against the config file's folder, so a config works from any current
-directory. ``load_config`` validates everything up front and raises ``ConfigError`` naming the
-key and the fix; nothing downstream re-checks the config.
+directory. ``load_config`` validates everything up front; nothing downstream re-checks it.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
-
 import re
 import tomllib
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from kbguard.errors import ConfigError
 
@@ -22,20 +32,86 @@ DEFAULT_INCLUDE = ("**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.htm
                    "**/*.pdf", "**/*.docx")
 PROVIDERS = ("sentence-transformers", "fake")
 BACKENDS = ("edge", "qdrant")
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+DEFAULT_MODEL = {"sentence-transformers": "all-MiniLM-L6-v2", "fake": "fake-hash"}
+# models that ship inside a Python package, so they need no model_path
+BUNDLED_MODELS = frozenset({"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+# TOML arrays arrive as lists: a tuple field takes them (strict mode alone would refuse them)
+Strings = Annotated[tuple[NonEmpty, ...], Field(strict=False)]
 
 
-@dataclass(frozen=True)
-class SpaceConfig:
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class KbTable(_Table):
+    name: Name | None = None   # None: the config file's name
+
+
+class CorpusTable(_Table):
+    path: NonEmpty
+    include: Strings = DEFAULT_INCLUDE
+    exclude: Strings = ()
+    max_file_mb: Annotated[float, Field(gt=0, le=100_000)] = 20.0
+
+
+class ChunkingTable(_Table):
+    max_tokens: Annotated[int, Field(ge=16, le=100_000)] = 256
+
+
+class ParsingTable(_Table):
+    read_as: dict[str, str] = Field(default_factory=dict)   # suffix -> format suffix
+
+    @field_validator("read_as")
+    @classmethod
+    def _known_formats(cls, value: dict[str, str]) -> dict[str, str]:
+        from kbguard.parse import SUPPORTED_SUFFIXES
+
+        out = {}
+        for suffix, fmt in value.items():
+            if not suffix.startswith(".") or fmt not in SUPPORTED_SUFFIXES:
+                raise ValueError(
+                    f'maps a suffix to a format suffix, e.g. {{ ".txt" = ".rst" }}; got '
+                    f"{suffix!r} = {fmt!r}. Formats: {', '.join(sorted(SUPPORTED_SUFFIXES))}")
+            out[suffix.lower()] = fmt
+        return out
+
+
+class SpaceConfig(_Table):
     """One embedding space: a named vector on every point, filled by one model."""
 
-    name: str
-    provider: str
-    model: str
-    dim: int
+    name: Name
+    provider: Literal["sentence-transformers", "fake"] = "sentence-transformers"
+    model: NonEmpty = ""      # "" until validated: the provider's default model
+    dim: Annotated[int, Field(ge=1, le=65536)] = 384
     normalize: bool = True
-    batch_size: int = 32
-    model_path: Path | None = None
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    model_path: Annotated[Path | None, Field(strict=False)] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" not in data:
+            provider = data.get("provider", "sentence-transformers")
+            if isinstance(provider, str) and provider in DEFAULT_MODEL:
+                data = {**data, "model": DEFAULT_MODEL[provider]}
+        return data
+
+    @model_validator(mode="after")
+    def _model_available(self) -> SpaceConfig:
+        # a model that cannot be loaded would fail every document of a rebuild: refuse it here
+        if (self.provider == "sentence-transformers" and self.model_path is None
+                and self.model.lower() not in BUNDLED_MODELS):
+            hint = ('; for the deterministic test embedder set provider = "fake"'
+                    if self.model == DEFAULT_MODEL["fake"] else "")
+            raise ValueError(
+                f"model {self.model!r} of space {self.name!r} has no local copy: kbguard "
+                "bundles only all-MiniLM-L6-v2. Set model_path to a folder holding the "
+                f"sentence-transformers model{hint}")
+        return self
 
     @property
     def space_id(self) -> str:
@@ -43,18 +119,75 @@ class SpaceConfig:
         return f"{self.model}@{self.dim}{'/norm' if self.normalize else ''}"
 
 
-@dataclass(frozen=True)
-class Canary:
+class StoreTable(_Table):
+    backend: Literal["edge", "qdrant"] = "edge"
+    path: NonEmpty | None = None          # None: .kbguard/<kb>/store
+    url: NonEmpty | None = None           # qdrant only: a server instead of a local path
+    collection: Name | None = None        # None: the KB name
+
+
+class ManifestTable(_Table):
+    path: NonEmpty | None = None          # None: manifests/<kb>.duckdb
+
+
+class SnapshotsTable(_Table):
+    root: NonEmpty | None = None          # None: .kbguard/<kb>/snapshots
+
+
+class RebuildTable(_Table):
+    upsert_batch: Annotated[int, Field(ge=1, le=65536)] = 256
+    parse_workers: Annotated[int, Field(ge=1, le=256)] = 2
+
+
+class Canary(_Table):
     """A query whose expected documents must be among the top ``k`` results (`kbguard verify`)."""
 
-    query: str
-    expect: tuple[str, ...]
-    k: int = 5
-    space: str | None = None
+    query: Annotated[str, Field(min_length=1, pattern=r"\S")]
+    expect: Annotated[Strings, Field(min_length=1)]
+    k: Annotated[int, Field(ge=1, le=1000)] = 5
+    space: Name | None = None
+
+    @model_validator(mode="after")
+    def _fits_in_k(self) -> Canary:
+        if len(self.expect) > self.k:
+            raise ValueError(f"{len(self.expect)} expected documents cannot all be in the top "
+                             f"{self.k}; raise k")
+        return self
+
+
+class ConfigFile(_Table):
+    """The whole TOML file, as written."""
+
+    kb: KbTable = KbTable()
+    corpus: CorpusTable
+    chunking: ChunkingTable = ChunkingTable()
+    parsing: ParsingTable = ParsingTable()
+    spaces: Annotated[tuple[SpaceConfig, ...], Field(strict=False, min_length=1)]
+    store: StoreTable = StoreTable()
+    manifest: ManifestTable = ManifestTable()
+    snapshots: SnapshotsTable = SnapshotsTable()
+    rebuild: RebuildTable = RebuildTable()
+    canaries: Annotated[tuple[Canary, ...], Field(strict=False)] = ()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ConfigFile:
+        names = [s.name for s in self.spaces]
+        if len(set(names)) != len(names):
+            raise ValueError(f"space names must be unique, got {names}")
+        for i, c in enumerate(self.canaries):
+            if c.space is not None and c.space not in names:
+                raise ValueError(f"canaries.space (in [[canaries]] #{i + 1}): {c.space!r} is "
+                                 f"not one of the spaces {names}")
+        if self.store.url and self.store.backend != "qdrant":
+            raise ValueError('store.url needs backend = "qdrant" (Qdrant Edge is embedded and '
+                             "has only a path)")
+        return self
 
 
 @dataclass(frozen=True)
 class Config:
+    """A validated config with every path resolved: what the rest of kbguard reads."""
+
     path: Path
     kb: str
     corpus: Path
@@ -69,11 +202,10 @@ class Config:
     collection: str
     manifest: Path
     snapshot_root: Path
-    upsert_batch: int = 256
-    parse_workers: int = 2
-    read_as: dict[str, str] = field(default_factory=dict)   # suffix -> format suffix
-    extra: dict[str, Any] = field(default_factory=dict)
-    canaries: tuple[Canary, ...] = ()
+    upsert_batch: int
+    parse_workers: int
+    read_as: dict[str, str]
+    canaries: tuple[Canary, ...]
 
     @property
     def root(self) -> Path:
@@ -99,167 +231,204 @@ def load_config(path: Path | str | None = None) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}. Fix the file and run again.") from exc
-    return _parse(path.resolve(), data)
+    return parse_config(path.resolve(), data)
 
 
-def _parse(path: Path, data: dict[str, Any]) -> Config:
+def parse_config(path: Path, data: dict[str, Any]) -> Config:
+    """Validate the TOML ``data`` of the config file at ``path`` and resolve its paths."""
+    try:
+        raw = ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # an item that failed also makes its list "too short": say only what is wrong
+        problems = [_explain(err, data) for err in errors
+                    if not (err["type"] == "too_short" and any(
+                        len(o["loc"]) > len(err["loc"]) and o["loc"][:len(err["loc"])] == err["loc"]
+                        for o in errors))]
+        raise ConfigError(f"{path} has {'an error' if len(problems) == 1 else 'errors'}:\n  "
+                          + "\n  ".join(problems)
+                          + "\nFix the file and run again.") from None
     root = path.parent
-    r = _Reader(path, data)
-    kb = r.get("kb.name", str, path.stem)
-    if not _NAME.match(kb):
-        raise ConfigError(f"{path}: kb.name {kb!r} must start with a letter and use only "
-                          "letters, digits, '-' and '_'.")
-    corpus = r.path("corpus.path", root, required=True)
-    spaces_raw = data.get("spaces")
-    if not spaces_raw or not isinstance(spaces_raw, list):
-        raise ConfigError(f"{path}: at least one [[spaces]] table is required "
-                          '(e.g. name = "local", provider = "sentence-transformers").')
-    spaces = tuple(_space(path, i, s, root) for i, s in enumerate(spaces_raw))
-    names = [s.name for s in spaces]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: space names must be unique, got {names}.")
-    backend = r.get("store.backend", str, "edge")
-    if backend not in BACKENDS:
-        raise ConfigError(f"{path}: store.backend {backend!r} is unknown; use one of {BACKENDS}.")
-    store_url = r.get("store.url", str, "") or None
-    store_path = r.path("store.path", root, default=f".kbguard/{kb}/store")
-    if backend == "qdrant" and store_url:
-        store_path = None
-    cfg = Config(
-        path=path,
-        kb=kb,
-        corpus=corpus,
-        include=tuple(r.get("corpus.include", list, list(DEFAULT_INCLUDE))),
-        exclude=tuple(r.get("corpus.exclude", list, [])),
-        max_file_mb=float(r.get("corpus.max_file_mb", (int, float), 20)),
-        max_tokens=r.get("chunking.max_tokens", int, 256),
-        spaces=spaces,
-        store_backend=backend,
-        store_path=store_path,
-        store_url=store_url,
-        collection=r.get("store.collection", str, kb),
-        manifest=r.path("manifest.path", root, default=f"manifests/{kb}.duckdb"),
-        snapshot_root=r.path("snapshots.root", root, default=f".kbguard/{kb}/snapshots"),
-        upsert_batch=r.get("rebuild.upsert_batch", int, 256),
-        parse_workers=r.get("rebuild.parse_workers", int, 2),
-        read_as=_read_as(path, r.get("parsing.read_as", dict, {})),
-        extra={k: v for k, v in data.items()
-               if k not in ("kb", "corpus", "chunking", "parsing", "spaces", "store",
-                            "manifest", "snapshots", "rebuild", "canaries")},
-        canaries=_canaries(path, data.get("canaries", []), names),
-    )
-    if cfg.max_tokens < 16:
-        raise ConfigError(f"{path}: chunking.max_tokens must be at least 16, got {cfg.max_tokens}.")
-    if cfg.upsert_batch < 1 or cfg.parse_workers < 1:
-        raise ConfigError(f"{path}: rebuild.upsert_batch and rebuild.parse_workers must be >= 1.")
-    return cfg
 
-
-def _read_as(path: Path, raw: dict[str, Any]) -> dict[str, str]:
-    """``parsing.read_as``: parse files of one suffix as another format (Sphinx's .txt is reST)."""
-    from kbguard.parse import SUPPORTED_SUFFIXES
-
-    out: dict[str, str] = {}
-    for suffix, fmt in raw.items():
-        if not isinstance(fmt, str) or not suffix.startswith(".") or fmt not in SUPPORTED_SUFFIXES:
-            raise ConfigError(
-                f"{path}: parsing.read_as maps a suffix to a format suffix, e.g. "
-                f'{{ ".txt" = ".rst" }}; got {suffix!r} = {fmt!r}. Formats: '
-                f"{', '.join(sorted(SUPPORTED_SUFFIXES))}.")
-        out[suffix.lower()] = fmt
-    return out
-
-
-def _space(path: Path, i: int, raw: Any, root: Path) -> SpaceConfig:
-    where = f"{path}: [[spaces]] #{i + 1}"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a table.")
-    name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"{where}: name must be a short identifier such as \"local\".")
-    provider = raw.get("provider", "sentence-transformers")
-    if provider not in PROVIDERS:
-        raise ConfigError(f"{where}: provider {provider!r} is unknown; use one of {PROVIDERS}.")
-    default_model = "all-MiniLM-L6-v2" if provider != "fake" else "fake-hash"
-    model = raw.get("model", default_model)
-    dim = raw.get("dim", 384)
-    batch = raw.get("batch_size", 32)
-    if not isinstance(dim, int) or not 1 <= dim <= 65536:
-        raise ConfigError(f"{where}: dim must be a positive integer, got {dim!r}.")
-    if not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"{where}: batch_size must be a positive integer, got {batch!r}.")
-    mp = raw.get("model_path")
-    return SpaceConfig(
-        name=name, provider=provider, model=str(model), dim=dim,
-        normalize=bool(raw.get("normalize", True)), batch_size=batch,
-        model_path=(root / mp).resolve() if mp else None,
-    )
-
-
-def _canaries(path: Path, raw: Any, spaces: list[str]) -> tuple[Canary, ...]:
-    if not isinstance(raw, list):
-        raise ConfigError(f"{path}: canaries must be [[canaries]] tables.")
-    out = []
-    for i, c in enumerate(raw):
-        where = f"{path}: [[canaries]] #{i + 1}"
-        if not isinstance(c, dict):
-            raise ConfigError(f"{where} must be a table.")
-        query, expect = c.get("query"), c.get("expect")
-        if not isinstance(query, str) or not query.strip():
-            raise ConfigError(f"{where}: query must be the text to search for.")
-        if isinstance(expect, str):
-            expect = [expect]
-        if not isinstance(expect, list) or not expect or \
-                not all(isinstance(e, str) and e for e in expect):
-            raise ConfigError(f"{where}: expect must list corpus-relative document paths, "
-                              'e.g. expect = ["guide/install.md"].')
-        k = c.get("k", 5)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ConfigError(f"{where}: k must be a positive integer, got {k!r}.")
-        space = c.get("space")
-        if space is not None and space not in spaces:
-            raise ConfigError(f"{where}: space {space!r} is not one of {spaces}.")
-        if len(expect) > k:
-            raise ConfigError(f"{where}: {len(expect)} expected documents cannot all be in the "
-                              f"top {k}; raise k.")
-        out.append(Canary(query=query, expect=tuple(expect), k=k, space=space))
-    return tuple(out)
-
-
-class _Reader:
-    """Typed access to dotted keys with errors that name the key."""
-
-    def __init__(self, path: Path, data: dict[str, Any]):
-        self.file, self.data = path, data
-
-    def get(self, key: str, typ: Any, default: Any = None, required: bool = False) -> Any:
-        node: Any = self.data
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                if required:
-                    raise ConfigError(f"{self.file}: missing required key {key}.")
-                return default
-            node = node[part]
-        if not isinstance(node, typ) or isinstance(node, bool) and typ is not bool:
-            raise ConfigError(f"{self.file}: {key} has the wrong type ({type(node).__name__}).")
-        return node
-
-    def path(self, key: str, root: Path, default: str | None = None,
-             required: bool = False) -> Path:
-        value = self.get(key, str, default, required)
+    def resolve(value: str) -> Path:
         return (root / Path(value).expanduser()).resolve()
 
+    kb = raw.kb.name or path.stem
+    if raw.kb.name is None and not _valid_name(kb):
+        raise ConfigError(f"{path}: the config has no kb.name and its file name {kb!r} is not a "
+                          "valid KB name; add [kb] name = \"...\" (a letter, then letters, "
+                          "digits, '-' or '_').")
+    spaces = tuple(s.model_copy(update={"model_path": resolve(str(s.model_path))})
+                   if s.model_path is not None else s for s in raw.spaces)
+    store = raw.store
+    return Config(
+        path=path,
+        kb=kb,
+        corpus=resolve(raw.corpus.path),
+        include=raw.corpus.include,
+        exclude=raw.corpus.exclude,
+        max_file_mb=raw.corpus.max_file_mb,
+        max_tokens=raw.chunking.max_tokens,
+        spaces=spaces,
+        store_backend=store.backend,
+        store_path=None if store.url else resolve(store.path or f".kbguard/{kb}/store"),
+        store_url=store.url,
+        collection=store.collection or kb,
+        manifest=resolve(raw.manifest.path or f"manifests/{kb}.duckdb"),
+        snapshot_root=resolve(raw.snapshots.root or f".kbguard/{kb}/snapshots"),
+        upsert_batch=raw.rebuild.upsert_batch,
+        parse_workers=raw.rebuild.parse_workers,
+        read_as=dict(raw.parsing.read_as),
+        canaries=raw.canaries,
+    )
+
+
+def _valid_name(name: str) -> bool:
+    return re.fullmatch(NAME_PATTERN, name) is not None
+
+
+# -- error messages ------------------------------------------------------------------------
+
+_EXPECTED = {
+    "int_type": "an integer", "int_parsing": "an integer", "bool_type": "true or false",
+    "string_type": "a string in quotes", "float_type": "a number",
+    "list_type": "a list, e.g. [\"a\", \"b\"]", "tuple_type": "a list, e.g. [\"a\", \"b\"]",
+    "dict_type": "a table", "model_type": "a table", "model_attributes_type": "a table",
+    "path_type": "a path in quotes",
+}
+
+
+def _explain(err: Any, data: dict[str, Any]) -> str:
+    """One line for one validation error: the key as written in TOML, what it wanted, what it got."""
+    loc = tuple(err["loc"])
+    key, where = _key_name(loc)
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        parent, leaf = loc[:-1], str(loc[-1])
+        valid = _fields_at(ConfigFile, parent)
+        near = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.6)
+        prefix = _key_name(parent)[0]
+        what = "table" if isinstance(got, dict) and not parent else "key"
+        shown = f"[{leaf}]" if what == "table" else key
+        hint = (f"; did you mean [{near[0]}]?" if what == "table" else
+                f"; did you mean {prefix + '.' if prefix else ''}{near[0]}?") if near else \
+            f"; valid {'tables' if not parent else 'keys'} here: {', '.join(valid)}"
+        return f"unknown {what} {shown}{where}{hint}"
+    if kind == "missing":
+        field = _field_at(ConfigFile, loc)
+        inner = _inner_model(field.annotation) if field is not None else None
+        if inner is not None:
+            many = typing.get_origin(field.annotation) is not None and \
+                "tuple" in str(field.annotation)
+            needs = [n for n, f in inner.model_fields.items() if f.is_required()]
+            return (f"missing {'[[' + key + ']]' if many else '[' + key + ']'} table{where}"
+                    + (": at least one is required" if many else "")
+                    + (f" (with {', '.join(needs)})" if needs else ""))
+        return f"missing required key {key}{where}"
+    if kind in ("value_error", "assertion_error"):
+        msg = str(ctx.get("error", err["msg"]))
+        if where and "." not in key:  # a whole [[table]] entry
+            return f"{where.strip(' ()').removeprefix('in ')}: {msg}"
+        return f"{key}{where}: {msg}" if key else msg
+    if kind in _EXPECTED:
+        expected = _EXPECTED[kind]
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        words = {"greater_than_equal": "at least", "greater_than": "greater than",
+                 "less_than_equal": "at most", "less_than": "less than"}[kind]
+        bound = next(iter(ctx.values()), "?")
+        expected = f"{words} {bound}"
+    elif kind == "literal_error":
+        expected = f"one of {ctx.get('expected', '')}"
+    elif kind == "string_too_short":
+        expected = "a non-empty string"
+    elif kind == "too_short":
+        expected = "a non-empty list"
+    elif kind == "string_pattern_mismatch":
+        expected = ("a name that starts with a letter and uses only letters, digits, '-' and "
+                    "'_' (at most 64)") if ctx.get("pattern") == NAME_PATTERN else \
+            "a string with some text"
+    else:
+        expected = err["msg"].removeprefix("Input should be ").rstrip(".")
+    return f"{key}{where} must be {expected}, got {_toml_repr(got)}"
+
+
+def _key_name(loc: tuple[Any, ...]) -> tuple[str, str]:
+    """``('spaces', 0, 'dim')`` -> (``spaces.dim``, `` (in [[spaces]] #1)``)."""
+    parts, where = [], ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            where = f" (in [[{'.'.join(str(p) for p in loc[:i])}]] #{part + 1})"
+        else:
+            parts.append(str(part))
+    return ".".join(parts), where
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys valid at ``loc`` (a path of table names and list indexes) of the schema."""
+    if not loc:
+        return list(model.model_fields)
+    field = _field_at(model, loc)
+    current = _inner_model(field.annotation) if field is not None else None
+    return list(current.model_fields) if current is not None else []
+
+
+def _field_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
+    """The schema's field at ``loc``, or None."""
+    current: Any = model
+    field = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if current is not None else None
+        if field is None:
+            return None
+        current = _inner_model(field.annotation)
+    return field
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The model class inside ``X``, ``X | None``, ``tuple[X, ...]`` or ``Annotated[...]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin is None and not isinstance(annotation, types.UnionType):
+        return None
+    for arg in typing.get_args(annotation):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _toml_repr(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}" (a string)'
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return f"{value!r} (a list)"
+    return repr(value)
+
+
+# -- kbguard init ----------------------------------------------------------------------------
 
 def render_config(*, kb: str, corpus: Path, config_dir: Path, provider: str = "sentence-transformers",
                   backend: str = "edge") -> str:
-    """A working config for ``kbguard init``; paths are written relative to the config folder."""
+    """A working config for ``kbguard init``; paths are written relative to the config folder.
+
+    Every value written is the schema's default, so a rendered config and one that leaves the
+    keys out mean the same."""
     # relative, so the config and its corpus can move together; absolute across drives
     try:
         corpus_s = Path(os.path.relpath(corpus.resolve(), config_dir.resolve())).as_posix()
     except ValueError:
         corpus_s = corpus.resolve().as_posix()
-    model = "all-MiniLM-L6-v2" if provider == "sentence-transformers" else "fake-hash"
-    include = ", ".join(f'"{g}"' for g in DEFAULT_INCLUDE)
+    corpus_t, space_d, rebuild_d = CorpusTable(path="."), _space_defaults(), RebuildTable()
+    include = ", ".join(f'"{g}"' for g in corpus_t.include)
     return f"""\
 # kbguard KB config. Relative paths resolve against this file's folder.
 [kb]
@@ -269,17 +438,17 @@ name = "{kb}"
 path = "{corpus_s}"
 include = [{include}]
 exclude = []
-max_file_mb = 20          # larger files are recorded as failed, not parsed
+max_file_mb = {corpus_t.max_file_mb:g}          # larger files are recorded as failed, not parsed
 
 [chunking]
-max_tokens = 256          # cap per chunk, in the first space's model tokens
+max_tokens = {ChunkingTable().max_tokens}          # cap per chunk, in the first space's model tokens
 
 [[spaces]]
 name = "local"            # the named vector on each point
 provider = "{provider}"
-model = "{model}"
-dim = 384
-batch_size = 32
+model = "{DEFAULT_MODEL[provider]}"
+dim = {space_d['dim']}
+batch_size = {space_d['batch_size']}
 
 [store]
 backend = "{backend}"           # edge (embedded Qdrant Edge) | qdrant (server url or local path)
@@ -294,6 +463,11 @@ path = "manifests/{kb}.duckdb"
 root = ".kbguard/{kb}/snapshots"
 
 [rebuild]
-upsert_batch = 256
-parse_workers = 2
+upsert_batch = {rebuild_d.upsert_batch}
+parse_workers = {rebuild_d.parse_workers}
 """
+
+
+def _space_defaults() -> dict[str, Any]:
+    return {name: f.default for name, f in SpaceConfig.model_fields.items()}
+

@@ -34,7 +34,7 @@ from kbguard.faults import crash_point
 from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest, blob_vector, now
 from kbguard.progress import SILENT, Progress
-from kbguard.scan import ScannedFile, ScanResult, scan_corpus
+from kbguard.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
 from kbguard.store import Point, Store, VectorSpec, open_store
 from kbguard.versioning import dvc_view
 
@@ -72,6 +72,10 @@ def vector_specs(cfg: Config) -> list[VectorSpec]:
 
 def rebuild(cfg: Config, *, full: bool = False, progress: Progress = SILENT) -> RebuildReport:
     """Run an incremental (or, with ``full``, a from-scratch) rebuild of one KB."""
+    # what would fail every document is refused before the lock or the manifest is written
+    require_corpus(cfg.corpus)
+    for space in cfg.spaces:
+        get_embedder(space)
     with kb_lock(cfg.manifest, "rebuild"):
         if not full and not cfg.manifest.exists():
             _refuse_lost_manifest(cfg)

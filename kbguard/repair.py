@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kbguard.config import Config
+from kbguard.recovery import missing_manifest
 from kbguard.errors import RestoreNeeded
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, blob_vector, now
@@ -50,6 +51,9 @@ def repair_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
     """Check, repair what can be repaired from the cache, check again; all under the KB lock."""
     started = time.perf_counter()
     opts = CheckOptions(sample=sample, deep=deep)
+    if not cfg.manifest.exists():  # before the lock: an unbuilt KB is left as it is
+        raise missing_manifest(cfg, never_built="There is nothing to repair; run "
+                               "`kbguard rebuild`.")
     with kb_lock(cfg.manifest, "verify --repair"):
         before, plan = check_kb(cfg, opts, progress)
         record_check(cfg, before, kind="verify")

@@ -118,15 +118,22 @@ def walk_corpus(root: Path, include: Iterable[str], exclude: Iterable[str]
             yield rel, full, reason
 
 
+def require_corpus(root: Path) -> None:
+    """Raise CorpusError unless ``root`` is a folder: checked before a command writes anything."""
+    if root.is_dir():
+        return
+    what = "is a file, not a folder" if root.exists() else "does not exist"
+    raise CorpusError(
+        f"The corpus folder {root} {what}. Check corpus.path in the config (relative paths are "
+        "taken from the config file's folder)."
+    )
+
+
 def scan_corpus(root: Path, include: Iterable[str], exclude: Iterable[str],
                 known: Mapping[str, DocumentRow],
                 dvc_hashes: Mapping[str, str] | None = None) -> ScanResult:
     """List the corpus; reuse hashes from DVC or the stat cache, hash the rest."""
-    if not root.is_dir():
-        raise CorpusError(
-            f"The corpus folder {root} does not exist or is not a folder. Check corpus.path in "
-            "the config (relative paths are taken from the config file's folder)."
-        )
+    require_corpus(root)
     result = ScanResult(files={})
     from_dvc = dvc_hashes or {}
     if from_dvc:

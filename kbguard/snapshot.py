@@ -267,12 +267,12 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
         raise SnapshotError(f"batch_size must be positive, not {batch_size}.")
     started = time.perf_counter()
     notes: list[str] = []
+    if not cfg.manifest.exists():  # before the lock, which would create the manifest's folder
+        raise SnapshotError(
+            f"There is no manifest at {cfg.manifest}, so there is nothing to snapshot. "
+            "Run `kbguard rebuild` first."
+        )
     with kb_lock(cfg.manifest, "snapshot create"):
-        if not cfg.manifest.exists():
-            raise SnapshotError(
-                f"There is no manifest at {cfg.manifest}, so there is nothing to snapshot. "
-                "Run `kbguard rebuild` first."
-            )
         sid = new_snapshot_id()
         root = cfg.snapshot_root
         final = root / sid

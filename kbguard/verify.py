@@ -173,6 +173,9 @@ def verify_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
     try:
         if sample < 0:
             raise KbguardError(f"--sample must be 0 or more, got {sample}.")
+        if not cfg.manifest.exists():  # before the lock: checking an unbuilt KB writes nothing
+            raise missing_manifest(cfg, never_built="There is nothing to check against; "
+                                   "run `kbguard rebuild`.")
         with kb_lock(cfg.manifest, "verify"):
             report, _ = check_kb(cfg, CheckOptions(sample=sample, deep=deep), progress)
             if record:

@@ -7,7 +7,7 @@ from kbguard.embed import FakeEmbedder
 from kbguard.config import SpaceConfig
 from kbguard.parse import Element
 
-COUNT = FakeEmbedder(SpaceConfig("t", "fake", "fake-hash", 8)).count_tokens
+COUNT = FakeEmbedder(SpaceConfig(name="t", provider="fake", model="fake-hash", dim=8)).count_tokens
 
 
 def _doc(paragraph_5: str = "Five is here.") -> list[Element]:

@@ -13,8 +13,8 @@ from kbguard.config import SpaceConfig, load_config
 from kbguard.embed import FakeEmbedder, SentenceTransformerEmbedder, get_embedder
 from kbguard.errors import EmbedError, ProviderUnavailable
 
-FAKE = SpaceConfig("local", "fake", "fake-hash", 64)
-MINILM = SpaceConfig("local", "sentence-transformers", "all-MiniLM-L6-v2", 384)
+FAKE = SpaceConfig(name="local", provider="fake", model="fake-hash", dim=64)
+MINILM = SpaceConfig(name="local", provider="sentence-transformers", model="all-MiniLM-L6-v2", dim=384)
 
 
 def test_fake_embedder_is_deterministic_normalised_and_lexical() -> None:
@@ -40,11 +40,11 @@ def test_a_config_without_provider_uses_the_real_model_never_the_fake(tmp_path: 
 
 def test_an_unbundled_model_without_model_path_says_what_to_set() -> None:
     with pytest.raises(ProviderUnavailable, match="model_path"):
-        SentenceTransformerEmbedder(SpaceConfig("x", "sentence-transformers", "bge-large", 1024))
+        SentenceTransformerEmbedder(SpaceConfig.model_construct(name="x", provider="sentence-transformers", model="bge-large", dim=1024))
 
 
 def test_a_folder_that_is_no_model_is_refused(tmp_path: Path) -> None:
-    space = SpaceConfig("x", "sentence-transformers", "mine", 384, model_path=tmp_path)
+    space = SpaceConfig(name="x", provider="sentence-transformers", model="mine", dim=384, model_path=tmp_path)
     with pytest.raises(ProviderUnavailable, match="modules.json"):
         SentenceTransformerEmbedder(space)
 
@@ -75,7 +75,7 @@ def test_minilm_embeds_offline_normalised_and_reproducibly(monkeypatch) -> None:
 @pytest.mark.model
 def test_minilm_with_a_wrong_dim_in_the_config_is_a_clear_error() -> None:
     with pytest.raises(EmbedError, match="dim = 128"):
-        get_embedder(SpaceConfig("bad", "sentence-transformers", "all-MiniLM-L6-v2", 128)
+        get_embedder(SpaceConfig(name="bad", provider="sentence-transformers", model="all-MiniLM-L6-v2", dim=128)
                      ).embed_batch(["text"])
 
 

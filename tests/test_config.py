@@ -1,0 +1,180 @@
+"""The config is a schema: every mistake is an exit-2 error naming the key, and nothing is written."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from kbguard.cli.main import app
+from kbguard.config import (ConfigFile, CorpusTable, RebuildTable, SpaceConfig, load_config,
+                            render_config)
+from kbguard.errors import ConfigError
+from tests.conftest import KB, make_kb
+
+BASE = """\
+[kb]
+name = "t"
+[corpus]
+path = "corpus"
+[[spaces]]
+name = "local"
+provider = "fake"
+dim = 64
+"""
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "corpus").mkdir(exist_ok=True)
+    (tmp_path / "corpus" / "a.md").write_text("# A\n\nSome text about alpha.\n")
+    path = tmp_path / "kbguard.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _nothing_written(tmp_path: Path) -> None:
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert left == ["corpus", "corpus/a.md", "kbguard.toml"], left
+
+
+@pytest.mark.parametrize("text, expected", [
+    (BASE + "[chunking]\nmax_token = 100\n",
+     "unknown key chunking.max_token; did you mean chunking.max_tokens?"),
+    (BASE + "[stroe]\npath = 'x'\n", "unknown table [stroe]; did you mean [store]?"),
+    (BASE + "[store]\nbakend = 'edge'\n", "unknown key store.bakend; did you mean store.backend?"),
+    (BASE.replace('path = "corpus"', 'path = "corpus"\nexlude = []'),
+     "unknown key corpus.exlude; did you mean corpus.exclude?"),
+    (BASE + "batchsize = 8\n",
+     "unknown key spaces.batchsize (in [[spaces]] #1); did you mean spaces.batch_size?"),
+    (BASE + 'normalize = "yes"\n',
+     'spaces.normalize (in [[spaces]] #1) must be true or false, got "yes" (a string)'),
+    (BASE + "batch_size = true\n",
+     "spaces.batch_size (in [[spaces]] #1) must be an integer, got true"),
+    (BASE + '[[canaries]]\nquery = "alpha"\nexpect = "a.md"\n',
+     'canaries.expect (in [[canaries]] #1) must be a list, e.g. ["a", "b"], got "a.md"'),
+    (BASE + "[rebuild]\nupsert_batch = 1e22\n",
+     "rebuild.upsert_batch must be an integer, got 1e+22"),
+    (BASE + "[rebuild]\nupsert_batch = 0\n", "rebuild.upsert_batch must be at least 1, got 0"),
+    (BASE + "[rebuild]\nparse_workers = 0\n",
+     "rebuild.parse_workers must be at least 1, got 0"),
+    (BASE.replace('path = "corpus"', 'path = "corpus"\nmax_file_mb = -1'),
+     "corpus.max_file_mb must be greater than 0"),
+    (BASE + '[store]\ncollection = ""\n', "store.collection must be a name that starts with a "
+     "letter"),
+    (BASE + '[store]\nbackend = "qdrnt"\n', "store.backend must be one of 'edge' or 'qdrant', "
+     'got "qdrnt"'),
+    (BASE + '[store]\nurl = "http://127.0.0.1:6333"\n', 'store.url needs backend = "qdrant"'),
+    (BASE.replace('provider = "fake"\n', 'model = "fake-hash"\n'),
+     "[[spaces]] #1: model 'fake-hash' of space 'local' has no local copy"),
+    ('[kb]\nname = "t"\n[corpus]\npath = "corpus"\n', "missing [[spaces]] table"),
+    (BASE + '[[spaces]]\nname = "local"\nprovider = "fake"\n', "space names must be unique"),
+])
+def test_a_config_mistake_is_one_clear_error_and_nothing_is_written(
+        tmp_path: Path, text: str, expected: str) -> None:
+    path = _config(tmp_path, text)
+    for command in (["rebuild"], ["status"], ["verify"], ["snapshot", "create"]):
+        res = CliRunner().invoke(app, [*command, "--config", str(path)])
+        assert res.exit_code == 2, (command, res.stdout, res.stderr)
+        assert expected in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+    _nothing_written(tmp_path)
+
+
+def test_every_problem_of_a_file_is_named_at_once(tmp_path: Path) -> None:
+    path = _config(tmp_path, BASE + "batchsize = 8\nnormalize = 1\n[rebuild]\nupsert_batch = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path} has errors:"
+    assert len(lines) == 5 and lines[-1] == "Fix the file and run again."
+
+
+def test_a_space_without_provider_whose_model_is_not_bundled_is_refused_before_any_document(
+        tmp_path: Path) -> None:
+    kb = make_kb(tmp_path, docs=2)
+    kb.config_path.write_text(kb.config_path.read_text().replace('provider = "fake"\n', ""))
+    res = kb.cli("rebuild")
+    assert res.code == 2
+    assert 'set provider = "fake"' in res.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_model_path_without_a_model_is_refused_before_any_document(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path, docs=2)
+    (tmp_path / "mymodel").mkdir()
+    kb.config_path.write_text(kb.config_path.read_text().replace(
+        'provider = "fake"\nmodel = "fake-hash"\n',
+        'provider = "sentence-transformers"\nmodel = "mine"\nmodel_path = "mymodel"\n'))
+    res = kb.cli("rebuild")
+    assert res.code == 2
+    assert "no modules.json" in res.stderr and "model_path" in res.stderr
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("make_bad", ["missing", "file"])
+def test_a_corpus_that_is_no_folder_is_refused_before_anything_is_written(
+        tmp_path: Path, make_bad: str) -> None:
+    kb = make_kb(tmp_path, docs=1)
+    for f in kb.corpus.iterdir():
+        f.unlink()
+    kb.corpus.rmdir()
+    if make_bad == "file":
+        kb.corpus.write_text("not a folder")
+    res = kb.cli("rebuild")
+    assert res.code == 2
+    what = "is a file, not a folder" if make_bad == "file" else "does not exist"
+    assert f"The corpus folder {kb.corpus} {what}" in res.stderr
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("command", [["verify"], ["verify", "--repair"], ["snapshot", "create"]])
+def test_checking_an_unbuilt_kb_writes_nothing(kb: KB, command: list[str]) -> None:
+    res = kb.cli(*command)
+    assert res.code == 2
+    assert "run `kbguard rebuild`" in res.stderr.replace("Run `kbguard rebuild`",
+                                                         "run `kbguard rebuild`")
+    assert not (kb.root / "state").exists()
+
+
+def test_what_init_writes_is_the_schema_defaults(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    text = render_config(kb="docs", corpus=tmp_path / "docs", config_dir=tmp_path)
+    (tmp_path / "kbguard.toml").write_text(text)
+    cfg = load_config(tmp_path / "kbguard.toml")
+    defaults = CorpusTable(path=".")
+    assert (cfg.include, cfg.exclude, cfg.max_file_mb) == (
+        defaults.include, defaults.exclude, defaults.max_file_mb)
+    assert (cfg.upsert_batch, cfg.parse_workers) == (RebuildTable().upsert_batch,
+                                                      RebuildTable().parse_workers)
+    space = cfg.spaces[0]
+    assert (space.dim, space.batch_size, space.normalize) == tuple(
+        SpaceConfig.model_fields[k].default for k in ("dim", "batch_size", "normalize"))
+
+
+def _schema_keys() -> set[str]:
+    from kbguard.config import _inner_model
+
+    keys = set()
+    for table, field in ConfigFile.model_fields.items():
+        inner = _inner_model(field.annotation)
+        for key in inner.model_fields:
+            keys.add(f"{table}.{key}")
+    return keys
+
+
+def test_the_readme_key_table_names_exactly_the_schema_keys() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## The KB config", 1)[1].split("\n## ", 1)[0]
+    listed: set[str] = set()
+    for first, _default, meaning in re.findall(r"^\| (.+?) \| (.+?) \| (.+) \|$", section,
+                                               flags=re.M):
+        array = re.fullmatch(r"`\[\[(\w+)\]\]`", first)
+        if array:  # `[[spaces]]`: its keys are named in the meaning, values in parentheses
+            bare = re.sub(r"\([^)]*\)", "", meaning)
+            listed |= {f"{array[1]}.{key}" for key in re.findall(r"`(\w+)`", bare)}
+        else:
+            listed |= {key for key in re.findall(r"`([\w.]+)`", first) if "." in key}
+    assert listed == _schema_keys(), listed ^ _schema_keys()
