@@ -8,7 +8,7 @@ export DO_NOT_TRACK := 1
 export SCARF_NO_ANALYTICS := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test bench clean-sample
+.PHONY: install demo lint test bench clean-sample
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 	$(VENV)/bin/kbguard status --config $(SAMPLE)
 	$(VENV)/bin/kbguard search "How do I test a view with the test client?" -k 3 --config $(SAMPLE)
 	$(VENV)/bin/kbguard verify --config $(SAMPLE)
+
+lint: install
+	$(VENV)/bin/ruff check kbguard tests benchmarks tools
+	$(VENV)/bin/mypy
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -1,4 +1,6 @@
-"""Make the files in samples/corpus/formats/ from Django's documentation sources.
+"""One-off fixture generator, kept so the sample files can be made again: not part of kbguard.
+
+Make the files in samples/corpus/formats/ from Django's documentation sources.
 
 Each format file is one page of the Django 5.1.4 docs (reStructuredText, BSD-3-Clause; see
 samples/LICENSES/Django-LICENSE), converted by the small reST reader below into the same
@@ -22,7 +24,7 @@ Usage, from the repository root:
 
     pip download --no-deps --no-binary :all: django==5.1.4 -d /tmp/django
     tar xzf /tmp/django/Django-5.1.4.tar.gz -C /tmp/django
-    .venv/bin/python samples/make_formats.py /tmp/django/Django-5.1.4/docs
+    .venv/bin/python tools/make_formats.py /tmp/django/Django-5.1.4/docs
 
 The output is deterministic: the same sources give the same bytes.
 """
@@ -635,7 +637,7 @@ def write_docx(blocks: list, source: str, path: Path) -> None:
     props.author = "Django Software Foundation"
     props.comments = SOURCE_NOTE.format(path=source)
     props.created = props.modified = datetime.datetime(2024, 12, 4, tzinfo=datetime.timezone.utc)
-    props.last_modified_by = "kbguard samples/make_formats.py"
+    props.last_modified_by = "kbguard samples/make_formats.py"  # as in the committed files
     props.revision = 1
 
     def runs(paragraph, inline: Inline) -> None:
