@@ -1,10 +1,46 @@
-"""kbguard: keep a RAG knowledge base recoverable."""
+"""kbguard: keep a RAG knowledge base recoverable.
 
-import os
+The functions behind every command, for use from Python::
 
-# unstructured pings its servers when imported and on every partition call, and prints a sales
-# notice (to stdout on a terminal, where it would corrupt `--json`) unless these are set. They
-# must be in the environment before the first `import unstructured`, in every process, so they
-# are set here, where every entry point and every spawned parse worker passes first.
-OFFLINE_ENV = {"DO_NOT_TRACK": "1", "SCARF_NO_ANALYTICS": "1", "UNSTRUCTURED_DISABLE_NOTICE": "1"}
-os.environ.update(OFFLINE_ENV)
+    import kbguard
+
+    cfg = kbguard.init_config("docs/", "kb.toml", provider="fake")
+    report = kbguard.rebuild_kb(cfg)
+    check = kbguard.verify_kb(cfg)
+    snap = kbguard.create_snapshot(cfg)
+    kbguard.restore_snapshot(cfg, snap.id)
+
+Errors are the ``KbguardError`` tree of ``kbguard.errors``. Importing kbguard changes no
+global state (no environment variable, no patched library): that happens on first use of what
+needs it, such as the parsers.
+"""
+
+from __future__ import annotations
+
+from kbguard.config import Config, init_config, load_config
+from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, LockedError,
+                            ManifestError, ParseError, ProviderUnavailable, RestoreNeeded,
+                            RestorePending, SnapshotDamaged, SnapshotError, StoreError,
+                            StoreUnavailable)
+from kbguard.rebuild import RebuildReport, rebuild as rebuild_kb
+from kbguard.repair import RepairReport, repair_kb
+from kbguard.restore import RestoreReport, restore as restore_snapshot
+from kbguard.search import SearchHit, search as search_kb
+from kbguard.snapshot import (CreateReport, PruneReport, SnapshotCheck, SnapshotEntry,
+                              create_snapshot, list_snapshots, prune_snapshots, verify_snapshot)
+from kbguard.status import kb_status
+from kbguard.verify import VerifyReport, verify_kb
+
+# No public name is also a module's name (kbguard.rebuild, kbguard.verify, ...): a function
+# bound over a submodule would break `import kbguard.verify as v` and monkeypatching.
+__all__ = [
+    "load_config", "init_config", "Config",
+    "rebuild_kb", "RebuildReport", "kb_status", "search_kb", "SearchHit",
+    "verify_kb", "VerifyReport", "repair_kb", "RepairReport",
+    "create_snapshot", "list_snapshots", "verify_snapshot", "prune_snapshots",
+    "CreateReport", "SnapshotEntry", "SnapshotCheck", "PruneReport",
+    "restore_snapshot", "RestoreReport",
+    "KbguardError", "ConfigError", "CorpusError", "LockedError", "ManifestError", "ParseError",
+    "EmbedError", "ProviderUnavailable", "StoreError", "StoreUnavailable", "SnapshotError",
+    "SnapshotDamaged", "RestoreNeeded", "RestorePending",
+]

@@ -416,6 +416,38 @@ def _toml_repr(value: Any) -> str:
 
 # -- kbguard init ----------------------------------------------------------------------------
 
+def init_config(corpus: Path | str, config: Path | str = DEFAULT_CONFIG, *, name: str = "",
+                provider: str = "sentence-transformers", force: bool = False) -> Config:
+    """Write a working config for the documents in ``corpus`` to ``config`` and load it back.
+
+    The KB is named ``name`` or after the corpus folder; an existing config is kept unless
+    ``force``."""
+    from kbguard.durable import atomic_write_text
+    from kbguard.errors import CorpusError
+
+    corpus, config = Path(corpus), Path(config)
+    if not corpus.is_dir():
+        raise CorpusError(f"The corpus folder {corpus} does not exist; create it or pass another.")
+    if config.exists() and not force:
+        raise ConfigError(f"{config} already exists; pass --force to overwrite it.")
+    if provider not in PROVIDERS:
+        raise ConfigError(f"provider {provider!r} is unknown; use one of {', '.join(PROVIDERS)}.")
+    kb = name or kb_name_for(corpus)
+    if not _valid_name(kb):
+        raise ConfigError(f"KB name {kb!r} must start with a letter and use only letters, "
+                          "digits, '-' and '_'.")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(config, render_config(kb=kb, corpus=corpus, config_dir=config.parent,
+                                            provider=provider))
+    return load_config(config)  # what init writes must load
+
+
+def kb_name_for(corpus: Path) -> str:
+    """A valid KB name made from the corpus folder's name."""
+    raw = "".join(c if c.isalnum() or c in "-_" else "-" for c in corpus.resolve().name)
+    return raw if raw[:1].isalpha() else f"kb-{raw}" if raw else "kb"
+
+
 def render_config(*, kb: str, corpus: Path, config_dir: Path, provider: str = "sentence-transformers",
                   backend: str = "edge") -> str:
     """A working config for ``kbguard init``; paths are written relative to the config folder.

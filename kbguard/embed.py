@@ -95,8 +95,6 @@ class SentenceTransformerEmbedder(Embedder):
 
     def __init__(self, space: SpaceConfig):
         super().__init__(space)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         self.path = Path(space.model_path or _bundled_model_path(space.model))
         if not (self.path / "modules.json").is_file():
             raise ProviderUnavailable(
@@ -114,6 +112,9 @@ class SentenceTransformerEmbedder(Embedder):
     @property
     def model(self):
         if self._model is None:
+            # read when huggingface_hub is first imported: never reach for a hub
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             try:
                 from sentence_transformers import SentenceTransformer
                 from transformers.utils import logging as hf_logging

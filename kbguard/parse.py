@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kbguard import OFFLINE_ENV
 from kbguard.errors import ParseError
 
 
@@ -61,6 +60,11 @@ class Element:
     text: str
     level: int = 0  # heading depth for titles (1 = top level) when known, else 0
 
+
+# unstructured pings its servers when imported and on every partition call, and prints a sales
+# notice (to stdout on a terminal, where it would corrupt `--json`) unless these are set. They
+# must be in the environment before the first `import unstructured` of a process.
+OFFLINE_ENV = {"DO_NOT_TRACK": "1", "SCARF_NO_ANALYTICS": "1", "UNSTRUCTURED_DISABLE_NOTICE": "1"}
 
 # Bump when a change here changes the elements of a file that parsed before: a rebuild then
 # re-chunks every document (chunks whose text is unchanged keep their vectors).
@@ -339,7 +343,7 @@ def _refuse_model_download() -> None:
 
 @functools.cache
 def _offline_nlp() -> None:
-    os.environ.update(OFFLINE_ENV)  # already set by `import kbguard`, unless someone cleared it
+    os.environ.update(OFFLINE_ENV)
     import spacy
     from unstructured.nlp import tokenize
 

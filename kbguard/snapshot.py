@@ -216,6 +216,41 @@ def verify_folder(folder: Path) -> dict[str, Any]:
     return body
 
 
+@dataclass
+class SnapshotCheck:
+    """What `kbguard snapshot verify` found: ``ok``, or the ``problem`` that makes it damaged."""
+
+    id: str
+    ok: bool
+    problem: str | None = None
+    counts: dict[str, Any] = field(default_factory=dict)
+    created_at: str | None = None
+    files: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        if not self.ok:
+            return {"id": self.id, "ok": False, "problem": self.problem}
+        return {"id": self.id, "ok": True, "counts": self.counts, "created_at": self.created_at,
+                "files": self.files}
+
+
+def verify_snapshot(cfg: Config, snapshot_id: str) -> SnapshotCheck:
+    """Check one local snapshot of the KB: its metadata and the sha256 of every file.
+
+    A damaged snapshot is a verdict (``ok`` false), not an error; a snapshot that is not there
+    raises SnapshotError."""
+    folder = snapshot_folder(cfg, snapshot_id)
+    if not folder.is_dir():
+        raise SnapshotError(f"There is no snapshot folder {folder}. `kbguard snapshot list` "
+                            "shows the snapshots; `kbguard restore ID` pulls one from DVC.")
+    try:
+        body = verify_folder(folder)
+    except SnapshotDamaged as exc:
+        return SnapshotCheck(snapshot_id, ok=False, problem=str(exc))
+    return SnapshotCheck(snapshot_id, ok=True, counts=body["counts"],
+                         created_at=body["created_at"], files=body["files"])
+
+
 # -- finding snapshots ------------------------------------------------------------------------
 
 def snapshot_folder(cfg: Config, snapshot_id: str) -> Path:

@@ -9,9 +9,7 @@ import typer
 
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
                                 emit_json, guarded, load, stdout)
-from kbguard.config import PROVIDERS, render_config
-from kbguard.errors import ConfigError, CorpusError
-from kbguard.durable import atomic_write_text
+from kbguard.config import PROVIDERS, init_config
 from kbguard.rebuild import rebuild
 from kbguard.search import search
 from kbguard.status import kb_status
@@ -35,23 +33,9 @@ def init_cmd(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
 ) -> None:
     """Write a KB config with working defaults for CORPUS."""
-    if not corpus.is_dir():
-        raise CorpusError(f"The corpus folder {corpus} does not exist; create it or pass another.")
-    if config.exists() and not force:
-        raise ConfigError(f"{config} already exists; pass --force to overwrite it.")
-    if provider not in PROVIDERS:
-        raise ConfigError(f"--provider {provider!r} is unknown; use one of {', '.join(PROVIDERS)}.")
-    kb = name or _kb_name(corpus)
-    config.parent.mkdir(parents=True, exist_ok=True)
-    text = render_config(kb=kb, corpus=corpus, config_dir=config.parent, provider=provider)
-    atomic_write_text(config, text)
-    load(config)  # what init writes must load
-    stdout.print(f"Wrote {config} for KB '{kb}'. Build it with: kbguard rebuild --config {config}")
-
-
-def _kb_name(corpus: Path) -> str:
-    raw = "".join(c if c.isalnum() or c in "-_" else "-" for c in corpus.resolve().name)
-    return raw if raw[:1].isalpha() else f"kb-{raw}" if raw else "kb"
+    cfg = init_config(corpus, config, name=name, provider=provider, force=force)
+    stdout.print(f"Wrote {config} for KB '{cfg.kb}'. Build it with: kbguard rebuild --config "
+                 f"{config}")
 
 
 @guarded

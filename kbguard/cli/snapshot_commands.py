@@ -12,8 +12,8 @@ from kbguard.cli.common import (DEFAULT_CONFIG_PATH, EXIT_ERROR, EXIT_FINDINGS, 
                                 stdout)
 from kbguard.errors import SnapshotError
 from kbguard.restore import restore
-from kbguard.snapshot import (SnapshotDamaged, create_snapshot, list_snapshots, prune_snapshots,
-                              snapshot_folder, verify_folder)
+from kbguard.snapshot import (create_snapshot, list_snapshots, prune_snapshots,
+                              verify_snapshot)
 
 snapshot_app = typer.Typer(
     name="snapshot", no_args_is_help=True,
@@ -108,24 +108,15 @@ def verify_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Check a snapshot's metadata and the sha256 of every file. Exit 1 if it is damaged."""
-    cfg = load(config)
-    folder = snapshot_folder(cfg, snapshot_id)
-    if not folder.is_dir():
-        raise SnapshotError(f"There is no snapshot folder {folder}. `kbguard snapshot list` "
-                            "shows the snapshots; `kbguard restore ID` pulls one from DVC.")
-    try:
-        body = verify_folder(folder)
-    except SnapshotDamaged as exc:
-        if json_out:
-            emit_json({"id": snapshot_id, "ok": False, "problem": str(exc)})
-        stderr.print(f"Damaged: {exc}")
-        raise typer.Exit(EXIT_FINDINGS) from None
+    check = verify_snapshot(load(config), snapshot_id)
     if json_out:
-        emit_json({"id": snapshot_id, "ok": True, "counts": body["counts"],
-                   "created_at": body["created_at"], "files": body["files"]})
-        return
-    stdout.print(f"Snapshot {snapshot_id} is intact: {len(body['files'])} files match their "
-                 f"sha256; {body['counts']['points']} points, taken {body['created_at']}.")
+        emit_json(check.to_dict())
+    if not check.ok:
+        stderr.print(f"Damaged: {check.problem}")
+        raise typer.Exit(EXIT_FINDINGS)
+    if not json_out:
+        stdout.print(f"Snapshot {snapshot_id} is intact: {len(check.files)} files match their "
+                     f"sha256; {check.counts['points']} points, taken {check.created_at}.")
 
 
 @guarded
