@@ -23,6 +23,7 @@ DEFAULT_INCLUDE = ("**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.htm
 PROVIDERS = ("sentence-transformers", "fake")
 BACKENDS = ("edge", "qdrant")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Config:
     read_as: dict[str, str] = field(default_factory=dict)   # suffix -> format suffix
     extra: dict[str, Any] = field(default_factory=dict)
     canaries: tuple[Canary, ...] = ()
+    store_api_key_env: str | None = None   # the NAME of the variable holding the API key
 
     @property
     def root(self) -> Path:
@@ -125,6 +127,7 @@ def _parse(path: Path, data: dict[str, Any]) -> Config:
     store_path = r.path("store.path", root, default=f".kbguard/{kb}/store")
     if backend == "qdrant" and store_url:
         store_path = None
+    api_key_env = _api_key_env(path, r, backend, store_url)
     cfg = Config(
         path=path,
         kb=kb,
@@ -147,12 +150,34 @@ def _parse(path: Path, data: dict[str, Any]) -> Config:
                if k not in ("kb", "corpus", "chunking", "parsing", "spaces", "store",
                             "manifest", "snapshots", "rebuild", "canaries")},
         canaries=_canaries(path, data.get("canaries", []), names),
+        store_api_key_env=api_key_env,
     )
     if cfg.max_tokens < 16:
         raise ConfigError(f"{path}: chunking.max_tokens must be at least 16, got {cfg.max_tokens}.")
     if cfg.upsert_batch < 1 or cfg.parse_workers < 1:
         raise ConfigError(f"{path}: rebuild.upsert_batch and rebuild.parse_workers must be >= 1.")
     return cfg
+
+
+def _api_key_env(path: Path, r: _Reader, backend: str, url: str | None) -> str | None:
+    """``store.api_key_env``: the name of the environment variable holding the Qdrant API key.
+    A key written into the config would end up in version control and backups."""
+    store = r.data.get("store")
+    if isinstance(store, dict) and "api_key" in store:
+        raise ConfigError(f"{path}: store.api_key is not read from the config file, where it "
+                          "would be copied with it; put the key in an environment variable and "
+                          'name it with store.api_key_env = "QDRANT_API_KEY".')
+    name = r.get("store.api_key_env", str, "") or None
+    if name is None:
+        return None
+    if not _ENV_NAME.match(name):
+        # not echoed: a value that is no variable name may be the key itself
+        raise ConfigError(f"{path}: store.api_key_env must be the NAME of an environment "
+                          'variable (letters, digits and _, e.g. "QDRANT_API_KEY"), not the key.')
+    if backend != "qdrant" or not url:
+        raise ConfigError(f"{path}: store.api_key_env only applies to a Qdrant server "
+                          '(store.backend = "qdrant" with store.url); remove it.')
+    return name
 
 
 def _read_as(path: Path, raw: dict[str, Any]) -> dict[str, str]:

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from kbguard.errors import ManifestError
 from kbguard.migrations import MIGRATIONS
+from kbguard.redact import scrub_data
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -216,7 +217,8 @@ class Manifest:
             self.con.execute(
                 "UPDATE runs SET finished_at = ?, status = ?, summary = ?, corpus_rev = ? "
                 "WHERE run_id = ?",
-                [now(), status, json.dumps(summary), corpus_rev, run_id],
+                # a failed run's error may quote the store URL: stored without credentials
+                [now(), status, json.dumps(scrub_data(summary)), corpus_rev, run_id],
             )
 
     def last_run(self, kind: str | None = None, status: str | None = None) -> dict[str, Any] | None:

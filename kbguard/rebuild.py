@@ -29,7 +29,7 @@ from typing import Any
 from kbguard.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
 from kbguard.embed import get_embedder
-from kbguard.errors import KbguardError, ParseError
+from kbguard.errors import KbguardError, ParseError, StoreError
 from kbguard.faults import crash_point
 from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest, blob_vector, now
@@ -63,7 +63,7 @@ class RebuildReport:
 def store_for(cfg: Config) -> Store:
     """The configured store of a KB (not yet opened: adapters open lazily)."""
     return open_store(cfg.store_backend, path=cfg.store_path, url=cfg.store_url,
-                      collection=cfg.collection)
+                      collection=cfg.collection, api_key_env=cfg.store_api_key_env)
 
 
 def vector_specs(cfg: Config) -> list[VectorSpec]:

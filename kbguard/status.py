@@ -10,6 +10,7 @@ from kbguard.lock import check_unlocked
 from kbguard.manifest import Manifest
 from kbguard.rebuild import plan_documents, store_for
 from kbguard.recovery import missing_manifest
+from kbguard.redact import redact_url
 from kbguard.scan import scan_corpus
 from kbguard.restore import pending_restore
 from kbguard.snapshot import list_snapshots
@@ -82,7 +83,7 @@ def _run(run: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _store(cfg: Config) -> dict[str, Any]:
-    where = cfg.store_url or str(cfg.store_path)
+    where = redact_url(cfg.store_url) if cfg.store_url else str(cfg.store_path)
     try:
         with store_for(cfg) as store:
             info = store.describe()

@@ -17,6 +17,7 @@ from rich.markup import escape
 from kbguard.config import DEFAULT_CONFIG, Config, load_config
 from kbguard.errors import KbguardError
 from kbguard.progress import Progress
+from kbguard.redact import scrub
 
 # Exit codes are an interface: documented in the README, never reused for something else.
 EXIT_OK = 0
@@ -50,10 +51,11 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except KbguardError as exc:
+            message = scrub(str(exc))
             if kwargs.get("json_out"):
-                emit_json({"error": str(exc), "error_type": type(exc).__name__,
+                emit_json({"error": message, "error_type": type(exc).__name__,
                            "exit_code": exc.exit_code})
-            stderr.print(f"[bold red]Error:[/] {escape(str(exc))}", markup=True, highlight=False)
+            stderr.print(f"[bold red]Error:[/] {escape(message)}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("Interrupted. Run the same command again to continue where it stopped.")
@@ -63,9 +65,10 @@ def guarded(fn: F) -> F:
         except Exception as exc:
             # A bug, not bad input: keep the traceback for the report, but still exit with a
             # code that means "could not do the work" (Python's 1 means "findings" to verify).
-            traceback.print_exc()
+            # a third-party message in the traceback may quote the store URL
+            sys.stderr.write(scrub(traceback.format_exc()))
             if kwargs.get("json_out"):
-                emit_json({"error": f"internal error: {type(exc).__name__}: {exc}",
+                emit_json({"error": scrub(f"internal error: {type(exc).__name__}: {exc}"),
                            "error_type": "InternalError", "exit_code": EXIT_ERROR})
             stderr.print(f"Internal error ({type(exc).__name__}); the traceback above belongs "
                          "in a bug report. Nothing was lost: runs commit as they go, so the "
