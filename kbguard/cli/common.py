@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -76,6 +77,26 @@ def guarded(fn: F) -> F:
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# Characters that move the cursor, end a line or reorder the text around them on a terminal:
+# C0/C1 controls, line and paragraph separators, bidirectional overrides, and the surrogates
+# that stand for undecodable bytes in a file name.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: object) -> str:
+    """``text`` with its control characters escaped as Python writes them (``\\n``,
+    ``\\x1b``): a file name can hold any of them, and printed raw they would split a line of
+    output or rewrite the terminal. `--json` needs none of this: JSON escapes them itself."""
+    return _UNSAFE.sub(lambda m: _ESCAPES.get(m.group()) or _escape_char(m.group()), str(text))
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def load(config: Path) -> Config:

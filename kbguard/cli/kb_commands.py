@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
-                                emit_json, guarded, load, stdout)
+                                emit_json, guarded, load, one_line, stdout)
 from kbguard.config import PROVIDERS, render_config
 from kbguard.errors import ConfigError, CorpusError
 from kbguard.durable import atomic_write_text
@@ -78,7 +78,7 @@ def rebuild_cmd(
     for note in report.notes:
         stdout.print(f"  note       {note}")
     for f in report.failures:
-        stdout.print(f"  failed     {f['path']}: {f['error']}")
+        stdout.print(f"  failed     {one_line(f['path'])}: {one_line(f['error'])}")
 
 
 @guarded
@@ -141,7 +141,7 @@ def _print_status(st: dict[str, Any]) -> None:
         stdout.print(f"  RESTORE    interrupted: {pending.get('error') or 'snapshot ' + str(pending.get('snapshot'))}"
                      f"; run `kbguard restore {pending.get('snapshot', 'ID')} --yes` to finish it")
     for f in st["failed_documents"][:10]:
-        stdout.print(f"  failed     {f['path']}: {f['error']}")
+        stdout.print(f"  failed     {one_line(f['path'])}: {one_line(f['error'])}")
     if "pending" in st:
         p = st["pending"]
         if p["up_to_date"]:
@@ -168,6 +168,6 @@ def search_cmd(
     if not hits:
         stdout.print("No results: the store is empty. Run `kbguard rebuild`.")
     for i, h in enumerate(hits, 1):
-        where = f"{h.path}" + (f"  [{h.section}]" if h.section else "")
+        where = one_line(h.path) + (f"  [{one_line(h.section)}]" if h.section else "")
         stdout.print(f"{i}. {h.score:.3f}  {where}", markup=False)
-        stdout.print(f"   {h.snippet}", markup=False)
+        stdout.print(f"   {one_line(h.snippet)}", markup=False)
