@@ -21,8 +21,8 @@ SECRET_PARAMS = ("api_key", "apikey", "api-key", "key", "token", "access_token",
                  "password", "passwd", "secret", "jwt")
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#@]*(?:@[^/\s?#@]*)*@")
-_PARAM = re.compile(r"(?i)([?&;](?:%s)=)([^&;#\s'\"]*)"
-                    % "|".join(map(re.escape, SECRET_PARAMS)))
+_PARAM = re.compile(r"(?i)([?&;](?:" + "|".join(map(re.escape, SECRET_PARAMS))
+                    + r")=)([^&;#\s'\"]*)")
 # Outside a query: api_key=..., "api-key: ..." (a header echoed by a proxy).
 _LOOSE_KEY = re.compile(r"(?i)\b(api[_-]?key\s*[=:]\s*)[^\s&;,'\")\]}]+")
 # A secret shorter than this is not replaced by value: masking every "ab" would mangle the text

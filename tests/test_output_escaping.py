@@ -33,9 +33,9 @@ def test_control_characters_in_file_names_never_split_human_output(tmp_path: Pat
     assert res.code == 0, (res.stdout, res.stderr)
     failed = [line for line in res.stdout.splitlines() if line.startswith("  failed")]
     assert failed == [
-        "  failed     bin\\x1b[2Jary.txt: bin\\x1b[2Jary.txt: binary content in a .txt file "
+        ("  failed     bin\\x1b[2Jary.txt: bin\\x1b[2Jary.txt: binary content in a .txt file "
         "(NUL byte at offset 9); is it really text? Give it its real suffix or remove it from "
-        "the corpus."]
+        "the corpus.")]
 
     res = kb.cli("search", "zebra stripes", "-k", "1")
     assert res.code == 0, res.stderr

@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import duckdb
 import pytest
@@ -118,9 +119,9 @@ def test_credentials_in_the_store_url_are_never_printed_or_stored(tmp_path: Path
 class _Recorder(http.server.BaseHTTPRequestHandler):
     """A stand-in for a Qdrant server that rejects every request, quoting the key it got."""
 
-    seen: list[dict[str, str]] = []
+    seen: ClassVar[list[dict[str, str]]] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+    def do_GET(self) -> None:
         self.seen.append({k.lower(): v for k, v in self.headers.items()})
         body = json.dumps({"status": {"error": f"bad request with api-key "
                                                f"{self.headers.get('api-key')}"}}).encode()
