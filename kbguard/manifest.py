@@ -53,6 +53,7 @@ class DocumentRow:
     status: str
     error: str | None
     chunks: int
+    encoding: str | None = None  # the text encoding the file was read with (text formats)
 
 
 @dataclass(frozen=True)
@@ -245,8 +246,8 @@ class Manifest:
 
     def documents(self) -> dict[str, DocumentRow]:
         rows = self.con.execute(
-            "SELECT path, file_hash, size, mtime_ns, indexed_hash, status, error, chunks "
-            "FROM documents"
+            "SELECT path, file_hash, size, mtime_ns, indexed_hash, status, error, chunks, "
+            "encoding FROM documents"
         ).fetchall()
         return {r[0]: DocumentRow(*r) for r in rows}
 
@@ -254,9 +255,10 @@ class Manifest:
         """Replace one document's row and, when ``chunks`` is given, its chunks. No transaction."""
         self.con.execute("DELETE FROM documents WHERE path = ?", [doc.path])
         self.con.execute(
-            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO documents (path, file_hash, size, mtime_ns, indexed_hash, status, "
+            "error, chunks, updated_at, encoding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [doc.path, doc.file_hash, doc.size, doc.mtime_ns, doc.indexed_hash, doc.status,
-             doc.error, doc.chunks, now()],
+             doc.error, doc.chunks, now(), doc.encoding],
         )
         if chunks is not None:
             self.con.execute("DELETE FROM chunks WHERE path = ?", [doc.path])

@@ -31,6 +31,10 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
             "spaces": [{"name": s.name, "provider": s.provider, "model": s.model, "dim": s.dim}
                        for s in cfg.spaces],
             "counts": m.counts(),
+            # documents per text encoding they were read with (PDF and DOCX have none)
+            "encodings": dict(m.con.execute(
+                "SELECT encoding, count(*) FROM documents WHERE encoding IS NOT NULL "
+                "GROUP BY encoding ORDER BY count(*) DESC, encoding").fetchall()),
             "last_run": _run(m.last_run()),
             "last_successful_rebuild": _run(m.last_run(kind="rebuild%", status="ok")),
             "last_check": last_check(m),

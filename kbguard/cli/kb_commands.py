@@ -106,6 +106,8 @@ def _print_status(st: dict[str, Any]) -> None:
     stdout.print(f"  documents  {c['documents']} indexed, {c['failed_documents']} failed")
     stdout.print(f"  chunks     {c['chunks']}; {c['cached_vectors']} cached vectors; "
                  f"{c['points_written']} points written, {c['points_pending']} pending")
+    if set(st["encodings"]) - {"utf-8"}:  # worth a line only when some file is not UTF-8
+        stdout.print("  encodings  " + ", ".join(f"{n} {e}" for e, n in st["encodings"].items()))
     store = st["store"]
     if "error" in store:
         stdout.print(f"  store      {store['backend']} at {store['location']}: {store['error']}")
