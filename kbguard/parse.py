@@ -122,7 +122,7 @@ def parse_document(path: Path, read_as: Mapping[str, str] | None = None) -> Pars
     encoding = None
     try:
         if suffix in TEXT_SUFFIXES:
-            text, encoding = decode_text(path, data, html=suffix in (".html", ".htm"))
+            text, encoding = _decode_text(path, data, html=suffix in (".html", ".htm"))
             elements = _TEXT_ROUTES[suffix](path, text)
         else:
             elements = _BINARY_ROUTES[suffix](path, data)
@@ -286,7 +286,7 @@ _CP1252_CHAOS_MARGIN = 0.1
 _CP1252_ICELANDIC = re.compile(rb"[\xd0\xdd\xde\xf0\xfd\xfe]")
 
 
-def decode_text(path: Path, data: bytes, *, html: bool = False) -> tuple[str, str]:
+def _decode_text(path: Path, data: bytes, *, html: bool = False) -> tuple[str, str]:
     """The text of a text file and the encoding it was read with.
 
     Strict UTF-8 first (a BOM is dropped); then UTF-16 by its BOM, an HTML file's declared
@@ -294,10 +294,11 @@ def decode_text(path: Path, data: bytes, *, html: bool = False) -> tuple[str, st
     these, or only as control characters, are binary and raise ``ParseError``.
     """
     if data.startswith(codecs.BOM_UTF8):
+        body = data[len(codecs.BOM_UTF8):]
         try:
-            return data[len(codecs.BOM_UTF8):].decode("utf-8"), "utf-8"
+            return body.decode("utf-8"), "utf-8"
         except UnicodeDecodeError as exc:
-            line = data.count(b"\n", 0, exc.start) + 1
+            line = body.count(b"\n", 0, exc.start) + 1
             raise ParseError(
                 f"{path.name}: starts with a UTF-8 byte order mark but is not valid UTF-8 at "
                 f"byte offset {exc.start} (line {line}); the file is damaged or mixes "

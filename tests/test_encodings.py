@@ -83,6 +83,8 @@ def test_text_is_decoded_with_the_encoding_it_was_written_in(
     # a declared charset reads any byte: the control characters give the binary away
     ("blob.html", b'<meta charset="iso-8859-1">' + b"\x01\x02\x03\x04\xff" * 40,
      "binary content in a .html file (160 control characters in 227)"),
+    ("blob.txt", codecs.BOM_UTF8 + b"fine\nthen \xe9", ("starts with a UTF-8 byte order mark "
+     "but is not valid UTF-8 at byte offset 10 (line 2)")),
     ("blob.txt", codecs.BOM_UTF16_LE + b"\x00\xd8" * 10, ("starts with a UTF-16 byte order mark "
      "but is not valid UTF-16")),
 ])
