@@ -433,7 +433,9 @@ def fill_synthetic(cfg: Config, *, points: int, per_doc: int = 100, words: int =
             full.write_text("\n\n".join(texts), encoding="utf-8")
             st = full.stat()
             digest = file_md5(full)
-            m.con.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, 'ok', NULL, ?, ?)",
+            m.con.execute("INSERT INTO documents (path, file_hash, size, mtime_ns, indexed_hash, "
+                          "status, error, chunks, updated_at, encoding) "
+                          "VALUES (?, ?, ?, ?, ?, 'ok', NULL, ?, ?, 'utf-8')",
                           [rel, digest, st.st_size, st.st_mtime_ns, digest, n, now()])
             for seq, text in enumerate(texts):
                 h = content_hash(text)

@@ -37,6 +37,7 @@ DEFAULT_MODEL = {"sentence-transformers": "all-MiniLM-L6-v2", "fake": "fake-hash
 BUNDLED_MODELS = frozenset({"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 # TOML arrays arrive as lists: a tuple field takes them (strict mode alone would refuse them)
@@ -124,6 +125,26 @@ class StoreTable(_Table):
     path: NonEmpty | None = None          # None: .kbguard/<kb>/store
     url: NonEmpty | None = None           # qdrant only: a server instead of a local path
     collection: Name | None = None        # None: the KB name
+    api_key_env: str | None = None        # the NAME of the variable holding the server's key
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_literal_key(cls, data: Any) -> Any:
+        # a key written into the config would be copied with it into git and backups
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError("store.api_key is not read from the config file, where it would be "
+                             "copied with it; put the key in an environment variable and name "
+                             'it with store.api_key_env = "QDRANT_API_KEY"')
+        return data
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            # not echoed: a value that is no variable name may be the key itself
+            raise ValueError("must be the NAME of an environment variable (letters, digits "
+                             'and _, e.g. "QDRANT_API_KEY"), not the key')
+        return value
 
 
 class ManifestTable(_Table):
@@ -178,6 +199,9 @@ class ConfigFile(_Table):
             if c.space is not None and c.space not in names:
                 raise ValueError(f"canaries.space (in [[canaries]] #{i + 1}): {c.space!r} is "
                                  f"not one of the spaces {names}")
+        if self.store.api_key_env and not (self.store.backend == "qdrant" and self.store.url):
+            raise ValueError("store.api_key_env only applies to a Qdrant server (store.backend "
+                             '= "qdrant" with store.url); remove it')
         if self.store.url and self.store.backend != "qdrant":
             raise ValueError('store.url needs backend = "qdrant" (Qdrant Edge is embedded and '
                              "has only a path)")
@@ -206,6 +230,7 @@ class Config:
     parse_workers: int
     read_as: dict[str, str]
     canaries: tuple[Canary, ...]
+    store_api_key_env: str | None   # the NAME of the variable holding the server's API key
 
     @property
     def root(self) -> Path:
@@ -280,6 +305,7 @@ def parse_config(path: Path, data: dict[str, Any]) -> Config:
         parse_workers=raw.rebuild.parse_workers,
         read_as=dict(raw.parsing.read_as),
         canaries=raw.canaries,
+        store_api_key_env=store.api_key_env,
     )
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from kbguard.errors import ManifestError
 from kbguard.migrations import MIGRATIONS
+from kbguard.redact import scrub_data
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -52,6 +53,7 @@ class DocumentRow:
     status: str
     error: str | None
     chunks: int
+    encoding: str | None = None  # the text encoding the file was read with (text formats)
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,8 @@ class Manifest:
             self.con.execute(
                 "UPDATE runs SET finished_at = ?, status = ?, summary = ?, corpus_rev = ? "
                 "WHERE run_id = ?",
-                [now(), status, json.dumps(summary), corpus_rev, run_id],
+                # a failed run's error may quote the store URL: stored without credentials
+                [now(), status, json.dumps(scrub_data(summary)), corpus_rev, run_id],
             )
 
     def last_run(self, kind: str | None = None, status: str | None = None) -> dict[str, Any] | None:
@@ -243,8 +246,8 @@ class Manifest:
 
     def documents(self) -> dict[str, DocumentRow]:
         rows = self.con.execute(
-            "SELECT path, file_hash, size, mtime_ns, indexed_hash, status, error, chunks "
-            "FROM documents"
+            "SELECT path, file_hash, size, mtime_ns, indexed_hash, status, error, chunks, "
+            "encoding FROM documents"
         ).fetchall()
         return {r[0]: DocumentRow(*r) for r in rows}
 
@@ -252,9 +255,10 @@ class Manifest:
         """Replace one document's row and, when ``chunks`` is given, its chunks. No transaction."""
         self.con.execute("DELETE FROM documents WHERE path = ?", [doc.path])
         self.con.execute(
-            "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO documents (path, file_hash, size, mtime_ns, indexed_hash, status, "
+            "error, chunks, updated_at, encoding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [doc.path, doc.file_hash, doc.size, doc.mtime_ns, doc.indexed_hash, doc.status,
-             doc.error, doc.chunks, now()],
+             doc.error, doc.chunks, now(), doc.encoding],
         )
         if chunks is not None:
             self.con.execute("DELETE FROM chunks WHERE path = ?", [doc.path])

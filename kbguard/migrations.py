@@ -82,7 +82,19 @@ CREATE TABLE findings (
 );
 """
 
+M003_ENCODINGS = """
+-- The text encoding a document's chunks were read with (utf-8, cp1252, ...): NULL for PDF and
+-- DOCX, for a document that never parsed, and for one indexed before encodings were recorded.
+ALTER TABLE documents ADD COLUMN encoding VARCHAR;
+-- Text files refused for not being UTF-8 are read now: forgetting their hash makes the next
+-- rebuild parse them again (a failed file's hash stops it being retried until its bytes change).
+UPDATE documents SET file_hash = NULL
+WHERE status = 'failed' AND (error LIKE '%invalid UTF-8 at byte offset%'
+                             OR error LIKE '%UTF-16 text; kbguard reads text files as UTF-8%');
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "core", M001_CORE),
     (2, "checks", M002_CHECKS),
+    (3, "encodings", M003_ENCODINGS),
 ]

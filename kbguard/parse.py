@@ -88,6 +88,12 @@ _PARTITIONERS = {
 _NO_LANGUAGE = [""]
 
 
+@dataclass(frozen=True)
+class ParsedDocument:
+    elements: list[Element]
+    encoding: str | None  # the text encoding the bytes were read with; None for PDF and DOCX
+
+
 def parse_file(path: Path, read_as: Mapping[str, str] | None = None) -> list[Element]:
     """Parse one file into elements; raise ``ParseError`` with a reason the user can act on.
 
@@ -95,6 +101,11 @@ def parse_file(path: Path, read_as: Mapping[str, str] | None = None) -> list[Ele
     sources). Never raises anything else for a bad file, so a pipeline can record the reason
     and go on.
     """
+    return parse_document(path, read_as).elements
+
+
+def parse_document(path: Path, read_as: Mapping[str, str] | None = None) -> ParsedDocument:
+    """``parse_file``, and the encoding a text file was read with."""
     path = Path(path)
     suffix = path.suffix.lower()
     suffix = (read_as or {}).get(suffix, suffix)
@@ -112,8 +123,13 @@ def parse_file(path: Path, read_as: Mapping[str, str] | None = None) -> list[Ele
     if not data:
         raise ParseError(f"{path.name}: empty file (0 bytes), nothing to index; add content "
                          "or remove the file from the corpus.")
+    encoding = None
     try:
-        elements = _ROUTES[suffix](path, data)
+        if suffix in TEXT_SUFFIXES:
+            text, encoding = _decode_text(path, data, html=suffix in (".html", ".htm"))
+            elements = _TEXT_ROUTES[suffix](path, text)
+        else:
+            elements = _BINARY_ROUTES[suffix](path, data)
     except ParseError:
         raise
     except Exception as exc:  # a parser bug on one file must surface as that file's reason
@@ -125,32 +141,29 @@ def parse_file(path: Path, read_as: Mapping[str, str] | None = None) -> list[Ele
                 "OCR tool first." if suffix == ".pdf" else "")
         raise ParseError(f"{path.name}: no extractable text found.{hint} Add text or remove "
                          "the file from the corpus.")
-    return elements
+    return ParsedDocument(elements, encoding)
 
 
 # -- routes -----------------------------------------------------------------------------------
 
 
-def _parse_markdown(path: Path, data: bytes) -> list[Element]:
-    parts = _partitioner("md")(text=_decode_text(path, data), languages=_NO_LANGUAGE)
-    return _from_markup(parts)
+def _parse_markdown(path: Path, text: str) -> list[Element]:
+    return _from_markup(_partitioner("md")(text=text, languages=_NO_LANGUAGE))
 
 
-def _parse_html(path: Path, data: bytes) -> list[Element]:
-    parts = _partitioner("html")(text=_decode_text(path, data, html=True),
-                                 languages=_NO_LANGUAGE)
-    return _from_markup(parts)
+def _parse_html(path: Path, text: str) -> list[Element]:
+    return _from_markup(_partitioner("html")(text=text, languages=_NO_LANGUAGE))
 
 
-def _parse_rst(path: Path, data: bytes) -> list[Element]:
-    html = _rst_to_html(_decode_text(path, data), source_path=str(path))
+def _parse_rst(path: Path, text: str) -> list[Element]:
+    html = _rst_to_html(text, source_path=str(path))
     if not html.strip():
         return []
     return _from_markup(_partitioner("html")(text=html, languages=_NO_LANGUAGE))
 
 
-def _parse_txt(path: Path, data: bytes) -> list[Element]:
-    return _from_plain_text(_decode_text(path, data))
+def _parse_txt(path: Path, text: str) -> list[Element]:
+    return _from_plain_text(text)
 
 
 def _parse_pdf(path: Path, data: bytes) -> list[Element]:
@@ -180,13 +193,15 @@ def _parse_docx(path: Path, data: bytes) -> list[Element]:
     return _from_docx(parts)
 
 
-_ROUTES: dict[str, Callable[[Path, bytes], list[Element]]] = {
+_TEXT_ROUTES: dict[str, Callable[[Path, str], list[Element]]] = {
     ".md": _parse_markdown,
     ".markdown": _parse_markdown,
     ".html": _parse_html,
     ".htm": _parse_html,
     ".rst": _parse_rst,
     ".txt": _parse_txt,
+}
+_BINARY_ROUTES: dict[str, Callable[[Path, bytes], list[Element]]] = {
     ".pdf": _parse_pdf,
     ".docx": _parse_docx,
 }
@@ -261,34 +276,91 @@ def _from_docx(parts: Sequence[Any]) -> list[Element]:
 
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _HTML_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
+# Control characters text does not hold (tab, line ends, form feed and DOS's end-of-file mark
+# are allowed): above this share of the characters, the bytes are binary read as text.
+_BINARY_CONTROLS = re.compile("[\x00-\x08\x0e-\x19\x1b-\x1f\x7f-\x9f]")
+_MAX_CONTROL_SHARE = 0.01
+# charset-normalizer rates how messy each decoding reads ("chaos"); on short texts its first
+# pick among the single-byte code pages is often a rarer one that reads most letters the same
+# (Baltic cp1257 for French: "garēon" for "garçon"). Windows-1252, the commonest legacy encoding
+# and a superset of Latin-1's printable characters, wins when it reads about as cleanly, unless
+# it would need the letters only Icelandic uses (ÐðÝýÞþ): those bytes are another code page's
+# own letters (Turkish ğ ı ş in cp1254, Czech ý in cp1250).
+_CP1252_CHAOS_MARGIN = 0.1
+_CP1252_ICELANDIC = re.compile(rb"[\xd0\xdd\xde\xf0\xfd\xfe]")
 
 
-def _decode_text(path: Path, data: bytes, *, html: bool = False) -> str:
-    """Strict UTF-8 (an HTML file may declare another charset); a BOM is dropped."""
+def _decode_text(path: Path, data: bytes, *, html: bool = False) -> tuple[str, str]:
+    """The text of a text file and the encoding it was read with.
+
+    Strict UTF-8 first (a BOM is dropped); then UTF-16 by its BOM, an HTML file's declared
+    charset, and a legacy encoding detected by charset-normalizer. Bytes that read as none of
+    these, or only as control characters, are binary and raise ``ParseError``.
+    """
+    if data.startswith(codecs.BOM_UTF8):
+        body = data[len(codecs.BOM_UTF8):]
+        try:
+            return body.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError as exc:
+            line = body.count(b"\n", 0, exc.start) + 1
+            raise ParseError(
+                f"{path.name}: starts with a UTF-8 byte order mark but is not valid UTF-8 at "
+                f"byte offset {exc.start} (line {line}); the file is damaged or mixes "
+                "encodings. Re-save it as UTF-8.") from exc
     if data.startswith(_UTF16_BOMS):
-        raise ParseError(f"{path.name}: UTF-16 text; kbguard reads text files as UTF-8. "
-                         f"Convert it, e.g. `iconv -f UTF-16 -t UTF-8 {path.name}`.")
+        try:
+            return _checked(path, data.decode("utf-16")), "utf-16"
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"{path.name}: starts with a UTF-16 byte order mark but is not "
+                             "valid UTF-16; the file is damaged. Re-save it as UTF-8.") from exc
     nul = data.find(b"\x00")
     if nul >= 0:
         raise ParseError(f"{path.name}: binary content in a {path.suffix} file (NUL byte at "
                          f"offset {nul}); is it really text? Give it its real suffix or "
                          "remove it from the corpus.")
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        declared = _declared_charset(data) if html else None
-        if declared:
-            try:
-                return data.decode(declared)
-            except UnicodeDecodeError:
-                pass
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ParseError(
-            f"{path.name}: invalid UTF-8 at byte offset {exc.start} (line {line}, byte "
-            f"0x{data[exc.start]:02x}); kbguard reads text files as UTF-8. Convert the file, "
-            f"e.g. `iconv -f WINDOWS-1252 -t UTF-8` if it came from Windows.") from exc
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    declared = _declared_charset(data) if html else None
+    if declared is not None:
+        with contextlib.suppress(UnicodeDecodeError):
+            return _checked(path, data.decode(declared)), codecs.lookup(declared).name
+    detected = _legacy_encoding(data)
+    if detected is not None:
+        with contextlib.suppress(UnicodeDecodeError):
+            return _checked(path, data.decode(detected)), codecs.lookup(detected).name
+    raise ParseError(f"{path.name}: not text: the bytes read as neither UTF-8 nor a legacy "
+                     f"encoding such as Windows-1252; is it a binary file with a {path.suffix} "
+                     "name? Give it its real suffix or remove it from the corpus.")
+
+
+def _legacy_encoding(data: bytes) -> str | None:
+    """The likeliest legacy encoding of bytes that are not UTF-8, or None if none fits."""
+    from charset_normalizer import from_bytes
+
+    matches = from_bytes(data)
+    best = matches.best()
+    # UTF-16/32 without a byte order mark: text in them has NUL bytes, refused before this
+    if best is None or str(best.encoding).startswith(("utf_16", "utf_32")):
+        return None
+    if "cp1252" in best.could_be_from_charset:
+        return "cp1252"
+    if not _CP1252_ICELANDIC.search(data) and any(
+            "cp1252" in m.could_be_from_charset and m.chaos <= best.chaos + _CP1252_CHAOS_MARGIN
+            for m in matches):
+        return "cp1252"
+    return str(best.encoding)
+
+
+def _checked(path: Path, text: str) -> str:
+    """``text`` unless control characters say it is binary content read as text."""
+    controls = len(_BINARY_CONTROLS.findall(text))
+    if controls > len(text) * _MAX_CONTROL_SHARE:
+        raise ParseError(f"{path.name}: binary content in a {path.suffix} file ({controls} "
+                         f"control characters in {len(text)}); is it really text? Give it its "
+                         "real suffix or remove it from the corpus.")
+    return text
 
 
 def _declared_charset(data: bytes) -> str | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kbguard.durable import atomic_write_text
+from kbguard.redact import scrub
 if TYPE_CHECKING:
     from kbguard.verify import VerifyReport
 
@@ -58,7 +59,7 @@ def render_metrics(kb: str, report: VerifyReport | None, *, started: float,
                "When the last check that ran to the end (exit 0 or 1) started.",
                [(label, round(last_success, 3))])
     if error:
-        lines.append(f"# could not check: {' '.join(error.split())}")
+        lines.append(f"# could not check: {' '.join(scrub(error).split())}")
     return "\n".join(lines) + "\n"
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from kbguard.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
 from kbguard.embed import get_embedder
-from kbguard.errors import KbguardError, ParseError
+from kbguard.errors import KbguardError, ParseError, StoreError
 from kbguard.faults import crash_point
 from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest, blob_vector, now
@@ -63,7 +63,7 @@ class RebuildReport:
 def store_for(cfg: Config) -> Store:
     """The configured store of a KB (not yet opened: adapters open lazily)."""
     return open_store(cfg.store_backend, path=cfg.store_path, url=cfg.store_url,
-                      collection=cfg.collection)
+                      collection=cfg.collection, api_key_env=cfg.store_api_key_env)
 
 
 def vector_specs(cfg: Config) -> list[VectorSpec]:
@@ -151,9 +151,10 @@ class _ParseJob:
     read_as: tuple[tuple[str, str], ...] = ()
 
 
-def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None]:
-    """Parse one file and chunk it: (path, chunks, None) or (path, None, reason). Never raises."""
-    from kbguard.parse import parse_file
+def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None, str | None]:
+    """Parse one file and chunk it: (path, chunks, None, encoding of a text file) or
+    (path, None, reason, None). Never raises."""
+    from kbguard.parse import parse_document
 
     full = Path(job.root) / job.path
     try:
@@ -161,27 +162,27 @@ def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None
         if size > job.max_bytes:
             return job.path, None, (
                 f"file is {size / 2**20:.1f} MB, over corpus.max_file_mb "
-                f"({job.max_bytes / 2**20:g} MB); raise the limit or exclude the file")
-        elements = parse_file(full, dict(job.read_as))
+                f"({job.max_bytes / 2**20:g} MB); raise the limit or exclude the file"), None
+        parsed = parse_document(full, dict(job.read_as))
         embedder = get_embedder(job.space)
         cap = min(job.max_tokens, embedder.max_input_tokens)
-        chunks = chunk_elements(elements, kb=job.kb, path=job.path, max_tokens=cap,
+        chunks = chunk_elements(parsed.elements, kb=job.kb, path=job.path, max_tokens=cap,
                                 count_tokens=embedder.count_tokens)
         if not chunks:
-            return job.path, None, "no text found in the document"
-        return job.path, chunks, None
+            return job.path, None, "no text found in the document", None
+        return job.path, chunks, None, parsed.encoding
     except FileNotFoundError:
-        return job.path, None, "file vanished during the run"
+        return job.path, None, "file vanished during the run", None
     except ParseError as exc:
-        return job.path, None, str(exc)
+        return job.path, None, str(exc), None
     except KbguardError as exc:
-        return job.path, None, str(exc)
+        return job.path, None, str(exc), None
     except Exception as exc:  # a parser bug on one file must not stop the other thousands
-        return job.path, None, f"unexpected {type(exc).__name__} while parsing: {exc}"
+        return job.path, None, f"unexpected {type(exc).__name__} while parsing: {exc}", None
 
 
 def _parse_all(jobs: list[_ParseJob], workers: int
-               ) -> Iterator[tuple[str, list[Chunk] | None, str | None]]:
+               ) -> Iterator[tuple[str, list[Chunk] | None, str | None, str | None]]:
     if workers <= 1 or len(jobs) < INLINE_PARSE_BELOW:
         for job in jobs:
             yield parse_and_chunk(job)
@@ -289,7 +290,7 @@ class _Rebuild:
         pending = 0
         m.con.execute("BEGIN TRANSACTION")
         try:
-            for path, chunks, error in _parse_all(jobs, self.cfg.parse_workers):
+            for path, chunks, error, encoding in _parse_all(jobs, self.cfg.parse_workers):
                 f = by_path[path]
                 if error is not None:
                     failed += 1
@@ -298,7 +299,7 @@ class _Rebuild:
                     assert chunks is not None
                     m.record_document(
                         DocumentRow(path, f.file_hash, f.size, f.mtime_ns, f.file_hash, "ok",
-                                    None, len(chunks)),
+                                    None, len(chunks), encoding),
                         [ChunkRow(c.point_id, path, c.seq, c.content_hash, c.occurrence,
                                   c.section, c.text, c.tokens) for c in chunks],
                     )
@@ -335,7 +336,7 @@ class _Rebuild:
         self.m.record_document(
             DocumentRow(f.path, f.file_hash if settled else None, f.size, f.mtime_ns,
                         prev.indexed_hash if prev else None, "failed", error,
-                        prev.chunks if prev else 0),
+                        prev.chunks if prev else 0, prev.encoding if prev else None),
             None,
         )
 

@@ -10,6 +10,7 @@ from kbguard.lock import check_unlocked
 from kbguard.manifest import Manifest
 from kbguard.rebuild import plan_documents, store_for
 from kbguard.recovery import missing_manifest
+from kbguard.redact import redact_url
 from kbguard.scan import scan_corpus
 from kbguard.restore import pending_restore
 from kbguard.snapshot import list_snapshots
@@ -30,6 +31,10 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
             "spaces": [{"name": s.name, "provider": s.provider, "model": s.model, "dim": s.dim}
                        for s in cfg.spaces],
             "counts": m.counts(),
+            # documents per text encoding they were read with (PDF and DOCX have none)
+            "encodings": dict(m.con.execute(
+                "SELECT encoding, count(*) FROM documents WHERE encoding IS NOT NULL "
+                "GROUP BY encoding ORDER BY count(*) DESC, encoding").fetchall()),
             "last_run": _run(m.last_run()),
             "last_successful_rebuild": _run(m.last_run(kind="rebuild%", status="ok")),
             "last_check": last_check(m),
@@ -82,7 +87,7 @@ def _run(run: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _store(cfg: Config) -> dict[str, Any]:
-    where = cfg.store_url or str(cfg.store_path)
+    where = redact_url(cfg.store_url) if cfg.store_url else str(cfg.store_path)
     try:
         with store_for(cfg) as store:
             info = store.describe()

@@ -37,6 +37,7 @@ from kbguard.errors import KbguardError, ManifestError, StoreError, StoreUnavail
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, now, vector_checksum
 from kbguard.recovery import missing_manifest
+from kbguard.redact import redact_url, scrub_data
 from kbguard.progress import SILENT, Progress
 from kbguard.store import PointArrays
 
@@ -369,8 +370,8 @@ class _Check:
 
     def _store_unreadable(self, exc: StoreError) -> None:
         self.f["store_unreadable"] = Finding("store_unreadable")
-        self.f["store_unreadable"].add({"store": str(self.cfg.store_url or self.cfg.store_path),
-                                        "error": str(exc)})
+        where = redact_url(self.cfg.store_url) if self.cfg.store_url else str(self.cfg.store_path)
+        self.f["store_unreadable"].add({"store": where, "error": str(exc)})
         for name in STORE_CLASSES + ("canary_failures", "embedding_drift"):
             self.f[name] = Finding(name, checked=False)
         self.plan = RepairPlan(recache=self.plan.recache, store_unreadable=True,
@@ -725,10 +726,11 @@ def record_check(cfg: Config, report: VerifyReport, *, kind: str) -> None:
                 run_id = m.con.execute(
                     "INSERT INTO runs (kind, started_at, finished_at, status, summary) "
                     "VALUES (?, ?, ?, ?, ?) RETURNING run_id",
-                    [kind, started, now(), status, json.dumps(summary)]).fetchone()[0]
+                    [kind, started, now(), status, json.dumps(scrub_data(summary))]
+                ).fetchone()[0]
                 m.con.executemany(
                     "INSERT INTO findings VALUES (?, ?, ?, ?)",
-                    [[run_id, name, f.count, json.dumps(f.examples, default=str)]
+                    [[run_id, name, f.count, json.dumps(scrub_data(f.examples), default=str)]
                      for name, f in report.findings.items()])
             report.run_id = run_id
             return

@@ -34,7 +34,7 @@ def test_bad_files_are_recorded_as_failed_and_the_rest_is_indexed(tmp_path: Path
     kb.write("broken.pdf", b"%PDF-1.4\n1 0 obj garbage that is not a pdf\n")
     kb.write("binary.txt", b"\x00\x01\x02\x03binary\x00\xff\xfe" * 100)
     kb.write("empty.md", b"")
-    kb.write("latin1.md", "# Caf\u00e9\n\nCaf\u00e9 au lait.\n".encode("latin-1"))
+    kb.write("noise.md", bytes(range(128, 256)) * 8)  # no NUL, and no text encoding reads it
     os.symlink(outside, kb.corpus / "link.md")
     vanishing = kb.write("vanishing.md", "# Soon gone\n\nThis file is deleted mid-run.\n")
     with open(kb.corpus / "huge.txt", "wb") as fh:
@@ -43,12 +43,12 @@ def test_bad_files_are_recorded_as_failed_and_the_rest_is_indexed(tmp_path: Path
     report = rebuild(kb.cfg, progress=_DeleteAtParse(vanishing)).to_dict()
 
     failed = {f["path"]: f["error"] for f in report["failures"]}
-    assert set(failed) == {"broken.pdf", "binary.txt", "empty.md", "latin1.md", "link.md",
+    assert set(failed) == {"broken.pdf", "binary.txt", "empty.md", "noise.md", "link.md",
                            "vanishing.md", "huge.txt"}
     assert "outside the corpus" in failed["link.md"]
     assert "vanished" in failed["vanishing.md"]
     assert "max_file_mb" in failed["huge.txt"]
-    assert "UTF-8" in failed["latin1.md"]
+    assert "not text" in failed["noise.md"]
     assert "empty" in failed["empty.md"].lower()
     assert report["documents"]["failed"] == 7
     assert report["documents"]["added"] == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from rich.markup import escape
 from kbguard.config import DEFAULT_CONFIG, Config, load_config
 from kbguard.errors import KbguardError
 from kbguard.progress import Progress
+from kbguard.redact import scrub
 
 # Exit codes are an interface: documented in the README, never reused for something else.
 EXIT_OK = 0
@@ -50,10 +52,11 @@ def guarded(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except KbguardError as exc:
+            message = scrub(str(exc))
             if kwargs.get("json_out"):
-                emit_json({"error": str(exc), "error_type": type(exc).__name__,
+                emit_json({"error": message, "error_type": type(exc).__name__,
                            "exit_code": exc.exit_code})
-            stderr.print(f"[bold red]Error:[/] {escape(str(exc))}", markup=True, highlight=False)
+            stderr.print(f"[bold red]Error:[/] {escape(message)}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("Interrupted. Run the same command again to continue where it stopped.")
@@ -63,9 +66,10 @@ def guarded(fn: F) -> F:
         except Exception as exc:
             # A bug, not bad input: keep the traceback for the report, but still exit with a
             # code that means "could not do the work" (Python's 1 means "findings" to verify).
-            traceback.print_exc()
+            # a third-party message in the traceback may quote the store URL
+            sys.stderr.write(scrub(traceback.format_exc()))
             if kwargs.get("json_out"):
-                emit_json({"error": f"internal error: {type(exc).__name__}: {exc}",
+                emit_json({"error": scrub(f"internal error: {type(exc).__name__}: {exc}"),
                            "error_type": "InternalError", "exit_code": EXIT_ERROR})
             stderr.print(f"Internal error ({type(exc).__name__}); the traceback above belongs "
                          "in a bug report. Nothing was lost: runs commit as they go, so the "
@@ -73,6 +77,26 @@ def guarded(fn: F) -> F:
             raise typer.Exit(EXIT_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# Characters that move the cursor, end a line or reorder the text around them on a terminal:
+# C0/C1 controls, line and paragraph separators, bidirectional overrides, and the surrogates
+# that stand for undecodable bytes in a file name.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: object) -> str:
+    """``text`` with its control characters escaped as Python writes them (``\\n``,
+    ``\\x1b``): a file name can hold any of them, and printed raw they would split a line of
+    output or rewrite the terminal. `--json` needs none of this: JSON escapes them itself."""
+    return _UNSAFE.sub(lambda m: _ESCAPES.get(m.group()) or _escape_char(m.group()), str(text))
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def load(config: Path) -> Config:

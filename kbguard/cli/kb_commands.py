@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
-                                emit_json, guarded, load, stdout)
+                                emit_json, guarded, load, one_line, stdout)
 from kbguard.config import PROVIDERS, init_config
 from kbguard.rebuild import rebuild
 from kbguard.search import search
@@ -62,7 +62,7 @@ def rebuild_cmd(
     for note in report.notes:
         stdout.print(f"  note       {note}")
     for f in report.failures:
-        stdout.print(f"  failed     {f['path']}: {f['error']}")
+        stdout.print(f"  failed     {one_line(f['path'])}: {one_line(f['error'])}")
 
 
 @guarded
@@ -90,6 +90,8 @@ def _print_status(st: dict[str, Any]) -> None:
     stdout.print(f"  documents  {c['documents']} indexed, {c['failed_documents']} failed")
     stdout.print(f"  chunks     {c['chunks']}; {c['cached_vectors']} cached vectors; "
                  f"{c['points_written']} points written, {c['points_pending']} pending")
+    if set(st["encodings"]) - {"utf-8"}:  # worth a line only when some file is not UTF-8
+        stdout.print("  encodings  " + ", ".join(f"{n} {e}" for e, n in st["encodings"].items()))
     store = st["store"]
     if "error" in store:
         stdout.print(f"  store      {store['backend']} at {store['location']}: {store['error']}")
@@ -125,7 +127,7 @@ def _print_status(st: dict[str, Any]) -> None:
         stdout.print(f"  RESTORE    interrupted: {pending.get('error') or 'snapshot ' + str(pending.get('snapshot'))}"
                      f"; run `kbguard restore {pending.get('snapshot', 'ID')} --yes` to finish it")
     for f in st["failed_documents"][:10]:
-        stdout.print(f"  failed     {f['path']}: {f['error']}")
+        stdout.print(f"  failed     {one_line(f['path'])}: {one_line(f['error'])}")
     if "pending" in st:
         p = st["pending"]
         if p["up_to_date"]:
@@ -152,6 +154,6 @@ def search_cmd(
     if not hits:
         stdout.print("No results: the store is empty. Run `kbguard rebuild`.")
     for i, h in enumerate(hits, 1):
-        where = f"{h.path}" + (f"  [{h.section}]" if h.section else "")
+        where = one_line(h.path) + (f"  [{one_line(h.section)}]" if h.section else "")
         stdout.print(f"{i}. {h.score:.3f}  {where}", markup=False)
-        stdout.print(f"   {h.snippet}", markup=False)
+        stdout.print(f"   {one_line(h.snippet)}", markup=False)

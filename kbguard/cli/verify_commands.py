@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
-                                emit_json, guarded, load, stdout)
+                                emit_json, guarded, load, one_line, stdout)
 from kbguard.errors import ConfigError
 
 
@@ -89,7 +89,7 @@ def _print_report(report, title: str = "") -> None:
             continue
         stdout.print(f"  {f.name:<18} {f.count}")
         for ex in f.examples:
-            stdout.print("      " + ", ".join(f"{k}={v}" for k, v in ex.items()))
+            stdout.print("      " + ", ".join(f"{k}={one_line(v)}" for k, v in ex.items()))
         stdout.print(f"      fix: {_fix(f.name)}")
     skipped = [f.name for f in report.findings.values() if not f.checked]
     if skipped and not report.healthy:

@@ -37,11 +37,13 @@ def open_store(
     url: str | None = None,
     collection: str = "kb",
     api_key: str | None = None,
+    api_key_env: str | None = None,
 ) -> Store:
     """The store adapter for ``backend``; nothing is opened until the first call on it.
 
     ``edge`` takes the shard folder as ``path`` (a ``url`` is ignored); ``qdrant`` takes a server
-    ``url`` (with an optional ``api_key``) or a local-mode ``path``, and the ``collection`` name.
+    ``url`` (with an optional ``api_key``, or ``api_key_env``: the environment variable to read
+    it from when the store is opened) or a local-mode ``path``, and the ``collection`` name.
     """
     if backend == "edge":
         if path is None:
@@ -53,7 +55,8 @@ def open_store(
         from kbguard.store.qdrant import QdrantStore
 
         local = Path(path) if path is not None else None
-        return QdrantStore(collection, url=url, path=local, api_key=api_key)
+        return QdrantStore(collection, url=url, path=local, api_key=api_key,
+                           api_key_env=api_key_env)
     raise StoreError(
         f"Unknown store backend {backend!r}; the known backends are {', '.join(BACKENDS)}."
     )

@@ -6,6 +6,7 @@ SQLite, so only open folders you wrote yourself, and it keeps every point in mem
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from kbguard.errors import StoreError, StoreUnavailable
+from kbguard.errors import ConfigError, StoreError, StoreUnavailable
+from kbguard.redact import redact_url, scrub, url_secrets
 from kbguard.store._common import (
     canonical_id,
     check_specs,
@@ -45,27 +47,31 @@ class QdrantStore(Store):
         url: str | None = None,
         path: Path | None = None,
         api_key: str | None = None,
+        api_key_env: str | None = None,
     ) -> None:
         if (url is None) == (path is None):
             raise StoreError("A Qdrant store needs exactly one of a server URL or a local path.")
-        if api_key is not None and url is None:
+        if (api_key is not None or api_key_env is not None) and url is None:
             raise StoreError("An API key only applies to a Qdrant server URL, not a local path.")
         self.collection = collection
         self.url = url
+        # what messages show: the URL without its credentials
+        self.shown_url = redact_url(url) if url is not None else None
         self.path = Path(path) if path is not None else None
         self._api_key = api_key
+        self._api_key_env = api_key_env
         self._client: Any = None
         self._shares_client = False  # a staging store borrows its parent's client
 
     def __repr__(self) -> str:
-        where = f"url={self.url!r}" if self.url else f"path={str(self.path)!r}"
+        where = f"url={self.shown_url!r}" if self.url else f"path={str(self.path)!r}"
         return f"QdrantStore({self.collection!r}, {where})"
 
     @property
     def where(self) -> str:
         """Where the collection lives, as the user would recognise it in a message."""
         if self.url:
-            return f"collection {self.collection!r} on the Qdrant server at {self.url}"
+            return f"collection {self.collection!r} on the Qdrant server at {self.shown_url}"
         return f"collection {self.collection!r} in the Qdrant local store at {self.path}"
 
     # -- connection and errors -------------------------------------------------------------
@@ -76,12 +82,13 @@ class QdrantStore(Store):
         from qdrant_client import QdrantClient
 
         if self.url is not None:
+            api_key = self._key()
             with self._translate("connecting"):
                 # The version check would contact the server here and only warn on failure;
                 # the first real call reports an unreachable server as an error instead.
                 self._client = QdrantClient(
                     url=self.url,
-                    api_key=self._api_key,
+                    api_key=api_key,
                     timeout=_TIMEOUT_S,
                     check_compatibility=False,
                 )
@@ -99,6 +106,23 @@ class QdrantStore(Store):
             raise self._damaged(exc) from exc
         return self._client
 
+    def _key(self) -> str | None:
+        """The API key: given, or read from the named environment variable now, when the store
+        is opened (never kept in the config, never written anywhere)."""
+        if self._api_key is not None or self._api_key_env is None:
+            return self._api_key
+        key = os.environ.get(self._api_key_env, "").strip()
+        if not key:
+            raise ConfigError(
+                f"store.api_key_env names the environment variable {self._api_key_env}, but it "
+                f"is not set (or empty). Export the Qdrant API key in it "
+                f"(`export {self._api_key_env}=...`) and run again.")
+        self._api_key = key
+        return key
+
+    def _secrets(self) -> list[str]:
+        return [*url_secrets(self.url), *([self._api_key] if self._api_key else [])]
+
     def _damaged(self, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(
             f"The Qdrant local store at {self.path} cannot be opened: {engine_message(exc)}. "
@@ -112,7 +136,9 @@ class QdrantStore(Store):
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001 - sorted below; nothing raw leaves the adapter
-            raise self._error(exc, doing) from exc
+            err = self._error(exc, doing)
+            # a client library's message may quote the URL, credentials included
+            raise type(err)(scrub(str(err), self._secrets())) from exc
 
     def _error(self, exc: Exception, doing: str) -> StoreError:
         import httpx
@@ -124,14 +150,15 @@ class QdrantStore(Store):
         if isinstance(cause, (httpx.TransportError, ConnectionError, TimeoutError)):
             reason = str(cause) or type(cause).__name__
             return StoreUnavailable(
-                f"The Qdrant server at {self.url} cannot be reached ({reason}). "
+                f"The Qdrant server at {self.shown_url} cannot be reached ({reason}). "
                 "Check that it is running and that the URL is right."
             )
         if isinstance(exc, UnexpectedResponse):
             if exc.status_code in (401, 403):
                 return StoreUnavailable(
-                    f"The Qdrant server at {self.url} refused the request ({exc.status_code}). "
-                    "Check the API key."
+                    f"The Qdrant server at {self.shown_url} refused the request "
+                    f"({exc.status_code}). "
+                    "Check the API key (the variable named by store.api_key_env)."
                 )
             detail = exc.content.decode("utf-8", "replace")[:300]
             return StoreError(
@@ -140,7 +167,7 @@ class QdrantStore(Store):
         grpc_code = _grpc_code(exc)
         if grpc_code in _GRPC_UNAVAILABLE:
             return StoreUnavailable(
-                f"The Qdrant server at {self.url} cannot be used ({grpc_code}). "
+                f"The Qdrant server at {self.shown_url} cannot be used ({grpc_code}). "
                 "Check that it is running, the URL and the API key."
             )
         return StoreError(f"The {self.where} failed while {doing}: {engine_message(exc)}")
@@ -316,7 +343,7 @@ class QdrantStore(Store):
         """Collection ``<name>--<tag>`` on the same server or local folder, sharing the client
         (local mode allows one client per folder)."""
         other = QdrantStore(f"{self.collection}--{tag}", url=self.url, path=self.path,
-                            api_key=self._api_key)
+                            api_key=self._api_key, api_key_env=self._api_key_env)
         other._client = self._connect()
         other._shares_client = True
         return other
