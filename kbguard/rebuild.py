@@ -29,7 +29,7 @@ from typing import Any
 from kbguard.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
 from kbguard.embed import get_embedder
-from kbguard.errors import KbguardError, ParseError
+from kbguard.errors import KbguardError, ParseError, StoreDamaged
 from kbguard.faults import crash_point
 from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest, blob_vector, now
@@ -379,14 +379,25 @@ class _Rebuild:
         names = ",".join(sorted(s.name for s in cfg.spaces))
         with store_for(cfg) as store:
             self.progress.stage("store")
-            info = store.describe()
-            if full or not info.exists:
-                if not full and m.scalar("SELECT count(*) FROM store_state WHERE confirmed"):
+            if full:
+                # A store that cannot be opened is what --full exists to replace: drop() deletes
+                # it without reading it, and the cache holds every vector it had.
+                try:
+                    store.describe()
+                    unreadable = False
+                except StoreDamaged:
+                    unreadable = True
+                with m.transaction():
+                    m.con.execute("UPDATE store_state SET confirmed = false")
+                store.drop()
+                if unreadable:
+                    self.notes.append("the store could not be opened: it was deleted and "
+                                      "written again from the embedding cache")
+            elif not store.describe().exists:
+                if m.scalar("SELECT count(*) FROM store_state WHERE confirmed"):
                     self.notes.append("the store was missing: rebuilt from the embedding cache")
                 with m.transaction():
                     m.con.execute("UPDATE store_state SET confirmed = false")
-                if full:
-                    store.drop()
             store.ensure(vector_specs(cfg))
             written, reused = self._upsert_missing(store, names, run_id)
             deleted = self._delete_unwanted(store)

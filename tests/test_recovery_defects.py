@@ -1,0 +1,195 @@
+"""The ways back from a broken KB that the messages recommend must work: `rebuild --full` and
+`restore` replace a store that cannot be opened, a killed rebuild is reported as interrupted,
+and a missing store or an empty corpus is named with the command that fixes it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import KB, make_kb, manifest_chunk_ids, store_contents, write_config
+
+from kbguard.manifest import Manifest
+
+
+def _built(tmp_path: Path, backend: str) -> KB:
+    kb = make_kb(tmp_path, backend=backend)
+    kb.cli_json("rebuild")
+    return kb
+
+
+def _cache_rows(kb: KB) -> int:
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        return int(m.scalar("SELECT count(*) FROM embeddings"))
+
+
+def _assert_unreadable(kb: KB) -> None:
+    res = kb.cli("search", "anything")
+    assert res.code == 2 and "cannot be opened" in res.stderr, (res.stdout, res.stderr)
+
+
+# -- an unreadable store ----------------------------------------------------------------------
+
+def test_full_rebuild_replaces_an_unreadable_store_without_embedding(tmp_path: Path,
+                                                                      backend: str) -> None:
+    kb = _built(tmp_path, backend)
+    before = store_contents(kb.cfg)
+    cached = _cache_rows(kb)
+    assert kb.cli("chaos", "truncate-store", "--yes").code == 0
+    _assert_unreadable(kb)
+
+    res = kb.cli("rebuild", "--full", "--json")
+    assert res.code == 0, (res.stdout, res.stderr, res.exception)
+    report = json.loads(res.stdout)
+    assert report["chunks"]["embedded"] == 0
+    assert report["chunks"]["written"] == len(before)
+    assert any("could not be opened" in n for n in report["notes"]), report["notes"]
+    assert _cache_rows(kb) == cached
+    assert store_contents(kb.cfg) == before
+    assert kb.cli_json("verify")["healthy"]
+
+
+def test_restore_replaces_an_unreadable_store(tmp_path: Path, backend: str) -> None:
+    kb = _built(tmp_path, backend)
+    before = store_contents(kb.cfg)
+    assert kb.cli("snapshot", "create").code == 0
+    assert kb.cli("chaos", "truncate-store", "--yes").code == 0
+    _assert_unreadable(kb)
+
+    res = kb.cli("restore", "--latest", "--yes", "--json")
+    assert res.code == 0, (res.stdout, res.stderr, res.exception)
+    report = json.loads(res.stdout)
+    # an Edge shard is set aside by the switch unread; a local folder must open to build in
+    said = any("could not be opened" in n for n in report["notes"])
+    assert said == (backend == "qdrant"), report["notes"]
+    assert report["catch_up"]["chunks"]["embedded"] == 0
+    assert kb.cli_json("verify")["healthy"]
+    assert store_contents(kb.cfg) == before
+
+
+def test_a_refused_snapshot_leaves_the_unreadable_store_alone(tmp_path: Path) -> None:
+    kb = _built(tmp_path, "qdrant")
+    assert kb.cli("chaos", "truncate-store", "--yes").code == 0
+    files = sorted(p.relative_to(kb.cfg.store_path) for p in kb.cfg.store_path.rglob("*"))
+
+    res = kb.cli("restore", "20990101T000000.000Z", "--yes")
+    assert res.code == 2
+    assert sorted(p.relative_to(kb.cfg.store_path)
+                  for p in kb.cfg.store_path.rglob("*")) == files
+
+
+def test_dropping_an_unreadable_local_folder_keeps_other_collections(tmp_path: Path) -> None:
+    """Two KBs may share one qdrant-client local folder: clearing one KB's damaged collection
+    must leave the other's intact."""
+    from kbguard.errors import StoreDamaged
+    from kbguard.store import Point, VectorSpec, open_store
+
+    folder = tmp_path / "store"
+    other = open_store("qdrant", path=folder, collection="other")
+    other.create([VectorSpec("v", 4)])
+    other.upsert([Point("00000000-0000-4000-8000-000000000001",
+                        {"v": [0.5, 0.5, 0.5, 0.5]}, {"k": 1})])
+    other.close()
+    mine = open_store("qdrant", path=folder, collection="mine")
+    mine.create([VectorSpec("v", 4)])
+    mine.close()
+    sqlite = folder / "collection" / "mine" / "storage.sqlite"
+    sqlite.write_bytes(sqlite.read_bytes()[: sqlite.stat().st_size // 2])
+    with pytest.raises(StoreDamaged):
+        mine.describe()
+
+    mine.drop()
+    assert not mine.describe().exists
+    mine.close()
+    assert not (folder / "collection" / "mine").exists()
+    assert not any(p.name.startswith(".dropped") for p in folder.iterdir())
+    with open_store("qdrant", path=folder, collection="other") as again:
+        assert again.count() == 1
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_dropping_a_local_folder_with_an_unreadable_meta_file(tmp_path: Path,
+                                                             shared: bool) -> None:
+    """Without meta.json nothing says whose collections a folder holds: kbguard deletes the
+    folder's collections only when every one of them is this KB's."""
+    from kbguard.errors import StoreDamaged
+    from kbguard.store import VectorSpec, open_store
+
+    folder = tmp_path / "store"
+    for name in (["mine", "other"] if shared else ["mine", "mine--1a2b3c4d"]):
+        with open_store("qdrant", path=folder, collection=name) as s:
+            s.create([VectorSpec("v", 4)])
+    (folder / "meta.json").write_text('{"collections": {"mi')
+    mine = open_store("qdrant", path=folder, collection="mine")
+    if shared:
+        with pytest.raises(StoreDamaged, match="will not guess"):
+            mine.drop()
+        assert sorted(p.name for p in (folder / "collection").iterdir()) == ["mine", "other"]
+        return
+    mine.drop()
+    assert not mine.describe().exists
+    mine.close()
+    assert not any((folder / "collection").iterdir())
+
+
+def test_dropping_a_local_folder_another_client_holds_is_refused(tmp_path: Path) -> None:
+    from kbguard.errors import StoreUnavailable
+    from kbguard.store import VectorSpec, open_store
+
+    folder = tmp_path / "store"
+    holder = open_store("qdrant", path=folder, collection="kb")
+    holder.create([VectorSpec("v", 4)])
+    sqlite = folder / "collection" / "kb" / "storage.sqlite"
+    sqlite.write_bytes(sqlite.read_bytes()[: sqlite.stat().st_size // 2])
+    try:
+        # the holder loaded the folder before the damage: another opener now sees damage
+        # while the folder is still in use, and must not delete it under the holder
+        with pytest.raises(StoreUnavailable, match="in another process"):
+            open_store("qdrant", path=folder, collection="kb").drop()
+        assert sqlite.exists()
+    finally:
+        holder.close()
+
+
+def test_dropping_a_damaged_shard_another_opener_holds_is_refused(tmp_path: Path) -> None:
+    from kbguard.errors import StoreUnavailable
+    from kbguard.store import Point, VectorSpec, open_store
+
+    folder = tmp_path / "store"
+    holder = open_store("edge", path=folder)
+    holder.create([VectorSpec("v", 4)])
+    holder.upsert([Point("00000000-0000-4000-8000-000000000001", {"v": [0.5] * 4}, {})])
+    holder.flush()
+    for f in folder.glob("segments/*/segment.json"):
+        f.write_bytes(f.read_bytes()[:10])
+    try:
+        with pytest.raises(StoreUnavailable, match="open in another process"):
+            open_store("edge", path=folder).drop()
+        assert folder.is_dir()
+    finally:
+        holder.close()
+    open_store("edge", path=folder).drop()
+    assert not folder.exists()
+
+
+def test_restore_after_a_killed_one_clears_an_unreadable_local_folder(tmp_path: Path) -> None:
+    kb = _built(tmp_path, "qdrant")
+    before = store_contents(kb.cfg)
+    assert kb.cli("snapshot", "create").code == 0
+    killed = kb.subprocess("restore", "--latest", "--yes", "--quiet",
+                           env={"KBGUARD_CRASH_AT": "restore-build:1"})
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout, killed.stderr)
+    assert kb.cli("chaos", "truncate-store", "--yes").code == 0   # live and staging copy
+    _assert_unreadable(kb)
+
+    res = kb.cli("restore", "--latest", "--yes", "--json")
+    assert res.code == 0, (res.stdout, res.stderr, res.exception)
+    notes = json.loads(res.stdout)["notes"]
+    assert any("had not switched over" in n for n in notes), notes
+    assert any("could not be opened" in n for n in notes), notes
+    assert kb.cli_json("verify")["healthy"]
+    assert store_contents(kb.cfg) == before
