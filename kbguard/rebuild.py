@@ -29,7 +29,7 @@ from typing import Any
 from kbguard.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
 from kbguard.embed import get_embedder
-from kbguard.errors import KbguardError, ParseError, StoreDamaged
+from kbguard.errors import KbguardError, ParseError, StoreDamaged, StoreError
 from kbguard.faults import crash_point
 from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest, blob_vector, now
@@ -88,9 +88,17 @@ def _refuse_lost_manifest(cfg: Config) -> None:
     try:
         with store_for(cfg) as store:
             info = store.describe()
-        points: int | None = info.points if info.exists else 0
-    except StoreError:
+    except StoreDamaged:
         points = None  # unreadable: whether its files are there decides
+    except StoreError as exc:
+        # Unreachable or refusing: a first build would embed the whole corpus and then fail
+        # at the store, so stop now, unless a snapshot says this is a lost manifest.
+        lost = lost_manifest(cfg)
+        if lost is not None:
+            raise lost from exc
+        raise
+    else:
+        points = info.points if info.exists else 0
     lost = lost_manifest(cfg, store_points=points)
     if lost is not None:
         raise lost

@@ -193,3 +193,55 @@ def test_restore_after_a_killed_one_clears_an_unreadable_local_folder(tmp_path: 
     assert any("could not be opened" in n for n in notes), notes
     assert kb.cli_json("verify")["healthy"]
     assert store_contents(kb.cfg) == before
+
+
+# -- no manifest and a store that raises ------------------------------------------------------
+
+def test_no_manifest_and_an_unreadable_store_names_the_full_rebuild(tmp_path: Path,
+                                                                     backend: str) -> None:
+    kb = _built(tmp_path, backend)
+    assert kb.cli("chaos", "truncate-store", "--yes").code == 0
+    kb.cfg.manifest.unlink()
+
+    res = kb.cli("rebuild")
+    assert res.code == 2, (res.stdout, res.stderr, res.exception)
+    assert "NameError" not in res.stderr and "Internal error" not in res.stderr
+    assert f"is still there ({kb.cfg.store_path})" in res.stderr
+    assert "kbguard rebuild --full" in res.stderr
+    assert not kb.cfg.manifest.exists()
+
+    full = kb.cli_json("rebuild", "--full")
+    assert full["chunks"]["embedded"] == full["chunks"]["total"] > 0
+    assert set(store_contents(kb.cfg)) == manifest_chunk_ids(kb.cfg)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_no_manifest_and_an_unreachable_server_fails_before_embedding(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.md").write_text("# A\n\nSome text about apples.\n")
+    cfg = write_config(tmp_path / "kbguard.toml", corpus, backend="qdrant")
+    text = cfg.read_text().replace('path = "state/store"',
+                                   f'url = "http://127.0.0.1:{_closed_port()}"')
+    cfg.write_text(text)
+    kb = KB(tmp_path, corpus, cfg)
+
+    res = kb.cli("rebuild")
+    assert res.code == 2, (res.stdout, res.stderr, res.exception)
+    assert "cannot be reached" in res.stderr and "NameError" not in res.stderr
+    assert not kb.cfg.manifest.exists()   # failed before parsing or embedding anything
+
+
+def test_no_manifest_and_an_empty_collection_name_is_a_clear_error(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path, backend="qdrant")
+    kb.config_path.write_text(kb.config_path.read_text().replace('collection = "testkb"',
+                                                                 'collection = ""'))
+    res = kb.cli("rebuild", "--quiet")
+    assert res.code == 2, (res.stdout, res.stderr, res.exception)
+    assert "NameError" not in res.stderr and "Internal error" not in res.stderr
+    assert res.stderr.startswith("Error: ") and "Collection name cannot be ''" in res.stderr

@@ -164,6 +164,8 @@ class QdrantStore(Store):
 
     def describe(self) -> CollectionInfo:
         """Whether the collection exists, its named vectors and its exact point count."""
+        if self._client is None and self.path is not None and not (self.path / _META).exists():
+            return CollectionInfo(exists=False)  # opening would create an empty store there
         client = self._connect()
         with self._translate("describing the collection"):
             if not client.collection_exists(self.collection):
