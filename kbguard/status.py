@@ -6,7 +6,7 @@ from typing import Any
 
 from kbguard.config import Config
 from kbguard.errors import KbguardError
-from kbguard.lock import check_unlocked
+from kbguard.lock import check_unlocked, lock_holder
 from kbguard.manifest import Manifest
 from kbguard.rebuild import plan_documents, store_for
 from kbguard.recovery import missing_manifest
@@ -40,6 +40,7 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
             ],
         }
         known = m.documents()
+    _mark_interrupted(cfg, out["last_run"])
     out["store"] = _store(cfg)
     out["latest_snapshot"] = _latest_snapshot(cfg)
     try:
@@ -57,6 +58,23 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
             "up_to_date": not (plan.added or plan.changed or plan.removed),
         }
     return out
+
+
+_RESUME = {
+    "rebuild": "the next `kbguard rebuild` resumes it",
+    "rebuild-full": "the next `kbguard rebuild` resumes it",
+    "repair": "`kbguard verify --repair` finishes it",
+}
+
+
+def _mark_interrupted(cfg: Config, run: dict[str, Any] | None) -> None:
+    """A run recorded as running while no process holds the KB's lock was killed: its process
+    never recorded how it ended. Say so, and what picks it up again."""
+    if run is None or run["status"] != "running" or lock_holder(cfg.manifest) is not None:
+        return
+    run["status"] = "interrupted"
+    resume = _RESUME.get(run["kind"], f"run `kbguard {run['kind']}` again")
+    run["note"] = f"its process ended before the run finished; {resume}"
 
 
 def _latest_snapshot(cfg: Config) -> dict[str, Any] | None:

@@ -245,3 +245,36 @@ def test_no_manifest_and_an_empty_collection_name_is_a_clear_error(tmp_path: Pat
     assert res.code == 2, (res.stdout, res.stderr, res.exception)
     assert "NameError" not in res.stderr and "Internal error" not in res.stderr
     assert res.stderr.startswith("Error: ") and "Collection name cannot be ''" in res.stderr
+
+
+# -- a killed rebuild -------------------------------------------------------------------------
+
+def test_status_after_a_killed_rebuild_says_interrupted(tmp_path: Path) -> None:
+    from kbguard.lock import lock_holder
+
+    kb = make_kb(tmp_path)
+    killed = kb.subprocess("rebuild", "--quiet", env={"KBGUARD_CRASH_AT": "embed-batch:2"})
+    assert killed.returncode == -signal.SIGKILL, (killed.stdout, killed.stderr)
+    assert lock_holder(kb.cfg.manifest) is None
+
+    text = kb.cli("status", "--no-corpus-check")
+    assert text.code == 0, (text.stdout, text.stderr)
+    assert "rebuild interrupted" in text.stdout and "running" not in text.stdout
+    assert "the next `kbguard rebuild` resumes it" in text.stdout
+    st = kb.cli_json("status", "--no-corpus-check")
+    assert st["last_run"]["status"] == "interrupted"
+    assert "the next `kbguard rebuild` resumes it" in st["last_run"]["note"]
+
+    kb.cli_json("rebuild")
+    assert kb.cli_json("status")["last_run"]["status"] == "ok"
+
+
+def test_lock_holder_names_a_live_holder_only(tmp_path: Path) -> None:
+    from kbguard.lock import kb_lock, lock_holder
+
+    manifest = tmp_path / "m.duckdb"
+    assert lock_holder(manifest) is None
+    with kb_lock(manifest, "rebuild"):
+        holder = lock_holder(manifest)
+        assert holder is not None and holder["command"] == "rebuild"
+    assert lock_holder(manifest) is None

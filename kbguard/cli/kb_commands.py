@@ -121,6 +121,8 @@ def _print_status(st: dict[str, Any]) -> None:
         if "seconds" in run:
             line += f" ({run['seconds']} s)"
         stdout.print(line)
+        if run.get("note"):
+            stdout.print(f"             {run['note']}")
         if run.get("error"):
             stdout.print(f"             error: {run['error']}")
     else:
