@@ -104,6 +104,14 @@ def _refuse_lost_manifest(cfg: Config) -> None:
         raise lost
 
 
+def empty_corpus_message(cfg: Config) -> str:
+    """What to say when no file of the corpus matches the config's globs."""
+    excluded = f", minus corpus.exclude ({', '.join(cfg.exclude)})" if cfg.exclude else ""
+    return (f"No file in {cfg.corpus} matches corpus.include ({', '.join(cfg.include)})"
+            f"{excluded}: there is nothing to index. Check the [corpus] globs in {cfg.path}, "
+            "then run `kbguard rebuild`.")
+
+
 @dataclass
 class _DocPlan:
     added: list[ScannedFile]
@@ -219,9 +227,7 @@ class _Rebuild:
                 self.notes.append(f"corpus git revision {view.git_rev}")
             plan = plan_documents(scan, known)
             if not scan.files:
-                self.notes.append(
-                    f"no file in {self.cfg.corpus} matches corpus.include "
-                    f"({', '.join(self.cfg.include)}); check the globs in {self.cfg.path}")
+                self.notes.append(empty_corpus_message(self.cfg))
             settings = parse_settings(self.cfg)
             if (self.m.get_meta("parse_settings") not in (None, settings)
                     and (plan.unchanged or plan.still_failed)):

@@ -8,7 +8,7 @@ from kbguard.config import Config
 from kbguard.errors import KbguardError
 from kbguard.lock import check_unlocked, lock_holder
 from kbguard.manifest import Manifest
-from kbguard.rebuild import plan_documents, store_for
+from kbguard.rebuild import empty_corpus_message, plan_documents, store_for
 from kbguard.recovery import missing_manifest
 from kbguard.scan import scan_corpus
 from kbguard.restore import pending_restore
@@ -56,6 +56,8 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
             "added": len(plan.added), "changed": len(plan.changed),
             "removed": len(plan.removed), "refused": len(plan.refused),
             "up_to_date": not (plan.added or plan.changed or plan.removed),
+            "files": len(scan.files),
+            "problem": None if scan.files else empty_corpus_message(cfg),
         }
     return out
 

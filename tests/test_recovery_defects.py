@@ -278,3 +278,56 @@ def test_lock_holder_names_a_live_holder_only(tmp_path: Path) -> None:
         holder = lock_holder(manifest)
         assert holder is not None and holder["command"] == "rebuild"
     assert lock_holder(manifest) is None
+
+
+# -- a missing store, an empty corpus ---------------------------------------------------------
+
+def test_search_of_a_deleted_store_folder_names_the_rebuild(tmp_path: Path,
+                                                            backend: str) -> None:
+    kb = _built(tmp_path, backend)
+    shutil.rmtree(kb.cfg.store_path)
+
+    res = kb.cli("search", "paragraph")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert "not found" not in res.stderr
+    assert "is missing" in res.stderr and "Run `kbguard rebuild`" in res.stderr
+    assert not kb.cfg.store_path.exists()    # a search creates nothing
+
+    assert kb.cli_json("rebuild")["chunks"]["embedded"] == 0
+    assert kb.cli_json("search", "paragraph")["results"]
+
+
+def test_an_empty_corpus_is_named_by_search_and_status(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "notes.xyz").write_text("not a supported format")
+    kb = KB(tmp_path, corpus, write_config(tmp_path / "kbguard.toml", corpus))
+    assert kb.cli_json("rebuild")["chunks"]["total"] == 0
+    globs = ", ".join(kb.cfg.include)
+
+    res = kb.cli("search", "anything")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert f"No file in {corpus} matches corpus.include ({globs})" in res.stderr
+    assert str(kb.config_path) in res.stderr and "store is empty" not in res.stderr
+    as_json = kb.cli("search", "anything", "--json")
+    assert json.loads(as_json.stdout)["error_type"] == "CorpusError"
+
+    st = kb.cli("status")
+    assert st.code == 0
+    assert f"matches corpus.include ({globs})" in st.stdout and str(kb.config_path) in st.stdout
+    assert "up to date" not in st.stdout
+    assert kb.cli_json("status")["pending"]["files"] == 0
+
+
+def test_search_of_an_emptied_store_names_the_repair(tmp_path: Path) -> None:
+    kb = _built(tmp_path, "edge")
+    chunks = len(manifest_chunk_ids(kb.cfg))
+    assert kb.cli("chaos", "delete-points", "-n", str(chunks), "--yes").code == 0
+
+    res = kb.cli("search", "paragraph")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert f"holds no points, but the manifest lists {chunks} chunks" in res.stderr
+    assert "Run `kbguard verify --repair`" in res.stderr
+    assert kb.cli("verify", "--repair").code == 0
+    assert kb.cli_json("search", "paragraph")["results"]
+

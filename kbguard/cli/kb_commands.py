@@ -146,7 +146,9 @@ def _print_status(st: dict[str, Any]) -> None:
         stdout.print(f"  failed     {f['path']}: {f['error']}")
     if "pending" in st:
         p = st["pending"]
-        if p["up_to_date"]:
+        if p.get("problem"):
+            stdout.print(f"  corpus     {p['problem']}")
+        elif p["up_to_date"]:
             stdout.print("  corpus     up to date")
         else:
             stdout.print(f"  corpus     not indexed yet: {p['added']} added, {p['changed']} changed, "
@@ -168,7 +170,7 @@ def search_cmd(
         emit_json({"query": query, "results": [h.to_dict() for h in hits]})
         return
     if not hits:
-        stdout.print("No results: the store is empty. Run `kbguard rebuild`.")
+        stdout.print("No results.")
     for i, h in enumerate(hits, 1):
         where = f"{h.path}" + (f"  [{h.section}]" if h.section else "")
         stdout.print(f"{i}. {h.score:.3f}  {where}", markup=False)
