@@ -10,6 +10,7 @@
      │    └── ProviderUnavailable  the provider cannot be reached or loaded at all
      ├── StoreError               the vector store rejected an operation
      │    └── StoreUnavailable    the store cannot be opened (missing, locked, damaged)
+     │         └── StoreDamaged    its files are there but cannot be read
      ├── SnapshotError            a snapshot is missing, damaged or untrusted
      │    └── SnapshotDamaged     its files do not match its checksums
      ├── RestoreNeeded            damage beyond a repair from the cache: restore a snapshot
@@ -62,6 +63,11 @@ class StoreError(KbguardError):
 
 class StoreUnavailable(StoreError):
     pass
+
+
+class StoreDamaged(StoreUnavailable):
+    """The store's files are there but the engine cannot open them: nothing in it can be read,
+    so replacing it (`rebuild --full`, `restore`) loses nothing."""
 
 
 class SnapshotError(KbguardError):

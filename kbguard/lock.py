@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from kbguard.errors import LockedError, RestorePending
 
@@ -61,27 +62,41 @@ def _refuse_half_restored(manifest: Path) -> None:
             f"`kbguard restore {snapshot} --yes` to finish it first.")
 
 
-def check_unlocked(manifest: Path) -> None:
-    """Raise LockedError if a writer holds the KB (readers cannot open a manifest being written)."""
+def lock_holder(manifest: Path) -> dict[str, Any] | None:
+    """Who holds the KB's write lock (``pid``, ``command``, ``since`` as far as recorded), or
+    None when no process does. The kernel drops a flock when its process dies, however it
+    dies, so a lock file left by a killed run is free, whatever pid it still names."""
     path = lock_path(manifest)
     if not path.exists():
-        return
+        return None
     fd = os.open(path, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockedError(_held_message(path)) from None
+            return _holder_info(path)
         fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
     finally:
         os.close(fd)
 
 
-def _held_message(path: Path) -> str:
+def check_unlocked(manifest: Path) -> None:
+    """Raise LockedError if a writer holds the KB (readers cannot open a manifest being written)."""
+    if lock_holder(manifest) is not None:
+        raise LockedError(_held_message(lock_path(manifest)))
+
+
+def _holder_info(path: Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
         info = {}
+    return info if isinstance(info, dict) else {}
+
+
+def _held_message(path: Path) -> str:
+    info = _holder_info(path)
     who = (f"`kbguard {info.get('command', '?')}` (pid {info.get('pid', '?')}, since "
            f"{info.get('since', '?')})") if info else "another kbguard process"
     return (f"This KB is busy: {who} holds {path}. Wait for it to finish and run again; "

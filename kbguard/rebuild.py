@@ -29,7 +29,7 @@ from typing import Any
 from kbguard.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
 from kbguard.embed import get_embedder
-from kbguard.errors import KbguardError, ParseError, StoreError
+from kbguard.errors import KbguardError, ParseError, StoreDamaged, StoreError
 from kbguard.faults import crash_point
 from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest, blob_vector, now
@@ -92,12 +92,28 @@ def _refuse_lost_manifest(cfg: Config) -> None:
     try:
         with store_for(cfg) as store:
             info = store.describe()
-        points: int | None = info.points if info.exists else 0
-    except StoreError:
+    except StoreDamaged:
         points = None  # unreadable: whether its files are there decides
+    except StoreError as exc:
+        # Unreachable or refusing: a first build would embed the whole corpus and then fail
+        # at the store, so stop now, unless a snapshot says this is a lost manifest.
+        lost = lost_manifest(cfg)
+        if lost is not None:
+            raise lost from exc
+        raise
+    else:
+        points = info.points if info.exists else 0
     lost = lost_manifest(cfg, store_points=points)
     if lost is not None:
         raise lost
+
+
+def empty_corpus_message(cfg: Config) -> str:
+    """What to say when no file of the corpus matches the config's globs."""
+    excluded = f", minus corpus.exclude ({', '.join(cfg.exclude)})" if cfg.exclude else ""
+    return (f"No file in {cfg.corpus} matches corpus.include ({', '.join(cfg.include)})"
+            f"{excluded}: there is nothing to index. Check the [corpus] globs in {cfg.path}, "
+            "then run `kbguard rebuild`.")
 
 
 @dataclass
@@ -216,9 +232,7 @@ class _Rebuild:
                 self.notes.append(f"corpus git revision {view.git_rev}")
             plan = plan_documents(scan, known)
             if not scan.files:
-                self.notes.append(
-                    f"no file in {self.cfg.corpus} matches corpus.include "
-                    f"({', '.join(self.cfg.include)}); check the globs in {self.cfg.path}")
+                self.notes.append(empty_corpus_message(self.cfg))
             settings = parse_settings(self.cfg)
             if (self.m.get_meta("parse_settings") not in (None, settings)
                     and (plan.unchanged or plan.still_failed)):
@@ -384,14 +398,25 @@ class _Rebuild:
         names = ",".join(sorted(s.name for s in cfg.spaces))
         with store_for(cfg) as store:
             self.progress.stage("store")
-            info = store.describe()
-            if full or not info.exists:
-                if not full and m.scalar("SELECT count(*) FROM store_state WHERE confirmed"):
+            if full:
+                # A store that cannot be opened is what --full exists to replace: drop() deletes
+                # it without reading it, and the cache holds every vector it had.
+                try:
+                    store.describe()
+                    unreadable = False
+                except StoreDamaged:
+                    unreadable = True
+                with m.transaction():
+                    m.con.execute("UPDATE store_state SET confirmed = false")
+                store.drop()
+                if unreadable:
+                    self.notes.append("the store could not be opened: it was deleted and "
+                                      "written again from the embedding cache")
+            elif not store.describe().exists:
+                if m.scalar("SELECT count(*) FROM store_state WHERE confirmed"):
                     self.notes.append("the store was missing: rebuilt from the embedding cache")
                 with m.transaction():
                     m.con.execute("UPDATE store_state SET confirmed = false")
-                if full:
-                    store.drop()
             store.ensure(vector_specs(cfg))
             written, reused = self._upsert_missing(store, names, run_id)
             deleted = self._delete_unwanted(store)

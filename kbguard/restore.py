@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from kbguard.config import Config
-from kbguard.errors import KbguardError, ManifestError, SnapshotError, StoreError
+from kbguard.errors import (KbguardError, ManifestError, SnapshotError, StoreDamaged,
+                            StoreError)
 from kbguard.faults import crash_point
 from kbguard.durable import atomic_write_text, fsync_path
 from kbguard.lock import kb_lock
@@ -133,7 +134,7 @@ def restore(cfg: Config, snapshot_id: str | None = None, *, latest: bool = False
                 points = int(body["counts"]["points"])  # that restore is this one: it is done
             else:
                 points = _restore_into(cfg, live, sid, folder, body, batch_size, stages,
-                                       progress)
+                                       notes, progress)
     seconds = time.perf_counter() - started
     report = RestoreReport(
         kb=cfg.kb, snapshot=sid, backend=cfg.store_backend, points=points,
@@ -204,9 +205,27 @@ def _fmt(spaces: dict[str, tuple[str, int]]) -> str:
     return ", ".join(f"{n}={sid}" for n, (sid, _) in sorted(spaces.items())) or "none"
 
 
+def _clear_leftovers(live: Store, notes: list[str]) -> None:
+    """Delete what dead restores left beside the live store.
+
+    A qdrant-client local folder has to open for that, and for a replacement to be built in
+    it; when it cannot be opened, the KB's collections in it are deleted unread: nothing in
+    them can be read, and the restore under way replaces them. An Edge shard is never opened
+    here, so a damaged one is set aside by the switch as usual.
+    """
+    try:
+        live.drop_leftovers()
+    except StoreDamaged:
+        live.drop()
+        live.drop_leftovers()
+        notes.append("the live store could not be opened: it was deleted, and the snapshot "
+                     "replaces it")
+
+
 def _restore_into(cfg: Config, live: Store, sid: str, folder: Path, body: dict[str, Any],
-                  batch_size: int, stages: dict[str, float], progress: Progress) -> int:
-    live.drop_leftovers()  # no journal: anything staged or set aside is a dead restore's
+                  batch_size: int, stages: dict[str, float], notes: list[str],
+                  progress: Progress) -> int:
+    _clear_leftovers(live, notes)  # no journal: anything staged or set aside is a dead restore's
     tag = secrets.token_hex(4)
     staged = _staged_manifest(cfg, tag)
     stage = live.staging(tag)
@@ -262,7 +281,7 @@ def _finish_interrupted(cfg: Config, live: Store, notes: list[str]) -> str | Non
         return None
     tag, sid = journal["tag"], journal["snapshot"]
     if journal["phase"] == BUILDING:
-        live.drop_leftovers()  # the staging copy, however far its build got
+        _clear_leftovers(live, notes)  # the staging copy, however far its build got
         _remove(_staged_manifest(cfg, tag))
         journal_path(cfg).unlink()
         notes.append(f"an interrupted restore of snapshot {sid} had not switched over; its "

@@ -6,10 +6,12 @@ from dataclasses import asdict, dataclass
 
 from kbguard.config import Config
 from kbguard.embed import get_embedder
-from kbguard.errors import ConfigError
+from kbguard.errors import ConfigError, CorpusError, KbguardError, StoreError, StoreUnavailable
 from kbguard.lock import check_unlocked
-from kbguard.rebuild import store_for
+from kbguard.manifest import Manifest
+from kbguard.rebuild import empty_corpus_message, store_for
 from kbguard.recovery import missing_manifest
+from kbguard.scan import walk_corpus
 
 SNIPPET_CHARS = 240
 
@@ -37,7 +39,13 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
     if not cfg.manifest.exists():
         raise missing_manifest(cfg, never_built="Run `kbguard rebuild` first.")
     with store_for(cfg) as store:
-        store.describe()  # a missing or damaged store fails here, before the model loads
+        info = store.describe()  # a damaged store fails here, before the model loads
+        if not info.exists:
+            raise StoreUnavailable(
+                f"The store of KB '{cfg.kb}' is missing ({cfg.store_url or cfg.store_path}). "
+                "Run `kbguard rebuild`: it writes the store again from the embedding cache.")
+        if not info.points:
+            raise _nothing_to_search(cfg)
         vector = get_embedder(sp).embed_batch([query])[0]
         hits = store.query(sp.name, vector, k)
     return [
@@ -50,6 +58,26 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
         )
         for h in hits
     ]
+
+
+def _nothing_to_search(cfg: Config) -> KbguardError:
+    """Why the store holds no point, with what to do about it."""
+    with Manifest.open(cfg.manifest, read_only=True) as m:
+        chunks = int(m.scalar("SELECT count(*) FROM chunks"))
+        failed = int(m.scalar("SELECT count(*) FROM documents WHERE status = 'failed'"))
+    if chunks:
+        return StoreError(
+            f"The store of KB '{cfg.kb}' holds no points, but the manifest lists {chunks} "
+            "chunks. Run `kbguard verify --repair`: it writes them again from the embedding "
+            "cache.")
+    if cfg.corpus.is_dir() and not any(True for _ in walk_corpus(cfg.corpus, cfg.include,
+                                                                  cfg.exclude)):
+        return CorpusError(f"KB '{cfg.kb}' has nothing to search. {empty_corpus_message(cfg)}")
+    if failed:
+        return CorpusError(
+            f"KB '{cfg.kb}' has nothing to search: all {failed} of its documents failed to "
+            "parse. `kbguard status` lists them with the reason.")
+    return CorpusError(f"KB '{cfg.kb}' has nothing to search yet. Run `kbguard rebuild`.")
 
 
 def _snippet(text: str, section: str) -> str:

@@ -6,9 +6,9 @@ from typing import Any
 
 from kbguard.config import Config
 from kbguard.errors import KbguardError
-from kbguard.lock import check_unlocked
+from kbguard.lock import check_unlocked, lock_holder
 from kbguard.manifest import Manifest
-from kbguard.rebuild import plan_documents, store_for
+from kbguard.rebuild import empty_corpus_message, plan_documents, store_for
 from kbguard.recovery import missing_manifest
 from kbguard.redact import redact_url
 from kbguard.scan import scan_corpus
@@ -45,6 +45,7 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
             ],
         }
         known = m.documents()
+    _mark_interrupted(cfg, out["last_run"])
     out["store"] = _store(cfg)
     out["latest_snapshot"] = _latest_snapshot(cfg)
     try:
@@ -60,8 +61,27 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
             "added": len(plan.added), "changed": len(plan.changed),
             "removed": len(plan.removed), "refused": len(plan.refused),
             "up_to_date": not (plan.added or plan.changed or plan.removed),
+            "files": len(scan.files),
+            "problem": None if scan.files else empty_corpus_message(cfg),
         }
     return out
+
+
+_RESUME = {
+    "rebuild": "the next `kbguard rebuild` resumes it",
+    "rebuild-full": "the next `kbguard rebuild` resumes it",
+    "repair": "`kbguard verify --repair` finishes it",
+}
+
+
+def _mark_interrupted(cfg: Config, run: dict[str, Any] | None) -> None:
+    """A run recorded as running while no process holds the KB's lock was killed: its process
+    never recorded how it ended. Say so, and what picks it up again."""
+    if run is None or run["status"] != "running" or lock_holder(cfg.manifest) is not None:
+        return
+    run["status"] = "interrupted"
+    resume = _RESUME.get(run["kind"], f"run `kbguard {run['kind']}` again")
+    run["note"] = f"its process ended before the run finished; {resume}"
 
 
 def _latest_snapshot(cfg: Config) -> dict[str, Any] | None:

@@ -65,7 +65,7 @@ def test_status_reports_counts_last_run_and_pending_changes(kb: KB) -> None:
     (kb.corpus / "doc0.md").unlink()
     st = kb.cli_json("status")
     assert st["pending"] == {"added": 1, "changed": 0, "removed": 1, "refused": 0,
-                             "up_to_date": False}
+                             "up_to_date": False, "files": 3, "problem": None}
     human = kb.cli("status")
     assert human.code == 0 and "not indexed yet: 1 added" in human.stdout
 

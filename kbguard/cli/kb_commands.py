@@ -107,6 +107,8 @@ def _print_status(st: dict[str, Any]) -> None:
         if "seconds" in run:
             line += f" ({run['seconds']} s)"
         stdout.print(line)
+        if run.get("note"):
+            stdout.print(f"             {run['note']}")
         if run.get("error"):
             stdout.print(f"             error: {run['error']}")
     else:
@@ -130,7 +132,9 @@ def _print_status(st: dict[str, Any]) -> None:
         stdout.print(f"  failed     {one_line(f['path'])}: {one_line(f['error'])}")
     if "pending" in st:
         p = st["pending"]
-        if p["up_to_date"]:
+        if p.get("problem"):
+            stdout.print(f"  corpus     {p['problem']}")
+        elif p["up_to_date"]:
             stdout.print("  corpus     up to date")
         else:
             stdout.print(f"  corpus     not indexed yet: {p['added']} added, {p['changed']} changed, "
@@ -152,7 +156,7 @@ def search_cmd(
         emit_json({"query": query, "results": [h.to_dict() for h in hits]})
         return
     if not hits:
-        stdout.print("No results: the store is empty. Run `kbguard rebuild`.")
+        stdout.print("No results.")
     for i, h in enumerate(hits, 1):
         where = one_line(h.path) + (f"  [{one_line(h.section)}]" if h.section else "")
         stdout.print(f"{i}. {h.score:.3f}  {where}", markup=False)

@@ -7,6 +7,7 @@ time: the WAL folder is locked, even against a second open in the same process.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kbguard.errors import StoreError, StoreUnavailable
+from kbguard.errors import StoreDamaged, StoreError, StoreUnavailable
 from kbguard.durable import fsync_path
 from kbguard.store._common import (
     canonical_id,
@@ -88,7 +89,7 @@ class EdgeStore(Store):
             _reraise_interrupts(exc)
             if "WouldBlock" in str(exc):
                 raise self._locked_error() from exc
-            raise StoreUnavailable(
+            raise StoreDamaged(
                 f"The Edge store at {self.path} cannot be opened: {engine_message(exc)}. "
                 "Run `kbguard restore --latest` or `kbguard rebuild --full`."
             ) from exc
@@ -127,7 +128,7 @@ class EdgeStore(Store):
                 for name, p in vectors.items()
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise StoreUnavailable(
+            raise StoreDamaged(
                 f"The Edge store at {self.path} has an unreadable {_CONFIG_FILE} ({exc}). "
                 "Run `kbguard restore --latest` or `kbguard rebuild --full`."
             ) from exc
@@ -182,22 +183,43 @@ class EdgeStore(Store):
                 "Check the store path in the KB config."
             )
         # Deleting a shard another process is writing would corrupt its work: take the lock
-        # first. A shard too damaged to load is exactly what drop() exists to clear away.
+        # first. A shard too damaged to load is exactly what drop() exists to clear away, but
+        # the engine reads the segments before it locks the WAL, so a failed load proves
+        # nothing about other openers: take the WAL's lock directly for that case.
         try:
             shard = self._load()
-        except _ShardLocked:
-            raise
-        except StoreUnavailable:
+        except StoreDamaged:
+            with self._wal_lock():
+                self._delete_folder()
+            return
+        try:
+            shard.close()
+        except Exception:  # noqa: BLE001 - the folder is deleted next either way
             pass
-        else:
-            try:
-                shard.close()
-            except Exception:  # noqa: BLE001 - the folder is deleted next either way
-                pass
+        self._delete_folder()
+
+    def _delete_folder(self) -> None:
         try:
             shutil.rmtree(self.path)
         except OSError as exc:
             raise StoreError(f"Could not delete the Edge store at {self.path}: {exc}.") from exc
+
+    @contextmanager
+    def _wal_lock(self) -> Iterator[None]:
+        """Hold the lock an opener of the shard holds: the engine flocks the ``wal`` folder."""
+        try:
+            fd = os.open(self.path / "wal", os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            yield  # no WAL folder, so no opener can hold it
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._locked_error() from None
+            yield
+        finally:
+            os.close(fd)
 
     def upsert(self, points: Sequence[Point]) -> None:
         """Insert or replace whole points (every named vector and the payload)."""

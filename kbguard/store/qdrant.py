@@ -6,7 +6,11 @@ SQLite, so only open folders you wrote yourself, and it keeps every point in mem
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import secrets
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from kbguard.errors import ConfigError, StoreError, StoreUnavailable
+from kbguard.durable import atomic_write_text, fsync_path
+from kbguard.errors import ConfigError, StoreDamaged, StoreError, StoreUnavailable
 from kbguard.redact import redact_url, scrub, url_secrets
 from kbguard.store._common import (
     canonical_id,
@@ -33,6 +38,12 @@ _F32_EPS = np.float32(1.1920929e-7)  # local mode leaves vectors with a smaller 
 _TO_QDRANT = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
 # gRPC status codes that mean "could not reach or talk to the server", not "bad request".
 _GRPC_UNAVAILABLE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED", "PERMISSION_DENIED"}
+# qdrant-client's local mode: its collections and aliases, the folder lock it flocks, the
+# folder of each collection's storage, and where kbguard moves a collection it deletes by hand
+_META = "meta.json"
+_LOCK = ".lock"
+_COLLECTIONS = "collection"
+_DROPPED = ".dropped-"
 
 
 class QdrantStore(Store):
@@ -97,10 +108,7 @@ class QdrantStore(Store):
             self._client = QdrantClient(path=str(self.path))
         except RuntimeError as exc:
             if "already accessed" in str(exc):
-                raise StoreUnavailable(
-                    f"The Qdrant local store at {self.path} is open in another process or client; "
-                    "wait for it to finish."
-                ) from exc
+                raise self._busy() from exc
             raise self._damaged(exc) from exc
         except Exception as exc:  # noqa: BLE001 - unpickling a damaged folder can raise anything
             raise self._damaged(exc) from exc
@@ -123,8 +131,14 @@ class QdrantStore(Store):
     def _secrets(self) -> list[str]:
         return [*url_secrets(self.url), *([self._api_key] if self._api_key else [])]
 
-    def _damaged(self, exc: BaseException) -> StoreUnavailable:
+    def _busy(self) -> StoreUnavailable:
         return StoreUnavailable(
+            f"The Qdrant local store at {self.path} is open in another process or client; "
+            "wait for it to finish."
+        )
+
+    def _damaged(self, exc: BaseException) -> StoreDamaged:
+        return StoreDamaged(
             f"The Qdrant local store at {self.path} cannot be opened: {engine_message(exc)}. "
             "Run `kbguard restore --latest` or `kbguard rebuild --full`."
         )
@@ -176,6 +190,8 @@ class QdrantStore(Store):
 
     def describe(self) -> CollectionInfo:
         """Whether the collection exists, its named vectors and its exact point count."""
+        if self._client is None and self.path is not None and not (self.path / _META).exists():
+            return CollectionInfo(exists=False)  # opening would create an empty store there
         client = self._connect()
         with self._translate("describing the collection"):
             if not client.collection_exists(self.collection):
@@ -210,9 +226,22 @@ class QdrantStore(Store):
             self._connect().create_collection(self.collection, vectors_config=config)
 
     def drop(self) -> None:
-        """Delete the collection and its points; no error if it is not there."""
+        """Delete the collection and its points; no error if it is not there.
+
+        In local mode a folder the client cannot open (a damaged collection) is cleared of
+        this KB's collections without opening it.
+        """
         from qdrant_client import models
 
+        if self.path is not None and self._client is None:
+            if not (self.path / _META).exists():
+                self._drop_unopened()  # nothing the client knows of; clear stray folders
+                return
+            try:
+                self._connect()
+            except StoreDamaged:
+                self._drop_unopened()
+                return
         client = self._connect()
         with self._translate("deleting the collection"):
             target = self._aliases().get(self.collection)
@@ -224,6 +253,100 @@ class QdrantStore(Store):
                 client.delete_collection(target)
             elif client.collection_exists(self.collection):
                 client.delete_collection(self.collection)
+
+    def _mine(self, name: str) -> bool:
+        """Whether a collection of the folder is this KB's: its own, or a staging copy."""
+        return name == self.collection or name.startswith(self.collection + "--")
+
+    def _drop_unopened(self) -> None:
+        """Delete this KB's collections from a local folder by editing the folder itself.
+
+        The client loads every collection of the folder when it opens it, so one unreadable
+        collection keeps it from ever reaching ``delete_collection``. Under the client's own
+        folder lock, the KB's collection folders (its name, the collection its alias points at,
+        its staging copies) are first moved out of ``collection/``, then ``meta.json`` is
+        rewritten without them, then they are deleted. That order matters: the client gives a
+        new collection whatever storage it finds under its name, so a folder left in place
+        would come back to life; killed at any step, running drop again finishes the job.
+        """
+        assert self.path is not None
+        if not (self.path / _META).exists() and not (self.path / _COLLECTIONS).is_dir():
+            return  # no collection was ever made here
+        with self._folder_lock():
+            for stale in self.path.glob(_DROPPED + "*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            base = self.path / _COLLECTIONS
+            on_disk = sorted(d.name for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
+            meta = self._read_meta()
+            if meta is None:
+                others = [n for n in on_disk if not self._mine(n)]
+                if others:
+                    raise StoreDamaged(
+                        f"The Qdrant local store at {self.path} cannot be opened and its {_META} "
+                        f"is missing or unreadable, while the folder also holds the collections "
+                        f"{', '.join(others)} of other KBs: kbguard will not guess which files "
+                        "are whose. Give this KB a store.path of its own in the config, or "
+                        "repair the folder by hand.")
+                doomed = set(on_disk)
+                meta = {"collections": {}, "aliases": {}}
+            else:
+                target = meta["aliases"].get(self.collection)
+                doomed = {n for n in [*meta["collections"], *on_disk]
+                          if self._mine(n) or n == target}
+                meta["collections"] = {n: c for n, c in meta["collections"].items()
+                                       if n not in doomed}
+                meta["aliases"] = {a: n for a, n in meta["aliases"].items()
+                                   if a != self.collection and n not in doomed}
+                if isinstance(meta.get("text_indexes"), dict):
+                    meta["text_indexes"] = {n: t for n, t in meta["text_indexes"].items()
+                                            if n not in doomed}
+            aside = self.path / f"{_DROPPED}{secrets.token_hex(4)}"
+            try:
+                for name in sorted(doomed):
+                    if _inside(base, name) and (base / name).is_dir():
+                        aside.mkdir(exist_ok=True)
+                        os.rename(base / name, aside / name)
+                if aside.exists():
+                    fsync_path(base)
+                atomic_write_text(self.path / _META, json.dumps(meta))
+                shutil.rmtree(aside, ignore_errors=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"Could not delete the {self.where}: {exc}. Fix the cause and run the "
+                    "command again; it finishes the deletion.") from exc
+        try:
+            self._connect()
+        except StoreDamaged as exc:
+            raise StoreDamaged(
+                f"The Qdrant local store at {self.path} still cannot be opened after the "
+                f"collections of KB {self.collection!r} were deleted from it: another "
+                f"collection in the folder is damaged ({engine_message(exc)}). Give this KB a "
+                "store.path of its own in the config.") from exc
+
+    def _read_meta(self) -> dict[str, Any] | None:
+        assert self.path is not None
+        try:
+            meta = json.loads((self.path / _META).read_text())
+        except (OSError, ValueError):
+            return None
+        if (not isinstance(meta, dict) or not isinstance(meta.get("collections"), dict)
+                or not isinstance(meta.get("aliases"), dict)):
+            return None
+        return meta
+
+    @contextmanager
+    def _folder_lock(self) -> Iterator[None]:
+        """Hold the lock a client of the folder holds (qdrant-client flocks ``.lock``)."""
+        assert self.path is not None
+        fd = os.open(self.path / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._busy() from None
+            yield
+        finally:
+            os.close(fd)
 
     def upsert(self, points: Sequence[Point]) -> None:
         """Insert or replace whole points; returns once the server has applied the batch."""
@@ -402,6 +525,13 @@ class QdrantStore(Store):
             norm = np.linalg.norm(v)
             out[i] = v / norm if norm > _F32_EPS else v  # the same arithmetic as local mode
         return out
+
+
+def _inside(base: Path, name: str) -> bool:
+    """Whether collection ``name``'s folder lies strictly inside ``base`` (a name from a
+    damaged meta.json, or an empty one, must never make kbguard move ``base`` or beyond)."""
+    root = base.resolve()
+    return root in (base / name).resolve().parents
 
 
 def _grpc_code(exc: BaseException) -> str | None:
