@@ -20,7 +20,7 @@ from typing import Any
 from kbguard.config import Config
 from kbguard.errors import RestoreNeeded
 from kbguard.lock import kb_lock
-from kbguard.manifest import Manifest, blob_vector, now
+from kbguard.manifest import Manifest, blob_vector, now, require_writable
 from kbguard.progress import SILENT, Progress
 from kbguard.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
 
@@ -51,6 +51,8 @@ def repair_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
     started = time.perf_counter()
     opts = CheckOptions(sample=sample, deep=deep)
     with kb_lock(cfg.manifest, "verify --repair"):
+        if cfg.manifest.exists():
+            require_writable(cfg.manifest)  # before the check, not after it
         before, plan = check_kb(cfg, opts, progress)
         record_check(cfg, before, kind="verify")
         if plan.store_unreadable:
