@@ -21,10 +21,11 @@ def fsync_path(path: Path) -> None:
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder, fsynced and
     renamed into place; on any error the temporary file is removed and ``path`` is untouched.
-    A full disk raises DiskFullError.
+
+    The folder must exist: creating folders is the caller's decision, never a side effect of a
+    write (a mistyped path must not leave a new tree behind). A full disk raises DiskFullError.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         _write_replace(path, text, mode)
     except OSError as exc:

@@ -167,10 +167,13 @@ def verify_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
 
     Holds the KB lock for the check, so a rebuild cannot change the KB halfway through it (and a
     check never waits: a busy KB raises LockedError at once). ``prom_file`` receives Prometheus
-    textfile-collector metrics, also when the check cannot run.
+    textfile-collector metrics, also when the check cannot run; a place they cannot be
+    written is refused before anything is checked.
     """
-    from kbguard.prom import write_metrics
+    from kbguard.prom import check_target, write_metrics
 
+    if prom_file is not None:
+        check_target(prom_file)
     started = time.time()
     try:
         if sample < 0:

@@ -19,6 +19,7 @@ import pytest
 from conftest import BACKENDS, KB, long_markdown, make_kb, manifest_chunk_ids, store_contents
 
 from kbguard.disk import free_bytes
+from kbguard.durable import atomic_write_text
 from kbguard.errors import DiskFullError
 from kbguard.progress import Progress
 from kbguard.rebuild import rebuild, store_for
@@ -391,3 +392,45 @@ def test_folder_symlink_out_that_no_glob_could_select_is_not_reported(tmp_path: 
     kb.config_path.write_text(text)
     os.symlink(outside, kb.corpus / "vendor")      # excluded as a folder
     assert [f["path"] for f in kb.cli_json("rebuild")["failures"]] == ["linked"]
+
+
+# -- 5. --prom-file to a place it cannot be written -------------------------------------------
+
+def test_prom_file_in_a_missing_folder_is_refused_before_the_check(kb: KB,
+                                                                  tmp_path: Path) -> None:
+    kb.cli_json("rebuild")
+    target = tmp_path / "nonexistent" / "dir" / "x.prom"
+    res = kb.cli("verify", "--prom-file", str(target))
+    assert res.code == 2
+    no_traceback(res.stdout, res.stderr)
+    assert (f"--prom-file {target}: the folder {target.parent} does not exist, and kbguard "
+            "does not create it.") in res.stderr
+    assert "Nothing was checked." in res.stderr
+    assert not (tmp_path / "nonexistent").exists()
+    assert kb.cli_json("status")["last_check"] is None
+
+
+def test_prom_file_in_an_unwritable_folder_is_refused_before_the_check(kb: KB,
+                                                                      tmp_path: Path) -> None:
+    kb.cli_json("rebuild")
+    folder = tmp_path / "textfile"
+    folder.mkdir()
+    _immutable(folder)
+    try:
+        res = kb.cli("verify", "--prom-file", str(folder / "kb.prom"))
+        assert res.code == 2
+        no_traceback(res.stdout, res.stderr)
+        assert f"--prom-file {folder / 'kb.prom'}: cannot write in {folder} (" in res.stderr
+        assert "Nothing was checked." in res.stderr
+        assert list(folder.iterdir()) == []
+    finally:
+        _mutable(folder)
+    assert kb.cli_json("status")["last_check"] is None
+    res = kb.cli("verify", "--prom-file", str(folder))
+    assert res.code == 2 and f"--prom-file {folder} is a folder" in res.stderr
+
+
+def test_atomic_writes_never_create_folders(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        atomic_write_text(tmp_path / "a" / "b" / "c.txt", "x")
+    assert list(tmp_path.iterdir()) == []
