@@ -1,4 +1,5 @@
-"""Full disks, read-only manifests, and corpus entries that are not regular files.
+"""Full disks, read-only manifests, corpus entries that are not regular files, and --prom-file
+targets that cannot be written.
 
 Full disks are real: small tmpfs mounts filled with a preallocated file (skipped with the reason
 where this machine does not allow mounting). Read-only manifests are real too: `chattr +i` on
