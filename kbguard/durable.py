@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from kbguard.disk import disk_full, is_disk_full
+
 
 def fsync_path(path: Path) -> None:
     """Flush a file, or the renames and removals inside a folder, to disk."""
@@ -18,9 +20,23 @@ def fsync_path(path: Path) -> None:
 
 def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     """Write ``text`` to ``path`` through a temporary file in the same folder, fsynced and
-    renamed into place; on any error the temporary file is removed and ``path`` is untouched."""
+    renamed into place; on any error the temporary file is removed and ``path`` is untouched.
+
+    The folder must exist: creating folders is the caller's decision, never a side effect of a
+    write (a mistyped path must not leave a new tree behind). A full disk raises DiskFullError.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_replace(path, text, mode)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, f"write {path}", needed=len(text.encode("utf-8")),
+                            resume="run the command again") from exc
+        raise
+    fsync_path(path.parent)
+
+
+def _write_replace(path: Path, text: str, mode: int | None) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -36,4 +52,3 @@ def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None
         except OSError:
             pass
         raise
-    fsync_path(path.parent)

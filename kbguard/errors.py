@@ -5,6 +5,8 @@
      ├── CorpusError              the corpus folder is missing or unreadable
      ├── LockedError              another kbguard process holds this KB
      ├── ManifestError            the DuckDB manifest cannot be opened, read or migrated
+     │    └── ManifestReadOnly    it can be read but not written (read-only filesystem, file
+     │                            attributes, permissions): reading commands still work
      ├── ParseError               one document could not be parsed (recorded, never fatal to a run)
      ├── EmbedError               an embedding provider failed
      │    └── ProviderUnavailable  the provider cannot be reached or loaded at all
@@ -13,6 +15,8 @@
      │         └── StoreDamaged    its files are there but cannot be read
      ├── SnapshotError            a snapshot is missing, damaged or untrusted
      │    └── SnapshotDamaged     its files do not match its checksums
+     ├── DiskFullError            a filesystem kbguard writes to is full, or too full for the next
+     │                            write: names the filesystem, what is free and what is needed
      ├── RestoreNeeded            damage beyond a repair from the cache: restore a snapshot
      └── RestorePending           a killed restore must be finished before anything else
 
@@ -43,6 +47,10 @@ class LockedError(KbguardError):
 
 class ManifestError(KbguardError):
     pass
+
+
+class ManifestReadOnly(ManifestError):
+    """The manifest cannot be written; nothing is wrong with what it holds."""
 
 
 class ParseError(KbguardError):
@@ -79,6 +87,11 @@ class SnapshotDamaged(SnapshotError):
 
     `kbguard snapshot verify` reports it as a finding (exit 1); for a restore it is a reason
     the work cannot be done (exit 2, as every SnapshotError)."""
+
+
+class DiskFullError(KbguardError):
+    """No room to write. Whatever was committed before is kept: once there is room, the same
+    command continues where it stopped."""
 
 
 class RestoreNeeded(KbguardError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -11,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kbguard.errors import LockedError, RestorePending
+from kbguard.errors import LockedError, ManifestReadOnly, RestorePending
 
 
 def lock_path(manifest: Path) -> Path:
@@ -19,11 +20,19 @@ def lock_path(manifest: Path) -> Path:
 
 
 @contextmanager
-def kb_lock(manifest: Path, command: str) -> Iterator[None]:
-    """Hold the KB's write lock, or raise LockedError at once naming the holder."""
+def kb_lock(manifest: Path, command: str, *, reader: bool = False) -> Iterator[None]:
+    """Hold the KB's write lock, or raise LockedError at once naming the holder.
+
+    ``reader``: the command only reads the manifest (verify). Where the lock file cannot be
+    written (a read-only filesystem or folder), no writer can take it either: a reader then
+    locks the existing file opened read-only (flock needs no write access), or runs without a
+    lock where there is no lock file; a writer is refused with ManifestReadOnly.
+    """
     path = lock_path(manifest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(manifest, path, command, reader)
+    if fd is None:
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -31,17 +40,51 @@ def kb_lock(manifest: Path, command: str) -> Iterator[None]:
             raise LockedError(_held_message(path)) from None
         info = {"pid": os.getpid(), "command": command,
                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        _note_holder(fd, json.dumps(info).encode())
         try:
             if command != "restore":
                 _refuse_half_restored(manifest)
             yield
         finally:
-            os.ftruncate(fd, 0)
+            _note_holder(fd, b"")
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _open_lock(manifest: Path, path: Path, command: str, reader: bool) -> int | None:
+    from kbguard.disk import disk_full, is_disk_full, not_writable
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, f"create the KB's lock file {path}") from exc
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        if reader:
+            try:
+                return os.open(path, os.O_RDONLY)  # flock needs no write access
+            except OSError:
+                return None
+        reason = not_writable(path) or f"{path}: {exc.strerror}"
+        raise ManifestReadOnly(
+            f"`kbguard {command}` cannot take the KB's lock: {reason}. A command that writes "
+            f"the KB needs the folder of the manifest ({manifest.parent}) writable; reading "
+            "commands still work (`kbguard status`, `kbguard search`, `kbguard verify`). Make "
+            "it writable again and run the command again.") from exc
+
+
+def _note_holder(fd: int, info: bytes) -> None:
+    """Who holds the lock, for the message a second command shows. Only a courtesy: on a full
+    disk (or a read-only lock file) the lock itself still works, so a failed write is ignored."""
+    try:
+        os.ftruncate(fd, 0)
+        if info:
+            os.pwrite(fd, info, 0)
+    except OSError:
+        pass
 
 
 def _refuse_half_restored(manifest: Path) -> None:

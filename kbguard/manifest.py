@@ -20,7 +20,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from kbguard.errors import ManifestError
+from kbguard.disk import disk_full, file_in_message, is_disk_full, is_read_only_error, not_writable
+from kbguard.errors import KbguardError, ManifestError, ManifestReadOnly
 from kbguard.migrations import MIGRATIONS
 from kbguard.redact import scrub_data
 
@@ -73,7 +74,7 @@ class Manifest:
 
     def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, read_only: bool):
         self.path = path
-        self.con = con
+        self.con: Any = _Connection(con, path)
         self.read_only = read_only
 
     # -- opening -----------------------------------------------------------------------------
@@ -85,12 +86,25 @@ class Manifest:
             raise ManifestError(
                 f"No manifest at {path}: this KB has not been built yet. Run `kbguard rebuild`."
             )
+        # DuckDB leaves a file of 0 bytes when it cannot write a new database's header (a full
+        # disk, a kill at the wrong moment). It holds nothing, and DuckDB refuses to open it.
+        empty = path.is_file() and path.stat().st_size == 0 and not _wal(path).exists()
+        if read_only and empty:
+            raise ManifestError(
+                f"{path} is an empty manifest: a first build was interrupted before it wrote "
+                "anything. Run `kbguard rebuild`.")
         if not read_only:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            require_writable(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if empty:
+                    path.unlink()
+            except OSError as exc:
+                raise _translate(exc, path, writing=True) from exc
         try:
             con = duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as exc:
-            raise _translate(exc, path) from exc
+            raise _translate(exc, path, writing=not read_only) from exc
         m = cls(path, con, read_only)
         try:
             if read_only:
@@ -101,8 +115,8 @@ class Manifest:
                     m._bind_kb(kb)
         except duckdb.Error as exc:
             con.close()
-            raise _translate(exc, path) from exc
-        except ManifestError:
+            raise _translate(exc, path, writing=not read_only) from exc
+        except KbguardError:
             con.close()
             raise
         return m
@@ -310,8 +324,94 @@ class Manifest:
         }
 
 
-def _translate(exc: duckdb.Error, path: Path) -> ManifestError:
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
+
+
+class _Connection:
+    """The manifest's DuckDB connection, with a full disk translated into DiskFullError.
+
+    DuckDB reports a full disk from whichever statement happened to write (usually a COMMIT,
+    which appends to the WAL, or a COPY into a snapshot), as an IO or transaction error. Every
+    statement goes through here, so no caller has to recognise those. A COMMIT that failed has
+    already rolled back: the ROLLBACK a caller's cleanup sends next is then a no-op, not a
+    second error that would hide the first.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path):
+        self._con = con
+        self._path = path
+        self._full = False
+
+    def execute(self, query: str, parameters: Any = None) -> _Connection:
+        try:
+            if parameters is None:
+                self._con.execute(query)
+            else:
+                self._con.execute(query, parameters)
+        except duckdb.Error as exc:
+            if self._full and query.strip().upper() == "ROLLBACK":
+                return self
+            full = self._disk_full(exc)
+            if full is None:
+                raise
+            raise full from exc
+        return self
+
+    def executemany(self, query: str, parameters: Any = None) -> _Connection:
+        try:
+            self._con.executemany(query, parameters)
+        except duckdb.Error as exc:
+            full = self._disk_full(exc)
+            if full is None:
+                raise
+            raise full from exc
+        return self
+
+    def cursor(self) -> _Connection:
+        return _Connection(self._con.cursor(), self._path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+    def _disk_full(self, exc: duckdb.Error) -> KbguardError | None:
+        if not is_disk_full(exc):
+            return None
+        self._full = True
+        target = file_in_message(exc) or self._path
+        manifest = target.name.startswith(self._path.name) and target.parent == self._path.parent
+        return disk_full(target, f"write the manifest {self._path}" if manifest
+                         else f"write {target}")
+
+
+def require_writable(path: Path) -> None:
+    """Raise ManifestReadOnly if the manifest at ``path`` (or the folder for a new one) cannot
+    be written; a command that will write it checks this before it starts its work."""
+    reason = not_writable(path)
+    if reason is not None:
+        raise ManifestReadOnly(_read_only_message(path, reason))
+
+
+def _read_only_message(path: Path, reason: str) -> str:
+    return (f"The manifest {path} cannot be written: {reason}. What it holds is fine, and the "
+            "commands that only read it still work: `kbguard status`, `kbguard search` and "
+            "`kbguard verify` (which then cannot record its check). To rebuild, repair, take a "
+            "snapshot or restore, make it writable again (remount the filesystem read-write, "
+            "`chattr -i`, fix the permissions) and run the command again.")
+
+
+def _translate(exc: Exception, path: Path, *, writing: bool) -> KbguardError:
     text = str(exc)
+    if is_disk_full(exc):
+        return disk_full(file_in_message(exc) or path, f"write the manifest {path}")
+    if is_read_only_error(exc):
+        reason = not_writable(path) if writing else None
+        if reason is not None:
+            return ManifestReadOnly(_read_only_message(path, reason))
+        first = text.splitlines()[0] if text else repr(exc)
+        return ManifestError(
+            f"The manifest {path} cannot be opened: {first}. Nothing suggests it is damaged: "
+            "check the permissions of the file and its folder, and run the command again.")
     if "lock" in text.lower():
         return ManifestError(
             f"The manifest {path} is in use by another process ({text.splitlines()[0]}). "

@@ -8,12 +8,15 @@ could not check: it is read back from the previous file.
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kbguard.durable import atomic_write_text
+from kbguard.errors import ConfigError, KbguardError
 from kbguard.redact import scrub
 if TYPE_CHECKING:
     from kbguard.verify import VerifyReport
@@ -63,6 +66,31 @@ def render_metrics(kb: str, report: VerifyReport | None, *, started: float,
     return "\n".join(lines) + "\n"
 
 
+def check_target(path: Path) -> None:
+    """Refuse, before anything is checked, a metrics file that could not be written: its
+    folder must exist (it is never created: a typo would otherwise grow a new tree that no
+    exporter reads) and take a new file (the atomic write goes through one)."""
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"--prom-file {path} is a folder; name a file in it, such as "
+                          f"{path / 'kbguard.prom'}. Nothing was checked.")
+    if not folder.is_dir():
+        raise ConfigError(
+            f"--prom-file {path}: the folder {folder} does not exist, and kbguard does not "
+            "create it. Point --prom-file into node_exporter's textfile directory (or create "
+            "the folder first). Nothing was checked.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ConfigError(
+            f"--prom-file {path}: cannot write in {folder} ({exc.strerror}). Make the folder "
+            "writable for this user, or point --prom-file elsewhere. Nothing was checked."
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
 def write_metrics(path: Path, kb: str, report: VerifyReport | None, *, started: float,
                   error: str | None = None) -> None:
     """Write the metrics of one check to ``path`` atomically."""
@@ -70,7 +98,17 @@ def write_metrics(path: Path, kb: str, report: VerifyReport | None, *, started: 
     completed = report is not None and report.exit_code != 2
     last_success = started if completed else _previous_success(path)
     text = render_metrics(kb, report, started=started, last_success=last_success, error=error)
-    atomic_write_text(path, text, mode=0o644)  # the exporter usually runs as another user
+    try:
+        atomic_write_text(path, text, mode=0o644)  # the exporter usually runs as another user
+    except KbguardError:
+        raise
+    except OSError as exc:
+        outcome = ("could not check" if report is None else "healthy" if report.healthy
+                   else f"{report.total} findings")
+        raise KbguardError(
+            f"The check ran ({outcome}), but its metrics could not be written to {path}: "
+            f"{exc.strerror or exc}. Fix that file or its folder and run the check again."
+        ) from exc
 
 
 def _previous_success(path: Path) -> float | None:

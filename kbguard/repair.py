@@ -21,7 +21,7 @@ from kbguard.config import Config
 from kbguard.recovery import missing_manifest
 from kbguard.errors import RestoreNeeded
 from kbguard.lock import kb_lock
-from kbguard.manifest import Manifest, blob_vector, now
+from kbguard.manifest import Manifest, blob_vector, now, require_writable
 from kbguard.progress import SILENT, Progress
 from kbguard.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
 
@@ -55,6 +55,8 @@ def repair_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
         raise missing_manifest(cfg, never_built="There is nothing to repair; run "
                                "`kbguard rebuild`.")
     with kb_lock(cfg.manifest, "verify --repair"):
+        if cfg.manifest.exists():
+            require_writable(cfg.manifest)  # before the check, not after it
         before, plan = check_kb(cfg, opts, progress)
         record_check(cfg, before, kind="verify")
         if plan.store_unreadable:

@@ -31,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from kbguard.config import Config
-from kbguard.errors import (KbguardError, ManifestError, SnapshotError, StoreDamaged,
-                            StoreError)
+from kbguard.disk import disk_full, existing_ancestor, free_bytes
+from kbguard.errors import (DiskFullError, KbguardError, ManifestError, SnapshotError,
+                            StoreDamaged, StoreError)
 from kbguard.faults import crash_point
 from kbguard.durable import atomic_write_text, fsync_path
 from kbguard.lock import kb_lock
@@ -42,6 +45,7 @@ from kbguard.manifest import Manifest, now
 from kbguard.progress import SILENT, Progress
 from kbguard.snapshot import (
     BATCH,
+    POINTS_FILE,
     TABLES,
     VECTOR_PREFIX,
     list_snapshots,
@@ -133,6 +137,7 @@ def restore(cfg: Config, snapshot_id: str | None = None, *, latest: bool = False
             if finished == sid:
                 points = int(body["counts"]["points"])  # that restore is this one: it is done
             else:
+                _check_room(cfg, live, sid, folder, body)
                 points = _restore_into(cfg, live, sid, folder, body, batch_size, stages,
                                        notes, progress)
     seconds = time.perf_counter() - started
@@ -199,6 +204,51 @@ def _check_fits(cfg: Config, sid: str, body: dict[str, Any]) -> None:
             f"Snapshot {sid} holds the spaces {_fmt(have)}, but the config has {_fmt(want)}. "
             "Vectors of different models never mix: restore with the config the snapshot was "
             "taken with, or run `kbguard rebuild --full` for the new spaces.")
+
+
+# A DuckDB manifest takes about twice the raw bytes of its rows (measured: ~3 KB per 384-d
+# cached vector) plus a few MiB that even a small one allocates in blocks.
+_MANIFEST_FACTOR = 2
+_MANIFEST_BASE = 4 << 20
+
+
+def _check_room(cfg: Config, live: Store, sid: str, folder: Path, body: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a restore whose copy cannot fit: the staging store
+    and manifest are built beside the live ones, which stay until the switch. The sizes come
+    from the snapshot (its points and the uncompressed size of its Parquet files)."""
+    points = int(body["counts"]["points"])
+    wants: list[tuple[Path, int, str]] = []
+    store = live.space_needed(points, _uncompressed(folder / POINTS_FILE))
+    if store is not None:
+        wants.append((store[0], store[1], f"the store's {points:,} points"))
+    tables = sum(_uncompressed(folder / f"{t}.parquet") for t in TABLES)
+    wants.append((cfg.manifest, _MANIFEST_FACTOR * tables + _MANIFEST_BASE, "the manifest"))
+    by_fs: dict[int, tuple[Path, int, list[str]]] = {}
+    for path, needed, what in wants:
+        try:
+            dev = existing_ancestor(path).stat().st_dev
+        except OSError:
+            continue
+        where, total, whats = by_fs.get(dev, (path, 0, []))
+        by_fs[dev] = (where, total + needed, [*whats, what])
+    for where, needed, whats in by_fs.values():
+        try:
+            free = free_bytes(where)
+        except OSError:
+            continue
+        if free < needed:
+            raise disk_full(
+                where, f"restore snapshot {sid} (a copy of {' and '.join(whats)} is built "
+                "beside the live KB until the switch)", needed=needed,
+                resume="run the restore again; the KB was not touched")
+
+
+def _uncompressed(path: Path) -> int:
+    try:
+        meta = pq.ParquetFile(path).metadata
+        return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    except (OSError, ValueError, pa.ArrowException):
+        return 0  # verify_folder has read it already; an estimate is not worth failing over
 
 
 def _fmt(spaces: dict[str, tuple[str, int]]) -> str:
@@ -320,6 +370,8 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
             stage.flush()
         finally:
             loader.join()  # never close the manifest under a thread still writing into it
+        if isinstance(loader.error, DiskFullError):
+            raise loader.error
         if loader.error is not None:
             raise ManifestError(f"Loading the snapshot's tables into the new manifest failed: "
                                 f"{loader.error}. The KB was not switched.") from loader.error

@@ -7,9 +7,11 @@ unchanged file is never read twice.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -48,10 +50,45 @@ class ScanResult:
 
 def file_md5(path: Path) -> str:
     h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
+    # O_NONBLOCK: a file swapped for a FIFO after the scan looked at it must not hang the read
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as fh:
+        kind = _not_regular(os.fstat(fd).st_mode)
+        if kind:
+            raise OSError(errno.EINVAL, f"{kind} is not a regular file", str(path))
         while block := fh.read(_READ_SIZE):
             h.update(block)
     return h.hexdigest()
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a file that is not a regular file is (a FIFO, a socket, a device); None if regular."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a special file"
+
+
+def _may_hold(folder: str, patterns: Iterable[str]) -> bool:
+    """Whether a glob could select a file somewhere inside ``folder`` (a relative path)."""
+    parts = folder.split("/")
+    for pattern in patterns:
+        segments = pattern.split("/")
+        for i, part in enumerate(parts):
+            if "**" in segments[i]:
+                return True
+            if i == len(segments) - 1 or not _glob_regex(segments[i]).match(part):
+                break  # the last segment names files, not folders
+        else:
+            return True
+    return False
 
 
 @lru_cache(maxsize=64)
@@ -85,7 +122,8 @@ def walk_corpus(root: Path, include: Iterable[str], exclude: Iterable[str]
                 ) -> Iterable[tuple[str, Path, str | None]]:
     """Yield (relative path, absolute path, refusal reason or None) for every selected file.
 
-    Symlinks are never followed out of the corpus: such a file is yielded with a reason.
+    Symlinks are never followed out of the corpus: such a file is yielded with a reason, and so
+    is a symlinked folder that leads out of it where the globs could select files inside it.
     """
     include, exclude = tuple(include), tuple(exclude)
     root = root.resolve()
@@ -96,17 +134,28 @@ def walk_corpus(root: Path, include: Iterable[str], exclude: Iterable[str]
         candidates = list(filenames)
         # A symlinked folder is listed as a dir but not descended; treat it like a file entry so
         # that one pointing outside the corpus is reported, not silently skipped.
+        linked_dirs = set()
         for d in list(dirnames):
             if (base / d).is_symlink():
                 dirnames.remove(d)
                 candidates.append(d)
+                linked_dirs.add(d)
         for name in sorted(candidates):
             if name.startswith("."):
                 continue
             rel = f"{rel_dir}/{name}" if rel_dir != "." else name
-            if not matches(rel, include) or matches(rel, exclude):
-                continue
             full = base / name
+            selected = matches(rel, include) and not matches(rel, exclude)
+            if name in linked_dirs and not selected:
+                target = Path(os.path.realpath(full))
+                if (not target.is_relative_to(root) and _may_hold(rel, include)
+                        and not matches(rel + "/", exclude)):
+                    yield rel, full, (f"symlink to a folder outside the corpus (to {target}); "
+                                      "its files are not indexed: copy them into the corpus "
+                                      "to index them")
+                continue
+            if not selected:
+                continue
             reason = None
             if full.is_symlink():
                 target = Path(os.path.realpath(full))
@@ -146,6 +195,13 @@ def scan_corpus(root: Path, include: Iterable[str], exclude: Iterable[str],
             st = full.stat()
         except OSError as exc:
             result.files[rel] = ScannedFile(rel, 0, 0, None, f"cannot stat: {exc.strerror}")
+            continue
+        kind = _not_regular(st.st_mode)
+        if kind:
+            # reading a FIFO waits for a writer forever; only regular files are documents
+            result.files[rel] = ScannedFile(
+                rel, 0, 0, None, f"{kind} is not a regular file, and only regular files are "
+                "documents: exclude it (corpus.exclude) or replace it with a file")
             continue
         prev = known.get(rel)
         digest = from_dvc.get(rel)

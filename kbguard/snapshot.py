@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kbguard.config import Config
+from kbguard.disk import disk_full, is_disk_full, require_free
 from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.faults import crash_point
 from kbguard.durable import fsync_path
@@ -57,6 +58,7 @@ _TMP_PREFIX = ".tmp-"
 _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HASH_BLOCK = 1 << 20
+_AGAIN = "run `kbguard snapshot create` again (the unfinished snapshot was deleted)"
 
 
 @dataclass
@@ -312,7 +314,12 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
         root = cfg.snapshot_root
         final = root / sid
         tmp = root / f"{_TMP_PREFIX}{sid}-{secrets.token_hex(3)}"
-        tmp.mkdir(parents=True)
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(root, f"write snapshot {sid} into {root}", resume=_AGAIN) from exc
+            raise
         try:
             with store_for(cfg) as store:
                 info = store.describe()
@@ -329,6 +336,11 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                         "Run `kbguard rebuild --full` before taking a snapshot."
                     )
                 specs = sorted(info.vectors, key=lambda v: v.name)
+                # Float32 vectors do not compress: the points file holds each once, the
+                # embedding cache about as many again. Refuse now rather than half-way.
+                require_free(tmp, 2 * 4 * info.points * sum(have.values()) + (1 << 20),
+                             f"write snapshot {sid} ({info.points:,} points) into {root}",
+                             resume=_AGAIN)
                 progress.stage("snapshot points", info.points)
                 points = _write_points(tmp / POINTS_FILE, store.scroll(batch_size=batch_size),
                                        specs, progress)
@@ -375,8 +387,11 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 fsync_path(tmp / name)
             os.rename(tmp, final)
             fsync_path(root)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                raise disk_full(root, f"write snapshot {sid} into {root}",
+                                resume=_AGAIN) from exc
             raise
         total = sum(f["bytes"] for f in files.values()) + (final / META_FILE).stat().st_size
         dvc = _dvc_add_and_push(cfg, final, dvc_remote) if dvc_push else None

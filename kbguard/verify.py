@@ -33,7 +33,9 @@ import duckdb
 import numpy as np
 
 from kbguard.config import Config, SpaceConfig
-from kbguard.errors import KbguardError, ManifestError, StoreError, StoreUnavailable
+from kbguard.disk import not_writable
+from kbguard.errors import (DiskFullError, KbguardError, ManifestError, ManifestReadOnly,
+                            StoreError, StoreUnavailable)
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, now, vector_checksum
 from kbguard.recovery import missing_manifest
@@ -166,10 +168,13 @@ def verify_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
 
     Holds the KB lock for the check, so a rebuild cannot change the KB halfway through it (and a
     check never waits: a busy KB raises LockedError at once). ``prom_file`` receives Prometheus
-    textfile-collector metrics, also when the check cannot run.
+    textfile-collector metrics, also when the check cannot run; a place they cannot be
+    written is refused before anything is checked.
     """
-    from kbguard.prom import write_metrics
+    from kbguard.prom import check_target, write_metrics
 
+    if prom_file is not None:
+        check_target(prom_file)
     started = time.time()
     try:
         if sample < 0:
@@ -177,7 +182,7 @@ def verify_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
         if not cfg.manifest.exists():  # before the lock: checking an unbuilt KB writes nothing
             raise missing_manifest(cfg, never_built="There is nothing to check against; "
                                    "run `kbguard rebuild`.")
-        with kb_lock(cfg.manifest, "verify"):
+        with kb_lock(cfg.manifest, "verify", reader=True):
             report, _ = check_kb(cfg, CheckOptions(sample=sample, deep=deep), progress)
             if record:
                 record_check(cfg, report, kind="verify")
@@ -733,6 +738,14 @@ def record_check(cfg: Config, report: VerifyReport, *, kind: str) -> None:
                     [[run_id, name, f.count, json.dumps(scrub_data(f.examples), default=str)]
                      for name, f in report.findings.items()])
             report.run_id = run_id
+            return
+        except ManifestReadOnly:
+            # waiting does not help here, and the check itself stands
+            report.notes.append("the check is not recorded: the manifest cannot be written ("
+                                f"{not_writable(cfg.manifest) or 'read-only'})")
+            return
+        except DiskFullError as exc:
+            report.notes.append(f"the check is not recorded: {exc}")
             return
         except ManifestError as exc:
             # a reader that opened the manifest before this check took the lock: wait for it

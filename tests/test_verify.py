@@ -329,6 +329,7 @@ def test_every_check_is_recorded_and_status_shows_the_last(tmp_path: Path) -> No
 def test_prom_file_is_written_atomically_with_every_class(tmp_path: Path) -> None:
     kb = built(tmp_path)
     prom = tmp_path / "metrics" / "kbguard.prom"
+    prom.parent.mkdir()
     t0 = time.time()
     assert kb.cli("verify", "--prom-file", str(prom)).code == 0
     text = prom.read_text()

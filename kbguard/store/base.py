@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,6 +128,12 @@ class Store(ABC):
 
     def will_read_all(self) -> None:
         """A hint that every point is about to be read; an adapter may read ahead. No-op here."""
+
+    def space_needed(self, points: int, raw_bytes: int) -> tuple[Path, int] | None:
+        """Where on local disk writing ``points`` points takes room, and about how many bytes
+        free it needs there; ``raw_bytes`` is their ids, float32 vectors and JSON payloads.
+        None when the store is not on local disk (a server keeps its own)."""
+        return None
 
     @abstractmethod
     def scroll(self, *, batch_size: int = 1024, with_vectors: bool = True) -> Iterator[list[Point]]:
