@@ -20,8 +20,10 @@
      ├── RestoreNeeded            damage beyond a repair from the cache: restore a snapshot
      └── RestorePending           a killed restore must be finished before anything else
 
-The CLI maps these to exit codes in one place (`kbguard.cli.main`); the library never prints
-and never exits. Third-party exceptions are translated at the adapter boundary.
+The CLI maps these (and the library's verdicts) to exit codes in one place,
+``kbguard.cli.common.exit_code_for``; the library never prints and never exits. Third-party
+exceptions are translated at the adapter boundary. Errors that callers act on carry their facts
+as attributes (``LockedError.pid``, ``SnapshotDamaged.file``), so no code reads message text.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from __future__ import annotations
 
 class KbguardError(Exception):
     """Base of every kbguard error. ``str(err)`` is the whole message shown to the user."""
-
-    exit_code = 2
 
 
 class ConfigError(KbguardError):
@@ -42,7 +42,12 @@ class CorpusError(KbguardError):
 
 
 class LockedError(KbguardError):
-    exit_code = 3
+    """Another process holds the KB's lock: ``pid`` and ``command`` name it when it said so."""
+
+    def __init__(self, message: str, *, pid: int | None = None, command: str | None = None,
+                 since: str | None = None):
+        super().__init__(message)
+        self.pid, self.command, self.since = pid, command, since
 
 
 class ManifestError(KbguardError):
@@ -86,7 +91,13 @@ class SnapshotDamaged(SnapshotError):
     """A snapshot's files do not match its metadata (or the metadata is unreadable).
 
     `kbguard snapshot verify` reports it as a finding (exit 1); for a restore it is a reason
-    the work cannot be done (exit 2, as every SnapshotError)."""
+    the work cannot be done (exit 2, as every SnapshotError). ``snapshot_id`` and ``file`` (the
+    damaged file, None for the metadata as a whole) say where."""
+
+    def __init__(self, message: str, *, snapshot_id: str | None = None,
+                 file: str | None = None):
+        super().__init__(message)
+        self.snapshot_id, self.file = snapshot_id, file
 
 
 class DiskFullError(KbguardError):

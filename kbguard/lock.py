@@ -37,7 +37,7 @@ def kb_lock(manifest: Path, command: str, *, reader: bool = False) -> Iterator[N
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockedError(_held_message(path)) from None
+            raise _locked(path) from None
         info = {"pid": os.getpid(), "command": command,
                 "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         _note_holder(fd, json.dumps(info).encode())
@@ -127,7 +127,7 @@ def lock_holder(manifest: Path) -> dict[str, Any] | None:
 def check_unlocked(manifest: Path) -> None:
     """Raise LockedError if a writer holds the KB (readers cannot open a manifest being written)."""
     if lock_holder(manifest) is not None:
-        raise LockedError(_held_message(lock_path(manifest)))
+        raise _locked(lock_path(manifest))
 
 
 def _holder_info(path: Path) -> dict[str, Any]:
@@ -138,9 +138,13 @@ def _holder_info(path: Path) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def _held_message(path: Path) -> str:
+def _locked(path: Path) -> LockedError:
     info = _holder_info(path)
     who = (f"`kbguard {info.get('command', '?')}` (pid {info.get('pid', '?')}, since "
            f"{info.get('since', '?')})") if info else "another kbguard process"
-    return (f"This KB is busy: {who} holds {path}. Wait for it to finish and run again; "
-            "if that process is gone, the lock is released automatically.")
+    pid = info.get("pid")
+    return LockedError(
+        f"This KB is busy: {who} holds {path}. Wait for it to finish and run again; if that "
+        "process is gone, the lock is released automatically.",
+        pid=pid if isinstance(pid, int) else None, command=info.get("command"),
+        since=info.get("since"))

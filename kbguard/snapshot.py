@@ -134,7 +134,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
     if path.is_symlink() or not path.is_file():
         raise SnapshotDamaged(
             f"Snapshot {folder.name} has no {META_FILE}: it is incomplete or not a snapshot. "
-            f"Delete {folder} and use another snapshot."
+            f"Delete {folder} and use another snapshot.", snapshot_id=folder.name, file=META_FILE
         )
     raw = path.read_bytes()
     try:
@@ -147,7 +147,8 @@ def read_meta(folder: Path) -> dict[str, Any]:
     if not ok:
         raise SnapshotDamaged(
             f"Snapshot {folder.name} is damaged: {META_FILE} does not match its own checksum. "
-            "Use another snapshot (`kbguard snapshot list`)."
+            "Use another snapshot (`kbguard snapshot list`).", snapshot_id=folder.name,
+            file=META_FILE
         )
     if body.get("format_version") != FORMAT_VERSION:
         raise SnapshotError(
@@ -192,28 +193,32 @@ def verify_folder(folder: Path) -> dict[str, Any]:
     if not isinstance(files, dict) or set(files) != set(DATA_FILES):
         raise SnapshotDamaged(
             f"Snapshot {folder.name} lists the files {sorted(files or {})}, not "
-            f"{sorted(DATA_FILES)}. Use another snapshot."
+            f"{sorted(DATA_FILES)}. Use another snapshot.", snapshot_id=folder.name,
+            file=META_FILE
         )
     for name in sorted(files):
         entry = files[name]
         path = _safe_file(folder, name)
         if not path.is_file():
             raise SnapshotDamaged(
-                f"Snapshot {folder.name} is damaged: {name} is missing. Use another snapshot.")
+                f"Snapshot {folder.name} is damaged: {name} is missing. Use another snapshot.",
+                snapshot_id=folder.name, file=name)
         if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
             raise SnapshotDamaged(
                 f"Snapshot {folder.name} is damaged: {name} does not match its sha256. "
-                "Use another snapshot (`kbguard restore --latest` skips damaged ones)."
+                "Use another snapshot (`kbguard restore --latest` skips damaged ones).",
+                snapshot_id=folder.name, file=name
             )
         try:
             rows = pq.ParquetFile(path).metadata.num_rows
         except (pa.ArrowException, OSError) as exc:
             raise SnapshotDamaged(
-                f"Snapshot {folder.name}: {name} is not a readable Parquet file ({exc}).") from exc
+                f"Snapshot {folder.name}: {name} is not a readable Parquet file ({exc}).",
+                snapshot_id=folder.name, file=name) from exc
         if rows != entry.get("rows"):
             raise SnapshotDamaged(
                 f"Snapshot {folder.name}: {name} holds {rows} rows, its metadata says "
-                f"{entry.get('rows')}. Use another snapshot."
+                f"{entry.get('rows')}. Use another snapshot.", snapshot_id=folder.name, file=name
             )
     return body
 
@@ -225,13 +230,15 @@ class SnapshotCheck:
     id: str
     ok: bool
     problem: str | None = None
+    damaged_file: str | None = None   # the file that failed its check (None: the metadata)
     counts: dict[str, Any] = field(default_factory=dict)
     created_at: str | None = None
     files: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         if not self.ok:
-            return {"id": self.id, "ok": False, "problem": self.problem}
+            return {"id": self.id, "ok": False, "problem": self.problem,
+                    "damaged_file": self.damaged_file}
         return {"id": self.id, "ok": True, "counts": self.counts, "created_at": self.created_at,
                 "files": self.files}
 
@@ -248,7 +255,7 @@ def verify_snapshot(cfg: Config, snapshot_id: str) -> SnapshotCheck:
     try:
         body = verify_folder(folder)
     except SnapshotDamaged as exc:
-        return SnapshotCheck(snapshot_id, ok=False, problem=str(exc))
+        return SnapshotCheck(snapshot_id, ok=False, problem=str(exc), damaged_file=exc.file)
     return SnapshotCheck(snapshot_id, ok=True, counts=body["counts"],
                          created_at=body["created_at"], files=body["files"])
 
@@ -491,7 +498,7 @@ def read_points(folder: Path, body: dict[str, Any], batch_size: int = BATCH
     if set(pf.schema_arrow.names) != want:
         raise SnapshotDamaged(
             f"Snapshot {folder.name}: {POINTS_FILE} has columns {pf.schema_arrow.names}, "
-            f"not {sorted(want)}.")
+            f"not {sorted(want)}.", snapshot_id=folder.name, file=POINTS_FILE)
     for batch in pf.iter_batches(batch_size=batch_size):
         n = batch.num_rows
         mats, present = {}, {}
@@ -500,7 +507,7 @@ def read_points(folder: Path, body: dict[str, Any], batch_size: int = BATCH
             if not isinstance(col.type, pa.FixedSizeListType) or col.type.list_size != dim:
                 raise SnapshotDamaged(
                     f"Snapshot {folder.name}: vector {name!r} in {POINTS_FILE} is {col.type}, "
-                    f"not {dim} float32 values.")
+                    f"not {dim} float32 values.", snapshot_id=folder.name, file=POINTS_FILE)
             flat = col.values.slice(col.offset * dim, n * dim)
             mats[name] = flat.to_numpy(zero_copy_only=False).astype("<f4", copy=False
                                                                      ).reshape(n, dim)

@@ -80,3 +80,39 @@ def test_importing_kbguard_changes_no_global_state() -> None:
                                            "UNSTRUCTURED_DISABLE_NOTICE")})
     assert out.returncode == 0, out.stderr
     assert "'kbguard.rebuild'" in out.stdout
+
+
+def test_errors_carry_what_callers_act_on(tmp_path: Path) -> None:
+    from kbguard.lock import kb_lock
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    (corpus / "a.md").write_text(long_markdown("Alpha", sections=2))
+    cfg = kbguard.init_config(corpus, tmp_path / "kb.toml", provider="fake")
+    kbguard.rebuild_kb(cfg)
+    with kb_lock(cfg.manifest, "snapshot create"):
+        with pytest.raises(kbguard.LockedError) as err:
+            kbguard.rebuild_kb(cfg)
+    assert (err.value.pid, err.value.command) == (os.getpid(), "snapshot create")
+
+    snap = kbguard.create_snapshot(cfg)
+    from kbguard.snapshot import POINTS_FILE, verify_folder
+
+    points = Path(snap.path) / POINTS_FILE
+    points.write_bytes(points.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(kbguard.SnapshotDamaged) as damaged:
+        verify_folder(Path(snap.path))
+    assert (damaged.value.snapshot_id, damaged.value.file) == (snap.id, POINTS_FILE)
+    assert kbguard.verify_snapshot(cfg, snap.id).damaged_file == POINTS_FILE
+
+
+def test_exit_codes_are_decided_in_one_place() -> None:
+    from kbguard.cli.common import exit_code_for
+    from kbguard.snapshot import SnapshotCheck
+
+    assert exit_code_for(kbguard.LockedError("busy", pid=1)) == 3
+    assert exit_code_for(kbguard.ConfigError("bad")) == 2
+    assert exit_code_for(RuntimeError("a bug")) == 2
+    assert exit_code_for(KeyboardInterrupt()) == 130
+    assert exit_code_for(SnapshotCheck("x", ok=False, problem="damaged")) == 1
+    assert exit_code_for(SnapshotCheck("x", ok=True)) == 0

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from kbguard.config import DEFAULT_CONFIG, Config, load_config
-from kbguard.errors import KbguardError
+from kbguard.errors import KbguardError, LockedError
 from kbguard.progress import Progress
 from kbguard.redact import scrub
 
@@ -43,6 +43,26 @@ DEFAULT_CONFIG_PATH = Path(DEFAULT_CONFIG)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def exit_code_for(outcome: BaseException | Any) -> int:
+    """The exit code of a command's outcome: an error it raised or the verdict it returned.
+
+    The one place exit codes are decided; the library returns verdicts and raises errors."""
+    from kbguard.snapshot import SnapshotCheck
+
+    if isinstance(outcome, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(outcome, LockedError):
+        return EXIT_BUSY
+    if isinstance(outcome, BaseException):
+        return EXIT_ERROR
+    if isinstance(outcome, SnapshotCheck):
+        return EXIT_OK if outcome.ok else EXIT_FINDINGS
+    verdict = getattr(outcome, "exit_code", None)   # verify and repair reports
+    if isinstance(verdict, int):
+        return verdict
+    return EXIT_OK
+
+
 def guarded(fn: F) -> F:
     """Show a KbguardError once, as one line on stderr (and as JSON with --json), and exit
     with its code. Anything else is a bug: its traceback is printed and the exit code is 2."""
@@ -53,14 +73,15 @@ def guarded(fn: F) -> F:
             return fn(*args, **kwargs)
         except KbguardError as exc:
             message = scrub(str(exc))
+            code = exit_code_for(exc)
             if kwargs.get("json_out"):
                 emit_json({"error": message, "error_type": type(exc).__name__,
-                           "exit_code": exc.exit_code})
+                           "exit_code": code})
             stderr.print(f"[bold red]Error:[/] {escape(message)}", markup=True, highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+            raise typer.Exit(code) from None
+        except KeyboardInterrupt as exc:
             stderr.print("Interrupted. Run the same command again to continue where it stopped.")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            raise typer.Exit(exit_code_for(exc)) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
@@ -70,11 +91,11 @@ def guarded(fn: F) -> F:
             sys.stderr.write(scrub(traceback.format_exc()))
             if kwargs.get("json_out"):
                 emit_json({"error": scrub(f"internal error: {type(exc).__name__}: {exc}"),
-                           "error_type": "InternalError", "exit_code": EXIT_ERROR})
+                           "error_type": "InternalError", "exit_code": exit_code_for(exc)})
             stderr.print(f"Internal error ({type(exc).__name__}); the traceback above belongs "
                          "in a bug report. Nothing was lost: runs commit as they go, so the "
                          "same command can be run again.")
-            raise typer.Exit(EXIT_ERROR) from None
+            raise typer.Exit(exit_code_for(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from kbguard.cli.common import (DEFAULT_CONFIG_PATH, EXIT_ERROR, EXIT_FINDINGS, ConfigOpt,
-                                JsonOpt, QuietOpt, RichProgress, emit_json, guarded, load, stderr,
+from kbguard.cli.common import (DEFAULT_CONFIG_PATH, EXIT_ERROR, ConfigOpt, JsonOpt, QuietOpt,
+                                RichProgress, emit_json, exit_code_for, guarded, load, stderr,
                                 stdout)
 from kbguard.errors import SnapshotError
 from kbguard.restore import restore
@@ -113,10 +113,10 @@ def verify_cmd(
         emit_json(check.to_dict())
     if not check.ok:
         stderr.print(f"Damaged: {check.problem}")
-        raise typer.Exit(EXIT_FINDINGS)
-    if not json_out:
+    elif not json_out:
         stdout.print(f"Snapshot {snapshot_id} is intact: {len(check.files)} files match their "
                      f"sha256; {check.counts['points']} points, taken {check.created_at}.")
+    raise typer.Exit(exit_code_for(check))
 
 
 @guarded
