@@ -372,6 +372,14 @@ def test_breaker_opens_half_opens_and_closes() -> None:
     assert b.state == "closed" and b.allow() and b.allow()
 
 
+def test_breaker_counts_the_requests_of_a_retried_call() -> None:
+    b = CircuitBreaker(failure_threshold=3, cooldown_s=1)
+    b.record_failure(attempts=2)
+    assert b.state == "closed"
+    b.record_failure()
+    assert b.state == "open"
+
+
 def test_breaker_release_frees_the_trial() -> None:
     now = [0.0]
     b = CircuitBreaker(failure_threshold=1, cooldown_s=1, clock=lambda: now[0])
@@ -401,7 +409,7 @@ def test_chain_fails_over_when_the_primary_is_killed_and_the_breaker_skips_it(
     t = time.perf_counter()
     got = ch.embed(TEXTS)
     assert time.perf_counter() - t < 0.05
-    assert got.failovers[0].reason.startswith("circuit open after 2 consecutive failures")
+    assert got.failovers[0].reason.startswith("circuit open after 2 consecutive failed requests")
     np.testing.assert_allclose(got.vectors, expected(TEXTS), atol=1e-6)
 
 
@@ -418,6 +426,19 @@ def test_after_the_cooldown_a_recovered_primary_serves_again(server: OpenAIServe
     now[0] = 31.0
     got = ch.embed(TEXTS)
     assert got.provider_index == 0 and ch.breakers[0].state == "closed"
+
+
+def test_one_call_that_exhausted_its_retries_opens_the_breaker(server: OpenAIServer) -> None:
+    # default threshold 3 = the three requests of one call with the default 2 retries: a
+    # provider that hangs costs its timeouts once, not on every batch
+    ch = ProviderChain(SPACE, [provider(server, max_retries=2),
+                               LocalProvider(FakeEmbedder(SPACE), "fake")])
+    ch.check_agreement()
+    server.fail("status", times=3, code=503, retry_after_ms=10)
+    assert ch.embed(TEXTS).provider == "fake"
+    assert ch.breakers[0].state == "open"
+    n = len(server.embedding_requests)
+    assert ch.embed(TEXTS).provider == "fake" and len(server.embedding_requests) == n
 
 
 def test_every_provider_down_names_each_reason(server: OpenAIServer) -> None:

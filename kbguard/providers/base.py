@@ -85,16 +85,20 @@ class Provider(Embedder):
     @abstractmethod
     def _embed_texts(self, texts: list[str]) -> Embedded: ...
 
-    def check_lengths(self, texts: Sequence[str], counts: Sequence[int] | None = None) -> None:
+    def check_lengths(self, texts: Sequence[str]) -> None:
         """Raise ``TextTooLong`` if this provider refuses a text for its length."""
         if not self.enforces_limit:
             return
-        counts = self.count_tokens(texts) if counts is None else counts
-        over = [(i, n) for i, n in enumerate(counts) if n > self.max_input_tokens]
+        limit = self.max_input_tokens
+        # A token is at least one byte of UTF-8 (byte-level BPE, WordPiece), so only texts
+        # longer than the limit in bytes need counting: the check costs next to nothing.
+        suspects = [i for i, t in enumerate(texts) if len(t) > limit and len(t.encode()) > limit]
+        counts = self.count_tokens([texts[i] for i in suspects]) if suspects else []
+        over = [(i, n) for i, n in zip(suspects, counts) if n > limit]
         if over:
             i, n = over[0]
             raise TextTooLong(
-                f"Text {i} of the batch has {n} tokens, over the {self.max_input_tokens} that "
+                f"Text {i} of the batch has {n} tokens, over the {limit} that "
                 f"{self.space.model} reads ({len(over)} such text(s)); nothing was sent. Lower "
                 "chunking.max_tokens so every chunk fits the model.")
 

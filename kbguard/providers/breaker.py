@@ -1,11 +1,13 @@
 """A circuit breaker per provider: stop calling one that keeps failing, try it again later.
 
-    closed --(failure_threshold consecutive failures)--> open
+    closed --(failure_threshold consecutive failed requests)--> open
     open   --(cooldown_s elapsed, next allow())--------> half-open: one trial call goes through
     half-open --success--> closed        half-open --failure--> open (the cooldown starts again)
 
 While open, ``allow()`` answers at once, so a chain skips a dead provider in microseconds instead
-of paying its timeouts and retries on every batch.
+of paying its timeouts and retries on every batch. Failures count requests, not calls: a call
+that failed after the client's two retries is three failed requests, which with the default
+threshold opens the breaker at once (a hanging provider costs its timeouts once, not per batch).
 """
 
 from __future__ import annotations
@@ -73,9 +75,10 @@ class CircuitBreaker:
             self._failures = 0
             self._trial_out = False
 
-    def record_failure(self) -> None:
+    def record_failure(self, attempts: int = 1) -> None:
+        """A failed call; ``attempts`` failed requests when the client retried within it."""
         with self._lock:
-            self._failures += 1
+            self._failures += max(1, attempts)
             if self._state == HALF_OPEN or self._failures >= self.failure_threshold:
                 self._state = OPEN
                 self._opened_at = self._clock()

@@ -108,7 +108,7 @@ class ProviderChain(Provider):
             if not breaker.allow():
                 failovers.append(Failover(
                     provider.name, i, f"circuit open after {breaker.failure_threshold} "
-                    f"consecutive failures; next try in {breaker.retry_in():.0f} s"))
+                    f"consecutive failed requests; next try in {breaker.retry_in():.0f} s"))
                 continue
             try:
                 if i not in self._agreed:
@@ -118,7 +118,7 @@ class ProviderChain(Provider):
                 breaker.release()
                 raise
             except EmbedError as exc:
-                breaker.record_failure()
+                breaker.record_failure(getattr(exc, "attempts", 1))
                 failovers.append(Failover(provider.name, i, str(exc)))
                 continue
             except BaseException:
@@ -145,8 +145,8 @@ class ProviderChain(Provider):
             except ProvidersDisagree:
                 breaker.release()
                 raise
-            except EmbedError:
-                breaker.record_failure()
+            except EmbedError as exc:
+                breaker.record_failure(getattr(exc, "attempts", 1))
                 continue
             except BaseException:
                 breaker.release()

@@ -115,12 +115,11 @@ class OpenAIProvider(Provider):
     # -- embedding ------------------------------------------------------------------------
     def _embed_texts(self, texts: list[str]) -> Embedded:
         started = time.perf_counter()
-        counts = self.count_tokens(texts)
-        self.check_lengths(texts, counts)
-        spans = plan_batches(counts, self.settings.max_batch_texts, self._max_tokens)
-        jobs = [(texts[a:b], sum(counts[a:b])) for a, b in spans]
+        self.check_lengths(texts)
+        step = self.settings.max_batch_texts
+        jobs = [texts[a:a + step] for a in range(0, len(texts), step)]
         if len(jobs) == 1 or self.settings.concurrency == 1:
-            parts = [self._request(batch, est) for batch, est in jobs]
+            parts = [self._send(batch) for batch in jobs]
         else:
             parts = self._in_parallel(jobs)
         vectors = np.concatenate([vecs for vecs, _ in parts])
@@ -131,14 +130,14 @@ class OpenAIProvider(Provider):
                       seconds=time.perf_counter() - started, cost_usd=self._cost(tokens))
         return Embedded(vectors, self.name, usage)
 
-    def _in_parallel(self, jobs: list[tuple[list[str], int]]) -> list[tuple[np.ndarray, Usage]]:
+    def _in_parallel(self, jobs: list[list[str]]) -> list[tuple[np.ndarray, Usage]]:
         with self._usage_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.settings.concurrency,
                                                 thread_name_prefix="kbguard-embed")
             pool = self._pool
         futures: list[Future[tuple[np.ndarray, Usage]]] = [
-            pool.submit(self._request, batch, est) for batch, est in jobs]
+            pool.submit(self._send, batch) for batch in jobs]
         wait(futures, return_when=FIRST_EXCEPTION)
         failed = next((f for f in futures if f.done() and f.exception() is not None), None)
         if failed is not None:
@@ -146,6 +145,21 @@ class OpenAIProvider(Provider):
                 f.cancel()  # requests not yet sent are not sent: the whole call has failed
             raise failed.exception()  # type: ignore[misc]
         return [f.result() for f in futures]
+
+    def _send(self, batch: list[str]) -> tuple[np.ndarray, Usage]:
+        """Up to max_batch_texts texts, in as many requests as max_batch_tokens needs.
+
+        Tokens are counted here, in the sending thread, so that counting overlaps with the
+        other requests' waits instead of delaying the first request."""
+        counts = self.count_tokens(batch)
+        spans = plan_batches(counts, self.settings.max_batch_texts, self._max_tokens)
+        parts = [self._request(batch[a:b], sum(counts[a:b])) for a, b in spans]
+        if len(parts) == 1:
+            return parts[0]
+        total = Usage()
+        for _, u in parts:
+            total = total + u
+        return np.concatenate([v for v, _ in parts]), total
 
     def _request(self, batch: list[str], est_tokens: int) -> tuple[np.ndarray, Usage]:
         """One HTTP request (with the client's retries): valid vectors and its usage."""
@@ -165,7 +179,9 @@ class OpenAIProvider(Provider):
         except self._openai.OpenAIError as exc:
             attempts = self._attempts(exc)
             self._spent(Usage(requests=attempts, seconds=time.perf_counter() - started))
-            raise self._translate(exc, attempts) from None
+            error = self._translate(exc, attempts)
+            error.attempts = attempts  # type: ignore[attr-defined]  # the breaker counts each
+            raise error from None
         retries = response.request.headers.get("x-stainless-retry-count", "0")
         requests = 1 + (int(retries) if retries.isdigit() else 0)
         try:
