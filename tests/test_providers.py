@@ -52,7 +52,10 @@ def expected(texts: list[str], space: SpaceConfig = SPACE) -> np.ndarray:
 
 
 @pytest.fixture
-def server() -> Iterator[OpenAIServer]:
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
+    # the client honours proxy variables; a proxy set for the registries must not take these
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     with OpenAIServer(api_key=KEY) as srv:
         yield srv
 
