@@ -553,3 +553,21 @@ def test_a_missing_key_variable_fails_over_and_says_which(server: OpenAIServer) 
     got = ch.embed(TEXTS)
     assert got.provider == "fake" and "NO_SUCH_VAR" in got.failovers[0].reason
     assert server.embedding_requests == []
+
+
+def test_build_chain_names_the_bad_entry(server: OpenAIServer) -> None:
+    with pytest.raises(ConfigError, match=r"space 'primary', provider 2: timeout: Extra inputs"):
+        build_chain(SPACE, [{"type": "openai", "base_url": server.url},
+                            {"type": "fake", "timeout": 3}])
+
+
+def test_a_chain_counts_with_the_model_s_own_tokenizer(server: OpenAIServer) -> None:
+    # an open model behind an OpenAI-compatible endpoint, the same model locally last: chunks
+    # are measured with the local tokenizer (exact), not with cl100k_base (an estimate)
+    space = SpaceConfig("local", "sentence-transformers", "all-MiniLM-L6-v2", 384)
+    ch = build_chain(space, [{"type": "openai", "base_url": server.url},
+                             {"type": "sentence-transformers"}])
+    assert not ch.providers[0].exact_tokens and ch.exact_tokens
+    assert ch.max_input_tokens == 254
+    assert ch.count_tokens(["Django's QuerySet API is lazy."]) == \
+        ch.providers[1].count_tokens(["Django's QuerySet API is lazy."])

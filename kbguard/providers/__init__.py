@@ -76,8 +76,15 @@ def build_chain(space: Any, entries: Sequence[Any], env: Mapping[str, str] | Non
                                     FakeProviderSettings))
                 else parse_provider_settings(e, f"space {space.name!r}, provider {i + 1}")
                 for i, e in enumerate(entries)]
-    providers = [build_provider(space, s, env) for s in settings]
-    return ProviderChain(space, providers, **options)
+    providers: list[Provider] = []
+    try:
+        for s in settings:
+            providers.append(build_provider(space, s, env))
+        return ProviderChain(space, providers, **options)
+    except BaseException:
+        for p in providers:  # their connections and threads, before the error goes up
+            p.close()
+        raise
 
 
 def _space_with(space: Any, **changes: Any) -> Any:
