@@ -9,7 +9,11 @@
      │                            attributes, permissions): reading commands still work
      ├── ParseError               one document could not be parsed (recorded, never fatal to a run)
      ├── EmbedError               an embedding provider failed
-     │    └── ProviderUnavailable  the provider cannot be reached or loaded at all
+     │    ├── ProviderUnavailable  the provider cannot be reached or loaded, or did not answer
+     │    ├── ProviderRejected     the provider refused the request (key, model, input)
+     │    ├── InvalidAnswer        the provider answered, but not with usable vectors
+     │    ├── TextTooLong          a text is over the model's input limit (a chunking error)
+     │    └── ProvidersDisagree    two providers of one space make different vectors
      ├── StoreError               the vector store rejected an operation
      │    └── StoreUnavailable    the store cannot be opened (missing, locked, damaged)
      │         └── StoreDamaged    its files are there but cannot be read
@@ -68,6 +72,24 @@ class EmbedError(KbguardError):
 
 class ProviderUnavailable(EmbedError):
     pass
+
+
+class ProviderRejected(EmbedError):
+    """The provider answered with a refusal that retrying will not change (HTTP 4xx but 429)."""
+
+
+class InvalidAnswer(EmbedError):
+    """An answer that is not one finite, non-zero vector of the space's size per text, in order.
+
+    Nothing of such an answer is ever returned, cached or written."""
+
+
+class TextTooLong(EmbedError):
+    """A text is longer than the model reads; refused before anything is sent."""
+
+
+class ProvidersDisagree(EmbedError):
+    """Two providers of one space do not make the same vectors for the probe texts."""
 
 
 class StoreError(KbguardError):

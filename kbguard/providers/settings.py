@@ -1,0 +1,117 @@
+"""The settings of one provider entry (``[[spaces.providers]]``), one model per ``type``.
+
+The key names are what users write in a KB config; a typo is an error naming the key. Inputs are
+hidden from validation errors: a key pasted where the NAME of its environment variable belongs
+must not be repeated back in an error message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kbguard.errors import ConfigError
+
+#: OpenAI's own limits for one embeddings request
+MAX_BATCH_TEXTS = 2048
+MAX_BATCH_TOKENS = 300_000
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class OpenAIProviderSettings(_Entry):
+    """Any endpoint that speaks the OpenAI embeddings API (OpenAI, gateways, TEI, vLLM, ...)."""
+
+    type: Literal["openai"] = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = None       # the NAME of an environment variable, never the key
+    api_key_file: Path | None = None     # a file holding the key, readable by its owner only
+    model: str | None = None             # what the endpoint expects; defaults to the space's
+    timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_retries: int = Field(2, ge=0, le=10)
+    concurrency: int = Field(4, ge=1, le=64)
+    max_batch_texts: int = Field(256, ge=1, le=MAX_BATCH_TEXTS)
+    max_batch_tokens: int = Field(100_000, ge=1, le=MAX_BATCH_TOKENS)
+    tokens_per_minute: int = Field(0, ge=0)
+    price_per_million_tokens: float = Field(0.0, ge=0)
+    # Only for models that are not OpenAI's: their input limit in tokens. OpenAI's own models
+    # are known (8191 tokens, counted with their tokenizer).
+    max_input_tokens: int | None = Field(None, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://api.openai.com/v1")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; name them with api_key_env")
+        return value.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            raise ValueError("must be the NAME of an environment variable (letters, digits, _), "
+                             "e.g. OPENAI_API_KEY, never the key itself")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OpenAIProviderSettings:
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("give api_key_env or api_key_file, not both")
+        return self
+
+
+class SentenceTransformersProviderSettings(_Entry):
+    """A local sentence-transformers model, from ``model_path`` or the bundled copy of ``model``."""
+
+    type: Literal["sentence-transformers"] = "sentence-transformers"
+    model: str | None = None
+    model_path: Path | None = None
+
+
+class FakeProviderSettings(_Entry):
+    """The deterministic hashed bag-of-words embedder (tests and benchmarks)."""
+
+    type: Literal["fake"] = "fake"
+    model: str | None = None
+
+
+ProviderSettings = Annotated[
+    OpenAIProviderSettings | SentenceTransformersProviderSettings | FakeProviderSettings,
+    Field(discriminator="type"),
+]
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(ProviderSettings)
+
+
+def parse_provider_settings(entry: Mapping[str, Any], where: str = "provider") -> Any:
+    """One provider entry, validated; ``ConfigError`` naming each bad key (never its value)."""
+    try:
+        return _ADAPTER.validate_python(dict(entry))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            # loc is () when the type itself is wrong, else (type, key...)
+            loc = [str(p) for p in err["loc"]]
+            key = ".".join(loc[1:]) or "entry" if loc else "type"
+            problems.append(f"{key}: {err['msg']}")
+        raise ConfigError(f"{where}: {'; '.join(problems)}. Fix the entry (type is one of "
+                          "\"openai\", \"sentence-transformers\", \"fake\").") from None
