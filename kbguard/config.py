@@ -26,11 +26,13 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from kbguard.errors import ConfigError
+from kbguard.providers.settings import (FakeProviderSettings, ProviderSettings,
+                                        SentenceTransformersProviderSettings)
 
 DEFAULT_CONFIG = "kbguard.toml"
 DEFAULT_INCLUDE = ("**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.html", "**/*.htm",
                    "**/*.pdf", "**/*.docx")
-PROVIDERS = ("sentence-transformers", "fake")
+PROVIDERS = ("sentence-transformers", "fake", "openai")
 BACKENDS = ("edge", "qdrant")
 DEFAULT_MODEL = {"sentence-transformers": "all-MiniLM-L6-v2", "fake": "fake-hash"}
 # models that ship inside a Python package, so they need no model_path
@@ -82,37 +84,76 @@ class ParsingTable(_Table):
 
 
 class SpaceConfig(_Table):
-    """One embedding space: a named vector on every point, filled by one model."""
+    """One embedding space: a named vector on every point, filled by one model.
+
+    Its providers are tried in order (``[[spaces.providers]]``); a space written with the single
+    ``provider`` key (and ``model_path``) is a chain of that one provider."""
 
     name: Name
-    provider: Literal["sentence-transformers", "fake"] = "sentence-transformers"
+    # the first provider's type; for a one-provider space, the provider
+    provider: Literal["sentence-transformers", "fake", "openai"] = "sentence-transformers"
     model: NonEmpty = ""      # "" until validated: the provider's default model
     dim: Annotated[int, Field(ge=1, le=65536)] = 384
     normalize: bool = True
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
     model_path: Annotated[Path | None, Field(strict=False)] = None
+    providers: Annotated[tuple[ProviderSettings, ...], Field(strict=False)] = ()
 
     @model_validator(mode="before")
     @classmethod
-    def _default_model(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "model" not in data:
+    def _defaults_from_providers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        entries = data.get("providers")
+        if entries is not None:
+            if "provider" in data or "model_path" in data:
+                raise ValueError("a space with [[spaces.providers]] names its providers there; "
+                                 "remove provider and model_path from the [[spaces]] table")
+            first = entries[0] if isinstance(entries, list) and entries else {}
+            if not isinstance(first, dict):
+                return data
+            kind = first.get("type")
+            data = {**data, "provider": kind} if isinstance(kind, str) else data
+            if "model" not in data:
+                model = first.get("model") or DEFAULT_MODEL.get(str(kind))
+                if model is None:
+                    raise ValueError("model is required: the space's model identity, e.g. "
+                                     'model = "text-embedding-3-small"')
+                data = {**data, "model": model}
+        elif "model" not in data:
             provider = data.get("provider", "sentence-transformers")
             if isinstance(provider, str) and provider in DEFAULT_MODEL:
                 data = {**data, "model": DEFAULT_MODEL[provider]}
         return data
 
     @model_validator(mode="after")
-    def _model_available(self) -> SpaceConfig:
+    def _models_available(self) -> SpaceConfig:
+        if not self.providers and self.provider == "openai":
+            raise ValueError('an "openai" provider is written as a [[spaces.providers]] entry '
+                             "(with base_url and api_key_env)")
         # a model that cannot be loaded would fail every document of a rebuild: refuse it here
-        if (self.provider == "sentence-transformers" and self.model_path is None
-                and self.model.lower() not in BUNDLED_MODELS):
-            hint = ('; for the deterministic test embedder set provider = "fake"'
-                    if self.model == DEFAULT_MODEL["fake"] else "")
-            raise ValueError(
-                f"model {self.model!r} of space {self.name!r} has no local copy: kbguard "
-                "bundles only all-MiniLM-L6-v2. Set model_path to a folder holding the "
-                f"sentence-transformers model{hint}")
+        for entry in self.chain:
+            if not isinstance(entry, SentenceTransformersProviderSettings):
+                continue
+            model = entry.model or self.model
+            if entry.model_path is None and model.lower() not in BUNDLED_MODELS:
+                hint = ('; for the deterministic test embedder set provider = "fake"'
+                        if model == DEFAULT_MODEL["fake"] else "")
+                raise ValueError(
+                    f"model {model!r} of space {self.name!r} has no local copy: kbguard "
+                    "bundles only all-MiniLM-L6-v2. Set model_path to a folder holding the "
+                    f"sentence-transformers model{hint}")
         return self
+
+    @property
+    def chain(self) -> tuple[Any, ...]:
+        """The provider entries in the order they are tried."""
+        if self.providers:
+            return self.providers
+        if self.provider == "fake":
+            return (FakeProviderSettings(model=self.model),)
+        return (SentenceTransformersProviderSettings(model=self.model,
+                                                     model_path=self.model_path),)
 
     @property
     def space_id(self) -> str:
@@ -283,8 +324,7 @@ def parse_config(path: Path, data: dict[str, Any]) -> Config:
         raise ConfigError(f"{path}: the config has no kb.name and its file name {kb!r} is not a "
                           "valid KB name; add [kb] name = \"...\" (a letter, then letters, "
                           "digits, '-' or '_').")
-    spaces = tuple(s.model_copy(update={"model_path": resolve(str(s.model_path))})
-                   if s.model_path is not None else s for s in raw.spaces)
+    spaces = tuple(_resolve_space(s, resolve) for s in raw.spaces)
     store = raw.store
     return Config(
         path=path,
@@ -307,6 +347,18 @@ def parse_config(path: Path, data: dict[str, Any]) -> Config:
         canaries=raw.canaries,
         store_api_key_env=store.api_key_env,
     )
+
+
+def _resolve_space(space: SpaceConfig, resolve: Any) -> SpaceConfig:
+    """The space with its model paths and key files resolved against the config's folder."""
+    entries = tuple(
+        e.model_copy(update={k: resolve(str(getattr(e, k))) for k in ("model_path", "api_key_file")
+                             if getattr(e, k, None) is not None})
+        for e in space.providers)
+    update: dict[str, Any] = {"providers": entries}
+    if space.model_path is not None:
+        update["model_path"] = resolve(str(space.model_path))
+    return space.model_copy(update=update)
 
 
 def _valid_name(name: str) -> bool:
@@ -382,13 +434,7 @@ def _explain(err: Any, data: dict[str, Any]) -> str:
 
 def _key_name(loc: tuple[Any, ...]) -> tuple[str, str]:
     """``('spaces', 0, 'dim')`` -> (``spaces.dim``, `` (in [[spaces]] #1)``)."""
-    parts, where = [], ""
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            where = f" (in [[{'.'.join(str(p) for p in loc[:i])}]] #{part + 1})"
-        else:
-            parts.append(str(part))
-    return ".".join(parts), where
+    return _walk(loc)[1:]
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -396,36 +442,63 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     if not loc:
         return list(model.model_fields)
     field = _field_at(model, loc)
-    current = _inner_model(field.annotation) if field is not None else None
-    return list(current.model_fields) if current is not None else []
+    models = _inner_models(field.annotation) if field is not None else []
+    if len(models) > 1 and isinstance(loc[-1], str):   # a tagged union: the tag picks one
+        models = [m for m in models if _tag(m) == loc[-1]] or models
+    return list(models[0].model_fields) if models else []
 
 
 def _field_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
     """The schema's field at ``loc``, or None."""
-    current: Any = model
-    field = None
+    return _walk(loc, model)[0]
+
+
+def _walk(loc: tuple[Any, ...], model: type[BaseModel] | None = None) -> tuple[Any, str, str]:
+    """Follow ``loc`` through the schema: (its field, its key as written, where in arrays).
+
+    Validation paths hold list indexes and, inside a tagged union such as a provider entry,
+    the tag (``"openai"``); neither is part of the key a user writes."""
+    candidates: list[Any] = [model or ConfigFile]
+    field, keys, arrays = None, [], []
     for part in loc:
         if isinstance(part, int):
+            arrays.append(f"[[{'.'.join(keys)}]] #{part + 1}")
             continue
-        field = current.model_fields.get(part) if current is not None else None
+        tagged = [m for m in candidates if _tag(m) == part]
+        if len(candidates) > 1 and tagged:
+            candidates = tagged
+            continue
+        field = next((m.model_fields[part] for m in candidates if part in m.model_fields), None)
+        keys.append(str(part))
         if field is None:
-            return None
-        current = _inner_model(field.annotation)
-    return field
+            candidates = []
+            continue
+        candidates = _inner_models(field.annotation)
+    where = f" (in {', '.join(arrays)})" if arrays else ""
+    return field, ".".join(keys), where
+
+
+def _tag(model: Any) -> Any:
+    field = getattr(model, "model_fields", {}).get("type")
+    return field.default if field is not None else None
 
 
 def _inner_model(annotation: Any) -> Any:
     """The model class inside ``X``, ``X | None``, ``tuple[X, ...]`` or ``Annotated[...]``."""
+    models = _inner_models(annotation)
+    return models[0] if models else None
+
+
+def _inner_models(annotation: Any) -> list[Any]:
+    """Every model class inside an annotation (several for a union of tables)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin is None and not isinstance(annotation, types.UnionType):
-        return None
+        return [annotation]
+    if typing.get_origin(annotation) is None and not isinstance(annotation, types.UnionType):
+        return []
+    out: list[Any] = []
     for arg in typing.get_args(annotation):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
+        out += [m for m in _inner_models(arg) if m not in out]
+    return out
 
 
 def _toml_repr(value: Any) -> str:

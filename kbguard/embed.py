@@ -15,11 +15,14 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kbguard.config import SpaceConfig
 from kbguard.errors import EmbedError, ProviderUnavailable
+
+if TYPE_CHECKING:  # the config imports the providers, which build on these embedders
+    from kbguard.config import SpaceConfig
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 

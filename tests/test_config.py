@@ -156,12 +156,16 @@ def test_what_init_writes_is_the_schema_defaults(tmp_path: Path) -> None:
 
 def _schema_keys() -> set[str]:
     from kbguard.config import _inner_model
+    from kbguard.providers import settings
 
     keys = set()
     for table, field in ConfigFile.model_fields.items():
         inner = _inner_model(field.annotation)
         for key in inner.model_fields:
             keys.add(f"{table}.{key}")
+    for entry in (settings.OpenAIProviderSettings, settings.SentenceTransformersProviderSettings,
+                  settings.FakeProviderSettings):
+        keys |= {f"providers.{key}" for key in entry.model_fields}
     return keys
 
 
@@ -171,6 +175,10 @@ def test_the_readme_key_table_names_exactly_the_schema_keys() -> None:
     listed: set[str] = set()
     for first, _default, meaning in re.findall(r"^\| (.+?) \| (.+?) \| (.+) \|$", section,
                                                flags=re.M):
+        if first == "`[[spaces.providers]]`":
+            bare = re.sub(r"\([^)]*\)", "", meaning)
+            listed |= {f"providers.{key}" for key in re.findall(r"`(\w+)`", bare)}
+            continue
         array = re.fullmatch(r"`\[\[(\w+)\]\]`", first)
         if array:  # `[[spaces]]`: its keys are named in the meaning, values in parentheses
             bare = re.sub(r"\([^)]*\)", "", meaning)
