@@ -48,7 +48,7 @@ from kbguard.providers import (
     ProviderChain,
 )
 
-SPACE = SpaceConfig("primary", "fake", "text-embedding-3-small", 256)
+SPACE = SpaceConfig(name="primary", provider="fake", model="text-embedding-3-small", dim=256)
 WORDS = ["key", "rotation", "vector", "store", "manifest", "chunk", "embedding", "cache",
          "snapshot", "restore", "verify", "shard", "point", "payload", "query", "rebuild",
          "corpus", "document", "section", "token", "model", "space"]

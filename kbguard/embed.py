@@ -179,8 +179,16 @@ _PROVIDERS: dict[str, type[Embedder]] = {
 _LOADED: dict[SpaceConfig, Embedder] = {}
 
 
-def get_embedder(space: SpaceConfig) -> Embedder:
-    """The embedder for a space, loaded once per process."""
+def local_embedder(space: SpaceConfig) -> Embedder:
+    """The in-process model of a one-provider local space, loaded once per process."""
     if space not in _LOADED:
         _LOADED[space] = _PROVIDERS[space.provider](space)
     return _LOADED[space]
+
+
+def get_embedder(space: SpaceConfig) -> Embedder:
+    """What embeds for a space: its provider chain, built once per process (a space written
+    with one ``provider`` is a chain of that one)."""
+    from kbguard.providers import chain_for
+
+    return chain_for(space)

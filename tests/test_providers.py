@@ -42,7 +42,7 @@ from kbguard.providers.budget import TokenBudget, plan_batches
 from kbguard.providers.tokens import count_cl100k
 
 KEY = "sk-test-9f8e7d6c5b4a3210-SECRET"
-SPACE = SpaceConfig("primary", "fake", "text-embedding-3-small", 64)
+SPACE = SpaceConfig(name="primary", provider="fake", model="text-embedding-3-small", dim=64)
 TEXTS = ["how to rotate keys", "zebras have stripes", "tax forms are due in april",
          "the export button does nothing", "photosynthesis in plants"]
 
@@ -174,13 +174,13 @@ def test_float_answers_are_decoded_too(server: OpenAIServer) -> None:
 
 def test_native_size_sends_no_dimensions_and_impossible_sizes_are_refused(
         server: OpenAIServer) -> None:
-    full = SpaceConfig("primary", "fake", "text-embedding-3-small", 1536)
+    full = SpaceConfig(name="primary", provider="fake", model="text-embedding-3-small", dim=1536)
     provider(server, full).embed(["one"])
     assert "dimensions" not in server.embedding_requests[-1].body
     with pytest.raises(ConfigError, match="takes no `dimensions`"):
-        provider(server, SpaceConfig("p", "fake", "text-embedding-ada-002", 64))
+        provider(server, SpaceConfig(name="p", provider="fake", model="text-embedding-ada-002", dim=64))
     with pytest.raises(ConfigError, match=r"makes 3072-d vectors.*Set dim = 3072 or below"):
-        provider(server, SpaceConfig("p", "fake", "text-embedding-3-large", 4096))
+        provider(server, SpaceConfig(name="p", provider="fake", model="text-embedding-3-large", dim=4096))
 
 
 def test_an_empty_call_sends_nothing(server: OpenAIServer) -> None:
@@ -564,7 +564,7 @@ def test_build_chain_names_the_bad_entry(server: OpenAIServer) -> None:
 def test_a_chain_counts_with_the_model_s_own_tokenizer(server: OpenAIServer) -> None:
     # an open model behind an OpenAI-compatible endpoint, the same model locally last: chunks
     # are measured with the local tokenizer (exact), not with cl100k_base (an estimate)
-    space = SpaceConfig("local", "sentence-transformers", "all-MiniLM-L6-v2", 384)
+    space = SpaceConfig(name="local", provider="sentence-transformers", model="all-MiniLM-L6-v2", dim=384)
     ch = build_chain(space, [{"type": "openai", "base_url": server.url},
                              {"type": "sentence-transformers"}])
     assert not ch.providers[0].exact_tokens and ch.exact_tokens

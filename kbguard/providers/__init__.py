@@ -44,6 +44,7 @@ __all__ = [
     "SentenceTransformersProviderSettings",
     "Usage",
     "build_chain",
+    "chain_for",
     "build_provider",
     "parse_provider_settings",
     "read_api_key",
@@ -52,7 +53,7 @@ __all__ = [
 
 def build_provider(space: Any, settings: Any, env: Mapping[str, str] | None = None) -> Provider:
     """The provider one entry describes, filling ``space`` (name, model, dim, normalize)."""
-    from kbguard.embed import get_embedder
+    from kbguard.embed import local_embedder
 
     if isinstance(settings, OpenAIProviderSettings):
         return OpenAIProvider(space, settings, env=env)
@@ -60,10 +61,10 @@ def build_provider(space: Any, settings: Any, env: Mapping[str, str] | None = No
         local = _space_with(space, provider="sentence-transformers",
                             model=settings.model or space.model,
                             model_path=settings.model_path or getattr(space, "model_path", None))
-        return LocalProvider(get_embedder(local), f"sentence-transformers:{local.model}")
+        return LocalProvider(local_embedder(local), f"sentence-transformers:{local.model}")
     if isinstance(settings, FakeProviderSettings):
         local = _space_with(space, provider="fake", model=settings.model or space.model)
-        return LocalProvider(get_embedder(local), f"fake:{local.model}")
+        return LocalProvider(local_embedder(local), f"fake:{local.model}")
     raise TypeError(f"not a provider entry: {type(settings).__name__}")
 
 
@@ -85,6 +86,18 @@ def build_chain(space: Any, entries: Sequence[Any], env: Mapping[str, str] | Non
         for p in providers:  # their connections and threads, before the error goes up
             p.close()
         raise
+
+
+_CHAINS: dict[Any, ProviderChain] = {}
+
+
+def chain_for(space: Any) -> ProviderChain:
+    """The provider chain of a configured space (``SpaceConfig.chain``), built once per process
+    so that breakers and the probe check hold across a run's batches."""
+    chain = _CHAINS.get(space)
+    if chain is None:
+        chain = _CHAINS[space] = build_chain(space, space.chain)
+    return chain
 
 
 def _space_with(space: Any, **changes: Any) -> Any:
