@@ -26,8 +26,8 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from kbguard.errors import ConfigError
-from kbguard.providers.settings import (FakeProviderSettings, ProviderSettings,
-                                        SentenceTransformersProviderSettings)
+from kbguard.providers.settings import (FakeProviderSettings, OpenAIProviderSettings,
+                                        ProviderSettings, SentenceTransformersProviderSettings)
 
 DEFAULT_CONFIG = "kbguard.toml"
 DEFAULT_INCLUDE = ("**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.html", "**/*.htm",
@@ -516,11 +516,13 @@ def _toml_repr(value: Any) -> str:
 # -- kbguard init ----------------------------------------------------------------------------
 
 def init_config(corpus: Path | str, config: Path | str = DEFAULT_CONFIG, *, name: str = "",
-                provider: str = "sentence-transformers", force: bool = False) -> Config:
+                provider: str = "sentence-transformers", model: str = "", base_url: str = "",
+                dim: int = 0, force: bool = False) -> Config:
     """Write a working config for the documents in ``corpus`` to ``config`` and load it back.
 
     The KB is named ``name`` or after the corpus folder; an existing config is kept unless
-    ``force``."""
+    ``force``. ``provider="openai"`` writes an API primary space (``model``, ``base_url``) and
+    the bundled MiniLM as its local standby."""
     from kbguard.durable import atomic_write_text
     from kbguard.errors import CorpusError
 
@@ -537,7 +539,8 @@ def init_config(corpus: Path | str, config: Path | str = DEFAULT_CONFIG, *, name
                           "digits, '-' and '_'.")
     config.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(config, render_config(kb=kb, corpus=corpus, config_dir=config.parent,
-                                            provider=provider))
+                                            provider=provider, model=model, base_url=base_url,
+                                            dim=dim))
     return load_config(config)  # what init writes must load
 
 
@@ -548,7 +551,8 @@ def kb_name_for(corpus: Path) -> str:
 
 
 def render_config(*, kb: str, corpus: Path, config_dir: Path, provider: str = "sentence-transformers",
-                  backend: str = "edge") -> str:
+                  backend: str = "edge", model: str = "", base_url: str = "",
+                  dim: int = 0) -> str:
     """A working config for ``kbguard init``; paths are written relative to the config folder.
 
     Every value written is the schema's default, so a rendered config and one that leaves the
@@ -558,8 +562,20 @@ def render_config(*, kb: str, corpus: Path, config_dir: Path, provider: str = "s
         corpus_s = Path(os.path.relpath(corpus.resolve(), config_dir.resolve())).as_posix()
     except ValueError:
         corpus_s = corpus.resolve().as_posix()
-    corpus_t, space_d, rebuild_d = CorpusTable(path="."), _space_defaults(), RebuildTable()
+    corpus_t, rebuild_d = CorpusTable(path="."), RebuildTable()
     include = ", ".join(f'"{g}"' for g in corpus_t.include)
+    if provider == "openai":
+        spaces = _api_spaces(model or "text-embedding-3-small", base_url, dim)
+    else:
+        space_d = _space_defaults()
+        spaces = f"""\
+[[spaces]]
+name = "local"            # the named vector on each point
+provider = "{provider}"
+model = "{model or DEFAULT_MODEL[provider]}"
+dim = {dim or space_d['dim']}
+batch_size = {space_d['batch_size']}
+"""
     return f"""\
 # kbguard KB config. Relative paths resolve against this file's folder.
 [kb]
@@ -574,13 +590,7 @@ max_file_mb = {corpus_t.max_file_mb:g}          # larger files are recorded as f
 [chunking]
 max_tokens = {ChunkingTable().max_tokens}          # cap per chunk, in the first space's model tokens
 
-[[spaces]]
-name = "local"            # the named vector on each point
-provider = "{provider}"
-model = "{DEFAULT_MODEL[provider]}"
-dim = {space_d['dim']}
-batch_size = {space_d['batch_size']}
-
+{spaces}
 [store]
 backend = "{backend}"           # edge (embedded Qdrant Edge) | qdrant (server url or local path)
 path = ".kbguard/{kb}/store"
@@ -597,6 +607,47 @@ root = ".kbguard/{kb}/snapshots"
 upsert_batch = {rebuild_d.upsert_batch}
 parse_workers = {rebuild_d.parse_workers}
 """
+
+
+def _api_spaces(model: str, base_url: str, dim: int) -> str:
+    """An API primary space and the bundled MiniLM as its local standby."""
+    from kbguard.providers.openai_api import OPENAI_MODELS
+
+    native = OPENAI_MODELS.get(model.rsplit("/", 1)[-1], (0, False))[0]
+    if not (dim or native):
+        raise ConfigError(f"kbguard does not know the vector size of {model!r}; pass --dim N.")
+    api = OpenAIProviderSettings()
+    price = _PRICES.get(model, 0.0)
+    space_d = _space_defaults()
+    return f"""\
+[[spaces]]
+name = "primary"          # searched first: the API model
+model = "{model}"
+dim = {dim or native}
+batch_size = {api.max_batch_texts}
+
+[[spaces.providers]]
+type = "openai"
+base_url = "{base_url or api.base_url}"
+api_key_env = "OPENAI_API_KEY"       # the NAME of the variable that holds the key
+timeout_s = {api.timeout_s:g}
+max_retries = {api.max_retries}
+concurrency = {api.concurrency}
+max_batch_texts = {api.max_batch_texts}
+price_per_million_tokens = {price:g}   # USD; what the cost ledger and estimates use
+
+[[spaces]]
+name = "local"            # the warm standby: search answers from it when the API is down
+provider = "sentence-transformers"
+model = "{DEFAULT_MODEL['sentence-transformers']}"
+dim = {space_d['dim']}
+batch_size = {space_d['batch_size']}
+"""
+
+
+# USD per million tokens, public price pages late 2026: the ledger's default for a new config
+_PRICES = {"text-embedding-3-small": 0.02, "text-embedding-3-large": 0.13,
+           "text-embedding-ada-002": 0.10}
 
 
 def _space_defaults() -> dict[str, Any]:

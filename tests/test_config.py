@@ -186,3 +186,25 @@ def test_the_readme_key_table_names_exactly_the_schema_keys() -> None:
         else:
             listed |= {key for key in re.findall(r"`([\w.]+)`", first) if "." in key}
     assert listed == _schema_keys(), listed ^ _schema_keys()
+
+
+def test_init_with_an_api_writes_a_primary_and_a_local_standby(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    res = CliRunner().invoke(app, ["init", "--corpus", str(tmp_path / "docs"), "--config",
+                                   str(tmp_path / "kb.toml"), "--provider", "openai",
+                                   "--base-url", "http://127.0.0.1:8080/v1"])
+    assert res.exit_code == 0, res.output
+    assert "export OPENAI_API_KEY=" in res.stdout
+    cfg = load_config(tmp_path / "kb.toml")
+    primary, local = cfg.spaces
+    assert (primary.name, primary.model, primary.dim) == ("primary", "text-embedding-3-small",
+                                                          1536)
+    (entry,) = primary.chain
+    assert (entry.type, entry.base_url, entry.api_key_env, entry.price_per_million_tokens) == (
+        "openai", "http://127.0.0.1:8080/v1", "OPENAI_API_KEY", 0.02)
+    assert (local.name, local.provider, local.model) == ("local", "sentence-transformers",
+                                                         "all-MiniLM-L6-v2")
+    res = CliRunner().invoke(app, ["init", "--corpus", str(tmp_path / "docs"), "--config",
+                                   str(tmp_path / "other.toml"), "--provider", "openai",
+                                   "--model", "my-embedder"])
+    assert res.exit_code == 2 and "pass --dim N" in res.stderr

@@ -30,12 +30,25 @@ def init_cmd(
     provider: Annotated[str, typer.Option(
         "--provider", help=f"Embedding provider of the first space: {', '.join(PROVIDERS)}.")
     ] = "sentence-transformers",
+    model: Annotated[str, typer.Option(
+        "--model", help="The first space's model (openai: text-embedding-3-small).")] = "",
+    base_url: Annotated[str, typer.Option(
+        "--base-url", help="openai: any OpenAI-compatible /v1 endpoint.")] = "",
+    dim: Annotated[int, typer.Option("--dim", help="Vector size, for a model kbguard does not "
+                                     "know.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
 ) -> None:
-    """Write a KB config with working defaults for CORPUS."""
-    cfg = init_config(corpus, config, name=name, provider=provider, force=force)
+    """Write a KB config with working defaults for CORPUS.
+
+    With --provider openai: an API primary space and the bundled local model as its standby."""
+    cfg = init_config(corpus, config, name=name, provider=provider, model=model,
+                      base_url=base_url, dim=dim, force=force)
     stdout.print(f"Wrote {config} for KB '{cfg.kb}'. Build it with: kbguard rebuild --config "
                  f"{config}")
+    keys = sorted({e.api_key_env for s in cfg.spaces for e in s.chain
+                   if getattr(e, "api_key_env", None)})
+    if keys:
+        stdout.print(f"Set the API key first: export {keys[0]}=...")
 
 
 @guarded
