@@ -25,7 +25,7 @@ from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, 
 from kbguard.rebuild import RebuildReport, rebuild as rebuild_kb
 from kbguard.repair import RepairReport, repair_kb
 from kbguard.restore import RestoreReport, restore as restore_snapshot
-from kbguard.search import SearchHit, search as search_kb
+from kbguard.search import SearchHit, SearchResult, search as search_kb
 from kbguard.snapshot import (CreateReport, PruneReport, SnapshotCheck, SnapshotEntry,
                               create_snapshot, list_snapshots, prune_snapshots, verify_snapshot)
 from kbguard.status import kb_status
@@ -35,7 +35,7 @@ from kbguard.verify import VerifyReport, verify_kb
 # bound over a submodule would break `import kbguard.verify as v` and monkeypatching.
 __all__ = [
     "load_config", "init_config", "Config",
-    "rebuild_kb", "RebuildReport", "kb_status", "search_kb", "SearchHit",
+    "rebuild_kb", "RebuildReport", "kb_status", "search_kb", "SearchResult", "SearchHit",
     "verify_kb", "VerifyReport", "repair_kb", "RepairReport",
     "create_snapshot", "list_snapshots", "verify_snapshot", "prune_snapshots",
     "CreateReport", "SnapshotEntry", "SnapshotCheck", "PruneReport",

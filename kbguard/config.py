@@ -201,6 +201,11 @@ class RebuildTable(_Table):
     parse_workers: Annotated[int, Field(ge=1, le=256)] = 2
 
 
+class SearchTable(_Table):
+    # how long search waits for a space's providers before answering from the next space
+    query_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+
+
 class Canary(_Table):
     """A query whose expected documents must be among the top ``k`` results (`kbguard verify`)."""
 
@@ -229,6 +234,7 @@ class ConfigFile(_Table):
     manifest: ManifestTable = ManifestTable()
     snapshots: SnapshotsTable = SnapshotsTable()
     rebuild: RebuildTable = RebuildTable()
+    search: SearchTable = SearchTable()
     canaries: Annotated[tuple[Canary, ...], Field(strict=False)] = ()
 
     @model_validator(mode="after")
@@ -272,6 +278,7 @@ class Config:
     read_as: dict[str, str]
     canaries: tuple[Canary, ...]
     store_api_key_env: str | None   # the NAME of the variable holding the server's API key
+    query_timeout_s: float
 
     @property
     def root(self) -> Path:
@@ -346,6 +353,7 @@ def parse_config(path: Path, data: dict[str, Any]) -> Config:
         read_as=dict(raw.parsing.read_as),
         canaries=raw.canaries,
         store_api_key_env=store.api_key_env,
+        query_timeout_s=raw.search.query_timeout_s,
     )
 
 

@@ -313,6 +313,13 @@ class Manifest:
 
     # -- counts for status -------------------------------------------------------------------
 
+    def chunks_lacking_vectors(self, space_id: str) -> int:
+        """Chunks whose text has no cached vector in ``space_id``: the space's debt, which the
+        next rebuild embeds (a space whose providers were down has some)."""
+        return int(self.scalar(
+            "SELECT count(*) FROM chunks WHERE content_hash NOT IN "
+            "(SELECT content_hash FROM embeddings WHERE space_id = ?)", [space_id]))
+
     def counts(self) -> dict[str, int]:
         return {
             "documents": self.scalar("SELECT count(*) FROM documents WHERE status = 'ok'"),

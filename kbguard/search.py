@@ -1,12 +1,24 @@
-"""Search a KB: embed the query in one space and ask the store for the nearest points."""
+"""Search a KB: embed the query in one space and ask the store for the nearest points.
+
+Search survives an embedding outage. The asked-for space (the first, or ``--space``) answers
+when its providers embed the query within ``search.query_timeout_s`` and every chunk has its
+vector in that space; otherwise the next complete space answers, and the result says which
+space answered and why. One query never mixes spaces: its vector and the points it is compared
+with come from one model.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-from kbguard.config import Config
+import numpy as np
+
+from kbguard.config import Config, SpaceConfig
 from kbguard.embed import get_embedder
-from kbguard.errors import ConfigError, CorpusError, KbguardError, StoreError, StoreUnavailable
+from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, StoreError,
+                            StoreUnavailable)
 from kbguard.lock import check_unlocked
 from kbguard.manifest import Manifest
 from kbguard.rebuild import empty_corpus_message, store_for
@@ -28,13 +40,29 @@ class SearchHit:
         return asdict(self)
 
 
-def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> list[SearchHit]:
-    """The ``k`` chunks nearest to ``query`` in ``space`` (default: the first space)."""
+@dataclass
+class SearchResult:
+    """The hits of one query, the space that answered, and why it was not the one asked for."""
+
+    hits: list[SearchHit]
+    space: str
+    degraded: bool = False
+    reason: str | None = None
+    passed_over: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"space": self.space, "degraded": self.degraded, "reason": self.reason,
+                "passed_over": self.passed_over, "results": [h.to_dict() for h in self.hits]}
+
+
+def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> SearchResult:
+    """The ``k`` chunks nearest to ``query`` in ``space`` (default: the first space), or in
+    the next complete space when that one cannot answer (see the module docstring)."""
     if not query.strip():
         raise ConfigError("The search text is empty; give the words to search for.")
     if k < 1:
         raise ConfigError(f"-k must be at least 1, got {k}.")
-    sp = cfg.space(space) if space else cfg.spaces[0]
+    asked = cfg.space(space) if space else cfg.spaces[0]
     check_unlocked(cfg.manifest)
     if not cfg.manifest.exists():
         raise missing_manifest(cfg, never_built="Run `kbguard rebuild` first.")
@@ -46,18 +74,62 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
                 "Run `kbguard rebuild`: it writes the store again from the embedding cache.")
         if not info.points:
             raise _nothing_to_search(cfg)
-        vector = get_embedder(sp).embed_batch([query])[0]
-        hits = store.query(sp.name, vector, k)
-    return [
-        SearchHit(
-            path=str(h.payload.get("path", "?")),
-            score=round(float(h.score), 4),
-            section=str(h.payload.get("section", "")),
-            snippet=_snippet(str(h.payload.get("text", "")), str(h.payload.get("section", ""))),
-            point_id=h.id,
-        )
-        for h in hits
-    ]
+        with Manifest.open(cfg.manifest, read_only=True) as m:
+            lacking = {s.name: m.chunks_lacking_vectors(s.space_id) for s in cfg.spaces}
+        passed: list[dict[str, str]] = []
+        for sp in [asked, *(s for s in cfg.spaces if s is not asked)]:
+            if lacking[sp.name]:
+                passed.append({"space": sp.name, "reason": (
+                    f"space {sp.name!r} is incomplete: {lacking[sp.name]} chunks have no "
+                    "vector in it yet (the next `kbguard rebuild` fills them)")})
+                continue
+            try:
+                vector = _embed_query(sp, query, cfg.query_timeout_s)
+            except EmbedError as exc:
+                passed.append({"space": sp.name, "reason": str(exc)})
+                continue
+            hits = store.query(sp.name, vector, k)
+            return SearchResult(
+                [_hit(h) for h in hits], sp.name, degraded=bool(passed),
+                reason="; ".join(p["reason"] for p in passed) or None, passed_over=passed)
+    raise EmbedError(
+        f"No space of KB '{cfg.kb}' could answer: "
+        + "; ".join(p["reason"] for p in passed)
+        + ". Search works again once a space's providers are back (or add a local standby "
+        "space: see docs/providers.md).")
+
+
+def _embed_query(space: SpaceConfig, query: str, timeout_s: float) -> np.ndarray:
+    """The query's vector in ``space``, or EmbedError when its providers fail or take longer
+    than ``timeout_s``: an answer from another space now beats this one later."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["vector"] = get_embedder(space).embed_batch([query])[0]
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+
+    # a daemon thread: a provider that hangs must not keep the process alive after the answer
+    thread = threading.Thread(target=work, name=f"query-{space.name}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise EmbedError(f"space {space.name!r} did not embed the query within "
+                         f"search.query_timeout_s = {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["vector"]
+
+
+def _hit(h: Any) -> SearchHit:
+    return SearchHit(
+        path=str(h.payload.get("path", "?")),
+        score=round(float(h.score), 4),
+        section=str(h.payload.get("section", "")),
+        snippet=_snippet(str(h.payload.get("text", "")), str(h.payload.get("section", ""))),
+        point_id=h.id,
+    )
 
 
 def _nothing_to_search(cfg: Config) -> KbguardError:

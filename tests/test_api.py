@@ -28,8 +28,9 @@ def test_a_kb_life_through_the_python_api(tmp_path: Path) -> None:
     status = kbguard.kb_status(cfg)
     assert status["counts"]["chunks"] == built.chunks["total"]
 
-    hits = kbguard.search_kb(cfg, "Guide 1 part 1 topic1", k=3)
-    assert hits and hits[0].path == "guide1.md"
+    found = kbguard.search_kb(cfg, "Guide 1 part 1 topic1", k=3)
+    assert found.hits and found.hits[0].path == "guide1.md"
+    assert (found.space, found.degraded) == ("local", False)
 
     check = kbguard.verify_kb(cfg)
     assert check.healthy and check.exit_code == 0

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
-                                emit_json, guarded, load, one_line, stdout)
+                                emit_json, guarded, load, one_line, stderr, stdout)
 from kbguard.config import PROVIDERS, init_config
 from kbguard.rebuild import rebuild
 from kbguard.search import search
@@ -164,10 +164,13 @@ def search_cmd(
 ) -> None:
     """The chunks nearest to QUERY: path, score and a snippet."""
     cfg = load(config)
-    hits = search(cfg, query, k=k, space=space or None)
+    result = search(cfg, query, k=k, space=space or None)
+    hits = result.hits
     if json_out:
-        emit_json({"query": query, "results": [h.to_dict() for h in hits]})
+        emit_json({"query": query, **result.to_dict()})
         return
+    if result.degraded:
+        stderr.print(f"Answered from space {result.space!r}: {result.reason}")
     if not hits:
         stdout.print("No results.")
     for i, h in enumerate(hits, 1):
