@@ -291,8 +291,9 @@ class Manifest:
     # -- embedding cache ---------------------------------------------------------------------
 
     def cache_vectors(self, space_id: str, items: Sequence[tuple[str, np.ndarray]],
-                      run_id: int | None) -> None:
-        """Add vectors to the cache (existing keys are replaced). No transaction."""
+                      run_id: int | None, provider: str | None = None) -> None:
+        """Add vectors to the cache (existing keys are replaced), made by ``provider``.
+        No transaction."""
         if not items:
             return
         blobs = [vector_bytes(vec) for _, vec in items]
@@ -304,14 +305,36 @@ class Manifest:
             "checksum": pa.array([vector_checksum(b) for b in blobs], pa.string()),
             "created_at": pa.array([now()] * len(items), pa.timestamp("us", tz="UTC")),
             "run_id": pa.array([run_id] * len(items), pa.int64()),
+            "provider": pa.array([provider] * len(items), pa.string()),
         })
         self.con.register("_cache_batch", batch)
         try:
-            self.con.execute("INSERT OR REPLACE INTO embeddings SELECT * FROM _cache_batch")
+            self.con.execute("INSERT OR REPLACE INTO embeddings BY NAME SELECT * FROM _cache_batch")
         finally:
             self.con.unregister("_cache_batch")
 
     # -- counts for status -------------------------------------------------------------------
+
+    def record_usage(self, run_id: int | None, kind: str, space: Any, provider: str,
+                     usage: Any) -> None:
+        """Add what one provider's calls for one space cost to the ledger. No transaction."""
+        if not usage.texts and not usage.requests:
+            return
+        self.con.execute(
+            "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, kind, space.name, space.space_id, provider, usage.texts, usage.tokens,
+             usage.requests, usage.seconds, usage.cost_usd, now()])
+
+    def spend(self, since: datetime | None = None) -> dict[str, Any]:
+        """Tokens and USD in the ledger (since ``since``), in total and by space."""
+        where, args = ("WHERE at >= ?", [since]) if since else ("", [])
+        rows = self.con.execute(
+            f"SELECT space, sum(tokens), sum(cost_usd), sum(texts) FROM ledger {where} "
+            "GROUP BY space ORDER BY space", args).fetchall()
+        return {"tokens": int(sum(r[1] for r in rows)),
+                "usd": round(float(sum(r[2] for r in rows)), 6),
+                "by_space": {r[0]: {"tokens": int(r[1]), "usd": round(float(r[2]), 6),
+                                    "texts": int(r[3])} for r in rows}}
 
     def chunks_lacking_vectors(self, space_id: str) -> int:
         """Chunks whose text has no cached vector in ``space_id``: the space's debt, which the

@@ -93,8 +93,32 @@ WHERE status = 'failed' AND (error LIKE '%invalid UTF-8 at byte offset%'
                              OR error LIKE '%UTF-16 text; kbguard reads text files as UTF-8%');
 """
 
+M004_PROVIDERS = """
+-- Which provider of its space's chain made each cached vector (NULL: cached before providers
+-- were recorded).
+ALTER TABLE embeddings ADD COLUMN provider VARCHAR;
+
+-- The bill: one row per run, space and provider that embedded anything (rebuild, verify
+-- --sample/--deep re-embedding, repair). tokens are the API's own count where it gave one,
+-- else the model's tokenizer's; cost_usd = tokens x the provider's price_per_million_tokens.
+CREATE TABLE ledger (
+    run_id      BIGINT,
+    kind        VARCHAR NOT NULL,
+    space       VARCHAR NOT NULL,
+    space_id    VARCHAR NOT NULL,
+    provider    VARCHAR NOT NULL,
+    texts       BIGINT NOT NULL,
+    tokens      BIGINT NOT NULL,
+    requests    BIGINT NOT NULL,
+    seconds     DOUBLE NOT NULL,
+    cost_usd    DOUBLE NOT NULL,
+    at          TIMESTAMPTZ NOT NULL
+);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "core", M001_CORE),
     (2, "checks", M002_CHECKS),
     (3, "encodings", M003_ENCODINGS),
+    (4, "providers", M004_PROVIDERS),
 ]
