@@ -754,6 +754,3 @@ def last_check(m: Manifest) -> dict[str, Any] | None:
             "points_checked": summary.get("points_checked"),
             "seconds": summary.get("seconds")}
 
-
-def iter_findings(report: VerifyReport) -> Iterator[Finding]:
-    return iter(report.findings.values())
