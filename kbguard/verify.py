@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -159,33 +158,22 @@ class CheckOptions:
 
 
 def verify_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
-              progress: Progress = SILENT, prom_file: Path | None = None,
-              record: bool = True) -> VerifyReport:
+              progress: Progress = SILENT, record: bool = True) -> VerifyReport:
     """Check the KB of ``cfg`` and record the check in its manifest; never changes the KB.
 
     Holds the KB lock for the check, so a rebuild cannot change the KB halfway through it (and a
-    check never waits: a busy KB raises LockedError at once). ``prom_file`` receives Prometheus
-    textfile-collector metrics, also when the check cannot run.
+    check never waits: a busy KB raises LockedError at once). A check that cannot run raises a
+    KbguardError; one that runs returns its report, whatever it found.
     """
-    from kbguard.prom import write_metrics
-
-    started = time.time()
-    try:
-        if sample < 0:
-            raise KbguardError(f"--sample must be 0 or more, got {sample}.")
-        if not cfg.manifest.exists():  # before the lock: checking an unbuilt KB writes nothing
-            raise missing_manifest(cfg, never_built="There is nothing to check against; "
-                                   "run `kbguard rebuild`.")
-        with kb_lock(cfg.manifest, "verify"):
-            report, _ = check_kb(cfg, CheckOptions(sample=sample, deep=deep), progress)
-            if record:
-                record_check(cfg, report, kind="verify")
-    except KbguardError as exc:
-        if prom_file is not None:
-            write_metrics(prom_file, cfg.kb, None, started=started, error=str(exc))
-        raise
-    if prom_file is not None:
-        write_metrics(prom_file, cfg.kb, report, started=started)
+    if sample < 0:
+        raise KbguardError(f"--sample must be 0 or more, got {sample}.")
+    if not cfg.manifest.exists():  # before the lock: checking an unbuilt KB writes nothing
+        raise missing_manifest(cfg, never_built="There is nothing to check against; "
+                               "run `kbguard rebuild`.")
+    with kb_lock(cfg.manifest, "verify"):
+        report, _ = check_kb(cfg, CheckOptions(sample=sample, deep=deep), progress)
+        if record:
+            record_check(cfg, report, kind="verify")
     return report
 
 

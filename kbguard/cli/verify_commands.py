@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,7 @@ import typer
 
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
                                 emit_json, guarded, load, stdout)
-from kbguard.errors import ConfigError
+from kbguard.errors import ConfigError, KbguardError
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +39,7 @@ def verify_cmd(
 
     Exit 0 healthy, 1 findings, 2 could not check, 3 busy (another kbguard command holds the KB).
     """
+    from kbguard.prom import write_metrics
     from kbguard.repair import repair_kb
     from kbguard.verify import verify_kb
 
@@ -61,7 +63,15 @@ def verify_cmd(
                 + ("; collection recreated" if a["collection_recreated"] else ""))
             _print_report(result.after, title="After repair")
         raise typer.Exit(result.exit_code)
-    report = verify_kb(cfg, sample=sample, deep=deep, progress=progress, prom_file=prom_file)
+    started = time.time()
+    try:
+        report = verify_kb(cfg, sample=sample, deep=deep, progress=progress)
+    except KbguardError as exc:
+        if prom_file is not None:  # the metrics say so also when the check cannot run
+            write_metrics(prom_file, cfg.kb, None, started=started, error=str(exc))
+        raise
+    if prom_file is not None:
+        write_metrics(prom_file, cfg.kb, report, started=started)
     if json_out:
         emit_json(report.to_dict())
     else:
