@@ -77,13 +77,13 @@ def build_kb(cfg, n: int, seed: int = 0) -> None:
                                     point_payload(cfg.kb, path, h, 0, "Section", text)))
                 chunks.append((pid, path, i % PER_DOC, h, 0, "Section", text, 70))
                 blob = vector_bytes(v)
-                emb.append((space.space_id, h, blob, vector_checksum(blob), ts, None))
+                emb.append((space.space_id, h, blob, vector_checksum(blob), ts, None, None))
                 state.append((pid, path, h, "local", True, ts))
             store.upsert(points)
             store.flush()
             with m.transaction():
                 m.con.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", chunks)
-                m.con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", emb)
+                m.con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?)", emb)
                 m.con.executemany("INSERT INTO store_state VALUES (?, ?, ?, ?, ?, ?)", state)
         docs = (n + PER_DOC - 1) // PER_DOC
         with m.transaction():

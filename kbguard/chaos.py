@@ -408,7 +408,7 @@ def fill_synthetic(cfg: Config, *, points: int, per_doc: int = 100, words: int =
                 m.con.register("syn_state", state_tbl)
                 m.con.execute("INSERT INTO chunks SELECT * FROM syn_chunks")
                 m.con.execute("INSERT INTO embeddings SELECT space_id, content_hash, vector, "
-                              "checksum, ?::TIMESTAMPTZ, NULL FROM syn_emb", [ts])
+                              "checksum, ?::TIMESTAMPTZ, NULL, NULL FROM syn_emb", [ts])
                 m.con.execute("INSERT INTO store_state SELECT point_id, path, content_hash, "
                               "vectors, true, ?::TIMESTAMPTZ FROM syn_state", [ts])
                 for t in ("syn_chunks", "syn_emb", "syn_state"):

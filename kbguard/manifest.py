@@ -327,7 +327,7 @@ class Manifest:
 
     def spend(self, since: datetime | None = None) -> dict[str, Any]:
         """Tokens and USD in the ledger (since ``since``), in total and by space."""
-        where, args = ("WHERE at >= ?", [since]) if since else ("", [])
+        where, args = ("WHERE recorded_at >= ?", [since]) if since else ("", [])
         rows = self.con.execute(
             f"SELECT space, sum(tokens), sum(cost_usd), sum(texts) FROM ledger {where} "
             "GROUP BY space ORDER BY space", args).fetchall()

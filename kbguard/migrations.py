@@ -112,7 +112,7 @@ CREATE TABLE ledger (
     requests    BIGINT NOT NULL,
     seconds     DOUBLE NOT NULL,
     cost_usd    DOUBLE NOT NULL,
-    at          TIMESTAMPTZ NOT NULL
+    recorded_at TIMESTAMPTZ NOT NULL
 );
 """
 

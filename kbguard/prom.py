@@ -39,12 +39,12 @@ def render_metrics(kb: str, report: VerifyReport | None, *, started: float,
 
     metric("kbguard_verify_up", "gauge",
            "1 if the last check could run to the end, 0 if it could not check.",
-           [(label, 0 if report is None or report.exit_code == 2 else 1)])
+           [(label, 0 if report is None or report.verdict == report.verdict.COULD_NOT_CHECK else 1)])
     metric("kbguard_verify_healthy", "gauge", "1 if the last check found nothing.",
            [(label, 1 if report is not None and report.healthy else 0)])
     metric("kbguard_verify_exit_code", "gauge",
            "Exit code of the last check: 0 healthy, 1 findings, 2 could not check.",
-           [(label, 2 if report is None else report.exit_code)])
+           [(label, 2 if report is None else int(report.verdict))])
     if report is not None:
         metric("kbguard_verify_findings", "gauge", "Findings of the last check, by class.",
                [(f'{label},finding="{name}"', f.count) for name, f in report.findings.items()])
@@ -95,7 +95,7 @@ def write_metrics(path: Path, kb: str, report: VerifyReport | None, *, started: 
                   error: str | None = None) -> None:
     """Write the metrics of one check to ``path`` atomically."""
     path = Path(path)
-    completed = report is not None and report.exit_code != 2
+    completed = report is not None and report.verdict != report.verdict.COULD_NOT_CHECK
     last_success = started if completed else _previous_success(path)
     text = render_metrics(kb, report, started=started, last_success=last_success, error=error)
     try:

@@ -34,8 +34,9 @@ class RepairReport:
     seconds: float = 0.0
 
     @property
-    def exit_code(self) -> int:
-        return self.after.exit_code
+    def verdict(self) -> Any:
+        """The verdict of the check after the repair."""
+        return self.after.verdict
 
     def to_dict(self) -> dict[str, Any]:
         out = self.after.to_dict()

@@ -9,6 +9,11 @@ the store holds beyond the manifest's are found from the count, and listed by an
 only when the counts disagree. At the end one short write transaction records the check in the
 manifest's history (``runs`` + ``findings``); nothing else is ever written.
 
+``check_kb`` runs one function per check (the cache's checksums, the corpus, then with the store
+open: the points, orphans, the sampled re-embedding, the canaries); each returns a
+``CheckResult`` of its findings and the repair-plan items they call for, and ``check_kb`` adds
+them up into the report and the plan.
+
 Each point gets at most one vector class, in this order: invalid (NaN, inf, zero, wrong
 dimension, missing) > stale (the payload's content hash is another text's: its vector is that
 text's too) > wrong space (the vector equals a cached vector of another model) > corruption.
@@ -26,8 +31,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from enum import IntEnum
+from typing import Any, NamedTuple
 
 import duckdb
 import numpy as np
@@ -35,13 +40,13 @@ import numpy as np
 from kbguard.config import Config, SpaceConfig
 from kbguard.disk import not_writable
 from kbguard.errors import (DiskFullError, KbguardError, ManifestError, ManifestReadOnly,
-                            StoreError, StoreUnavailable)
+                            StoreError)
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, now, vector_checksum
 from kbguard.recovery import missing_manifest
 from kbguard.redact import redact_url, scrub_data
 from kbguard.progress import SILENT, Progress
-from kbguard.store import PointArrays
+from kbguard.store import PointArrays, Store
 
 BATCH = 1024                  # chunks per comparison batch: the memory bound of a check
 JOIN_BYTES = 64 << 20         # cached vectors DuckDB holds at once to join them to the chunks
@@ -90,9 +95,23 @@ class Finding:
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(example)
 
+    def absorb(self, other: Finding) -> None:
+        """Add ``other``'s count, and its examples after these (up to MAX_EXAMPLES in all)."""
+        self.count += other.count
+        self.examples.extend(other.examples[:MAX_EXAMPLES - len(self.examples)])
+
     def to_dict(self) -> dict[str, Any]:
         return {"count": self.count, "checked": self.checked, "fix": FINDINGS[self.name],
                 "examples": self.examples}
+
+
+class Verdict(IntEnum):
+    """What a check concluded. The values are the documented exit codes and the value of the
+    ``kbguard_verify_exit_code`` metric, so scripts and dashboards read the same number."""
+
+    HEALTHY = 0
+    FINDINGS = 1
+    COULD_NOT_CHECK = 2
 
 
 @dataclass
@@ -118,18 +137,19 @@ class VerifyReport:
         return self.total == 0 and not self.errors
 
     @property
-    def exit_code(self) -> int:
-        """0 healthy, 1 findings, 2 could not check (some part, with no finding elsewhere)."""
+    def verdict(self) -> Verdict:
+        """Findings win over a part that could not be checked; nothing wrong is healthy."""
         if self.total:
-            return 1
-        return 2 if self.errors else 0
+            return Verdict.FINDINGS
+        return Verdict.COULD_NOT_CHECK if self.errors else Verdict.HEALTHY
 
     def counts(self) -> dict[str, int]:
         return {name: f.count for name, f in self.findings.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kb": self.kb, "healthy": self.healthy, "exit_code": self.exit_code,
+            "kb": self.kb, "healthy": self.healthy, "verdict": self.verdict.name.lower(),
+            "exit_code": int(self.verdict),
             "checked_at": self.checked_at, "seconds": self.seconds,
             "points_checked": self.points_checked, "store_points": self.store_points,
             "manifest_points": self.manifest_points, "sampled": self.sampled,
@@ -151,6 +171,15 @@ class RepairPlan:
     store_unreadable: bool = False
     manifest_unreadable: bool = False
 
+    def merge(self, other: RepairPlan) -> None:
+        self.rewrite |= other.rewrite
+        self.delete |= other.delete
+        self.recache |= other.recache
+        self.recreate |= other.recreate
+        self.create |= other.create
+        self.store_unreadable |= other.store_unreadable
+        self.manifest_unreadable |= other.manifest_unreadable
+
 
 @dataclass(frozen=True)
 class CheckOptions:
@@ -161,37 +190,73 @@ class CheckOptions:
     seed: int | None = None
 
 
+@dataclass
+class CheckResult:
+    """What one check (or one batch of a streamed check) found, and what a repair must do.
+
+    Every check returns one; ``check_kb`` adds them up, in order, into the report and the plan.
+    """
+
+    findings: dict[str, Finding] = field(default_factory=dict)   # only the classes it found
+    plan: RepairPlan = field(default_factory=RepairPlan)
+    unchecked: list[str] = field(default_factory=list)           # classes it could not judge
+    points_checked: int = 0
+    sampled: int = 0
+    store_points: int | None = None
+    manifest_points: int | None = None
+    errors: list[str] = field(default_factory=list)              # parts that could not be checked
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, name: str, example: dict[str, Any]) -> None:
+        finding = self.findings.get(name)
+        if finding is None:
+            finding = self.findings[name] = Finding(name)
+        finding.add(example)
+
+    def merge(self, other: CheckResult) -> None:
+        """Take in ``other``, found after this: its examples come after this one's."""
+        for name, finding in other.findings.items():
+            self.findings.setdefault(name, Finding(name)).absorb(finding)
+        self.plan.merge(other.plan)
+        self.unchecked += other.unchecked
+        self.points_checked += other.points_checked
+        self.sampled += other.sampled
+        if other.store_points is not None:
+            self.store_points = other.store_points
+        if other.manifest_points is not None:
+            self.manifest_points = other.manifest_points
+        self.errors += other.errors
+        self.notes += other.notes
+
+
+class ReembedPoint(NamedTuple):
+    """A point whose stored vector is compared with a fresh embedding of its text."""
+
+    point_id: str
+    path: str
+    content_hash: str
+    space: SpaceConfig
+    text: str
+    stored: np.ndarray
+
+
 def verify_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
-              progress: Progress = SILENT, prom_file: Path | None = None,
-              record: bool = True) -> VerifyReport:
+              progress: Progress = SILENT, record: bool = True) -> VerifyReport:
     """Check the KB of ``cfg`` and record the check in its manifest; never changes the KB.
 
     Holds the KB lock for the check, so a rebuild cannot change the KB halfway through it (and a
-    check never waits: a busy KB raises LockedError at once). ``prom_file`` receives Prometheus
-    textfile-collector metrics, also when the check cannot run; a place they cannot be
-    written is refused before anything is checked.
+    check never waits: a busy KB raises LockedError at once). A check that cannot run raises a
+    KbguardError; one that runs returns its report, whatever it found.
     """
-    from kbguard.prom import check_target, write_metrics
-
-    if prom_file is not None:
-        check_target(prom_file)
-    started = time.time()
-    try:
-        if sample < 0:
-            raise KbguardError(f"--sample must be 0 or more, got {sample}.")
-        if not cfg.manifest.exists():  # before the lock: checking an unbuilt KB writes nothing
-            raise missing_manifest(cfg, never_built="There is nothing to check against; "
-                                   "run `kbguard rebuild`.")
-        with kb_lock(cfg.manifest, "verify", reader=True):
-            report, _ = check_kb(cfg, CheckOptions(sample=sample, deep=deep), progress)
-            if record:
-                record_check(cfg, report, kind="verify")
-    except KbguardError as exc:
-        if prom_file is not None:
-            write_metrics(prom_file, cfg.kb, None, started=started, error=str(exc))
-        raise
-    if prom_file is not None:
-        write_metrics(prom_file, cfg.kb, report, started=started)
+    if sample < 0:
+        raise KbguardError(f"--sample must be 0 or more, got {sample}.")
+    if not cfg.manifest.exists():  # before the lock: checking an unbuilt KB writes nothing
+        raise missing_manifest(cfg, never_built="There is nothing to check against; "
+                               "run `kbguard rebuild`.")
+    with kb_lock(cfg.manifest, "verify", reader=True):
+        report, _ = check_kb(cfg, CheckOptions(sample=sample, deep=deep), progress)
+        if record:
+            record_check(cfg, report, kind="verify")
     return report
 
 
@@ -200,500 +265,559 @@ def verify_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
 def check_kb(cfg: Config, opts: CheckOptions = CheckOptions(),
              progress: Progress = SILENT) -> tuple[VerifyReport, RepairPlan]:
     """One read-only check: the report and the repair plan. The caller holds the KB lock."""
-    return _Check(cfg, opts, progress).run()
+    t0 = time.perf_counter()
+    checked_at = now().isoformat(timespec="seconds")
+    try:
+        found = _run_checks(cfg, opts, progress)
+    finally:
+        progress.close()
+    if not opts.deep and not opts.sample:
+        found.unchecked.append("embedding_drift")
+    findings = _empty_findings()
+    for name, finding in found.findings.items():
+        findings[name].absorb(finding)
+    for name in found.unchecked:
+        findings[name].checked = False
+    report = VerifyReport(cfg.kb, checked_at, findings,
+                          seconds=round(time.perf_counter() - t0, 3),
+                          points_checked=found.points_checked, store_points=found.store_points,
+                          manifest_points=found.manifest_points, sampled=found.sampled,
+                          errors=found.errors, notes=found.notes)
+    return report, found.plan
 
 
 def _empty_findings() -> dict[str, Finding]:
     return {name: Finding(name) for name in FINDINGS}
 
 
-class _Check:
-    def __init__(self, cfg: Config, opts: CheckOptions, progress: Progress):
-        self.cfg, self.opts, self.progress = cfg, opts, progress
-        self.f = _empty_findings()
-        self.plan = RepairPlan()
-        self.report = VerifyReport(cfg.kb, now().isoformat(timespec="seconds"), self.f)
-        self.rng = random.Random(opts.seed)
-        self.damaged_cache: dict[tuple[str, str], str] = {}   # key -> reason
-        self.drift_todo: list[tuple[str, str, str, SpaceConfig, str, np.ndarray]] = []
-
-    def run(self) -> tuple[VerifyReport, RepairPlan]:
-        t0 = time.perf_counter()
-        try:
-            m = self._open_manifest()
-            if m is None:
-                for name in FINDINGS:
-                    if name != "manifest_damage":
-                        self.f[name].checked = False
-                return self._done(t0)
-            with m:
-                try:
-                    self._check_manifest(m)
-                    if self.opts.corpus:
-                        self._check_corpus(m)
-                    else:
-                        self.f["corpus_changed"].checked = False
-                    self._check_store(m)
-                except duckdb.Error as exc:
-                    self._manifest_unreadable(exc)
-        finally:
-            self.progress.close()
-        return self._done(t0)
-
-    def _done(self, t0: float) -> tuple[VerifyReport, RepairPlan]:
-        if not self.opts.deep and not self.opts.sample:
-            self.f["embedding_drift"].checked = False
-        self.report.seconds = round(time.perf_counter() - t0, 3)
-        return self.report, self.plan
-
-    # -- manifest --------------------------------------------------------------------------
-
-    def _open_manifest(self) -> Manifest | None:
-        path = self.cfg.manifest
-        if not path.exists():
-            raise missing_manifest(self.cfg, never_built="There is nothing to check against; "
-                                   "run `kbguard rebuild`.")
-        try:
-            m = Manifest.open(path, read_only=True)
-        except ManifestError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, duckdb.Error) and "lock" not in str(cause).lower():
-                self._manifest_unreadable(cause)
-                return None
-            raise  # in use, or a schema version this kbguard cannot read: could not check
-        have = m.get_meta("kb")
-        if have != self.cfg.kb:
-            m.close()
+def _run_checks(cfg: Config, opts: CheckOptions, progress: Progress) -> CheckResult:
+    """The manifest's cache, the corpus, then the store: each check's result, in that order."""
+    path = cfg.manifest
+    if not path.exists():
+        raise missing_manifest(cfg, never_built="There is nothing to check against; "
+                               "run `kbguard rebuild`.")
+    try:
+        manifest = Manifest.open(path, read_only=True)
+    except ManifestError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, duckdb.Error) and "lock" not in str(cause).lower():
+            found = manifest_unreadable(cfg, cause)
+            found.unchecked += [name for name in FINDINGS if name != "manifest_damage"]
+            return found
+        raise  # in use, or a schema version this kbguard cannot read: could not check
+    with manifest:
+        have = manifest.get_meta("kb")
+        if have != cfg.kb:
             raise ManifestError(f"{path} belongs to KB {have!r}, but the config names KB "
-                                f"{self.cfg.kb!r}. Point manifest.path at this KB's manifest.")
-        return m
-
-    def _manifest_unreadable(self, exc: BaseException) -> None:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        self.f["manifest_damage"].add({"manifest": str(self.cfg.manifest),
-                                       "error": f"the DuckDB file cannot be read: {first}"})
-        self.plan.manifest_unreadable = True
-
-    def _check_manifest(self, m: Manifest) -> None:
-        """Every cache row against its checksum (and configured spaces' rows against dim)."""
-        dims = {s.space_id: s.dim for s in self.cfg.spaces}
-        cur = m.con.cursor()
+                                f"{cfg.kb!r}. Point manifest.path at this KB's manifest.")
+        found = CheckResult()
         try:
-            reader = cur.sql(
-                "SELECT space_id, content_hash, vector, checksum FROM embeddings"
-            ).to_arrow_reader(8192)
-            for batch in reader:
-                cols = batch.to_pydict()
-                for space_id, h, blob, checksum in zip(cols["space_id"], cols["content_hash"],
-                                                       cols["vector"], cols["checksum"]):
-                    if vector_checksum(blob) != checksum:
-                        self.damaged_cache[(space_id, h)] = "checksum fails"
-                    elif space_id in dims and len(blob) != 4 * dims[space_id]:
-                        self.damaged_cache[(space_id, h)] = (
-                            f"{len(blob) // 4} values, the space has {dims[space_id]}")
-        finally:
-            cur.close()
-        if not self.damaged_cache:
-            return
-        keys = sorted(self.damaged_cache)
-        paths = dict(m.con.execute(
-            "SELECT content_hash, min(path) FROM chunks WHERE content_hash IN "
-            "(SELECT unnest(?::VARCHAR[])) GROUP BY 1", [[h for _, h in keys[:50]]]).fetchall())
-        for space_id, h in keys:
-            self.f["manifest_damage"].add({"space": space_id, "content_hash": h,
-                                           "path": paths.get(h),
-                                           "error": f"cached vector {self.damaged_cache[(space_id, h)]}"})
-            self.plan.recache.add((space_id, h))
-
-    # -- corpus ----------------------------------------------------------------------------
-
-    def _check_corpus(self, m: Manifest) -> None:
-        from kbguard.scan import scan_corpus
-        from kbguard.versioning import dvc_view
-
-        known = m.documents()
-        try:
-            view = dvc_view(self.cfg.corpus)
-            scan = scan_corpus(self.cfg.corpus, self.cfg.include, self.cfg.exclude, known,
-                               dvc_hashes=view.hashes if view else None)
-        except KbguardError as exc:
-            self.f["corpus_changed"].checked = False
-            self.report.errors.append(f"corpus not checked: {exc}")
-            return
-        f = self.f["corpus_changed"]
-        for path in sorted(set(scan.files) | set(known)):
-            now_f, was = scan.files.get(path), known.get(path)
-            if was is None:
-                f.add({"path": path, "change": "added"})
-            elif now_f is None:
-                f.add({"path": path, "change": "removed"})
-            elif now_f.file_hash is None:
-                continue  # refused (unreadable, symlink out): a rebuild would refuse it too
-            elif was.status == "ok" and was.indexed_hash != now_f.file_hash:
-                f.add({"path": path, "change": "changed"})
-            elif was.status != "ok" and was.file_hash != now_f.file_hash:
-                f.add({"path": path, "change": "changed since it failed to parse"})
-
-    # -- store -----------------------------------------------------------------------------
-
-    def _check_store(self, m: Manifest) -> None:
-        from kbguard.rebuild import store_for
-
-        wanted = m.scalar("SELECT count(*) FROM chunks")
-        self.report.manifest_points = wanted
-        store = store_for(self.cfg)
-        try:
-            try:
-                info = store.describe()
-            except StoreError as exc:
-                self._store_unreadable(exc)
-                return
-            if not info.exists:
-                self.report.store_points = 0
-                self.report.notes.append("the collection does not exist")
-                self.plan.create = True
-                self._all_missing(m)
-                self._skip_canaries("the collection does not exist")
-                return
-            self.report.store_points = info.points
-            try:
-                compare = self._check_config(info.vectors)
-                matched = self._compare_points(m, store, compare, wanted)
-                if matched < info.points:
-                    self._find_orphans(m, store)
-                self._check_drift()
-                self._check_canaries(store)
-            except StoreUnavailable as exc:
-                self._store_unreadable(exc)
-            except StoreError as exc:
-                self._store_unreadable(exc)
-        finally:
-            try:
-                store.close()
-            except StoreError:
-                pass
-
-    def _store_unreadable(self, exc: StoreError) -> None:
-        self.f["store_unreadable"] = Finding("store_unreadable")
-        where = redact_url(self.cfg.store_url) if self.cfg.store_url else str(self.cfg.store_path)
-        self.f["store_unreadable"].add({"store": where, "error": str(exc)})
-        for name in STORE_CLASSES + ("canary_failures", "embedding_drift"):
-            self.f[name] = Finding(name, checked=False)
-        self.plan = RepairPlan(recache=self.plan.recache, store_unreadable=True,
-                               manifest_unreadable=self.plan.manifest_unreadable)
-        self.report.points_checked = 0
-
-    def _skip_canaries(self, why: str) -> None:
-        if self.cfg.canaries:
-            self.f["canary_failures"].checked = False
-            self.report.notes.append(f"canaries not run: {why}")
-
-    def _all_missing(self, m: Manifest) -> None:
-        f = self.f["missing_points"]
-        cur = m.con.cursor()
-        try:
-            reader = cur.sql("SELECT point_id, path FROM chunks ORDER BY path, seq"
-                             ).to_arrow_reader(BATCH)
-            for batch in reader:
-                cols = batch.to_pydict()
-                for pid, path in zip(cols["point_id"], cols["path"]):
-                    f.add({"point_id": pid, "path": path})
-                    self.plan.rewrite.add(pid)
-        finally:
-            cur.close()
-
-    def _check_config(self, have: tuple) -> list[SpaceConfig]:
-        """Config drift per vector name; returns the spaces whose vectors can be compared."""
-        from kbguard.rebuild import vector_specs
-
-        want = {s.name: s for s in vector_specs(self.cfg)}
-        got = {s.name: s for s in have}
-        f = self.f["config_drift"]
-        for name in sorted(set(want) | set(got)):
-            w, g = want.get(name), got.get(name)
-            if w == g:
-                continue
-            if g is None:
-                f.add({"vector": name, "config": _spec(w), "store": "absent"})
-            elif w is None:
-                f.add({"vector": name or "(unnamed)", "config": "absent", "store": _spec(g)})
+            damaged = damaged_cache_rows(cfg, manifest)
+            found.merge(cache_findings(manifest, damaged))
+            if opts.corpus:
+                found.merge(check_corpus(cfg, manifest))
             else:
-                f.add({"vector": name, "config": _spec(w), "store": _spec(g)})
-        if f.count:
-            self.plan.recreate = True
-        return [s for s in self.cfg.spaces if s.name in got and got[s.name].dim == s.dim]
+                found.unchecked.append("corpus_changed")
+            found.merge(check_store(cfg, manifest, opts, damaged, progress))
+        except duckdb.Error as exc:
+            found.merge(manifest_unreadable(cfg, exc))
+    return found
 
-    def _compare_points(self, m: Manifest, store: Any, spaces: list[SpaceConfig],
-                        wanted: int) -> int:
-        """Compare every wanted point with the store; returns how many the store holds."""
-        from kbguard.rebuild import point_payload
 
-        self.progress.stage("verify points", wanted)
-        sample_ids = self._sample_ids(m)
-        dims = {s.name: s.dim for s in spaces}
-        store.will_read_all()
-        matched = 0
-        for batch in self._chunks_with_cache(m, spaces):
+# -- manifest --------------------------------------------------------------------------------
+
+def manifest_unreadable(cfg: Config, exc: BaseException) -> CheckResult:
+    """The manifest file cannot be read: a finding, and a restore rather than a repair."""
+    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+    found = CheckResult(plan=RepairPlan(manifest_unreadable=True))
+    found.add("manifest_damage", {"manifest": str(cfg.manifest),
+                                  "error": f"the DuckDB file cannot be read: {first}"})
+    return found
+
+
+def damaged_cache_rows(cfg: Config, manifest: Manifest) -> dict[tuple[str, str], str]:
+    """Every cache row against its checksum (and configured spaces' rows against dim).
+
+    Returns (space_id, content_hash) -> what is wrong, for the rows that fail.
+    """
+    dims = {s.space_id: s.dim for s in cfg.spaces}
+    damaged: dict[tuple[str, str], str] = {}
+    cur = manifest.con.cursor()
+    try:
+        reader = cur.sql(
+            "SELECT space_id, content_hash, vector, checksum FROM embeddings"
+        ).to_arrow_reader(8192)
+        for batch in reader:
             cols = batch.to_pydict()
-            ids = cols["point_id"]
-            got = store.retrieve_arrays(ids, dims)
-            where = {pid: row for row, pid in enumerate(got.ids)}
-            matched += len(where)
-            rows = list(zip(ids, cols["path"], cols["content_hash"], cols["occurrence"],
-                            cols["section"], cols["text"]))
-            at = np.full(len(rows), -1, dtype=np.intp)   # the store row to compare vectors
-            flagged: set[str] = set()       # any finding: no drift check
-            skip: set[str] = set()          # missing or stale: no vector check
-            for i, (pid, path, h, occ, section, text) in enumerate(rows):
-                j = where.get(pid)
-                if j is None:
-                    self.f["missing_points"].add({"point_id": pid, "path": path})
-                    self.plan.rewrite.add(pid)
-                    flagged.add(pid)
-                    skip.add(pid)
-                    continue
-                payload = got.payloads[j]
-                stored_hash = payload.get("content_hash")
-                if isinstance(stored_hash, str) and stored_hash != h:
-                    self.f["stale_points"].add({"point_id": pid, "path": path,
-                                                "store": stored_hash, "manifest": h})
-                    self.plan.rewrite.add(pid)
-                    flagged.add(pid)
-                    skip.add(pid)
-                    continue
-                if payload != point_payload(self.cfg.kb, path, h, occ, section, text):
-                    self.f["payload_damage"].add({"point_id": pid, "path": path,
-                                                  "keys": _payload_diff(payload, path, h,
-                                                                        occ, section, text,
-                                                                        self.cfg.kb)})
-                    self.plan.rewrite.add(pid)
-                    flagged.add(pid)
-                at[i] = j
-            if skip:  # a point id the manifest lists twice is skipped as a whole
-                for i, row in enumerate(rows):
-                    if row[0] in skip:
-                        at[i] = -1
-            for k, space in enumerate(spaces):
-                self._compare_vectors(m, space, rows, at, got, cols[f"cached{k}"], flagged)
-            if self.opts.deep or sample_ids:
-                for pid, path, h, *_rest, text in rows:
-                    j = where.get(pid)
-                    if pid in flagged or j is None:
-                        continue
-                    if self.opts.deep or pid in sample_ids:
-                        for space in spaces:
-                            vec = got.vector(space.name, j)
-                            if vec is not None:
-                                self.drift_todo.append((pid, path, h, space, text,
-                                                        np.array(vec)))
-                if len(self.drift_todo) >= BATCH:
-                    self._check_drift()
-            self.report.points_checked += len(where)
-            self.progress.advance(len(rows))
-        return matched
+            for space_id, h, blob, checksum in zip(cols["space_id"], cols["content_hash"],
+                                                   cols["vector"], cols["checksum"],
+                                                   strict=True):
+                if vector_checksum(blob) != checksum:
+                    damaged[(space_id, h)] = "checksum fails"
+                elif space_id in dims and len(blob) != 4 * dims[space_id]:
+                    damaged[(space_id, h)] = (
+                        f"{len(blob) // 4} values, the space has {dims[space_id]}")
+    finally:
+        cur.close()
+    return damaged
 
-    def _chunks_with_cache(self, m: Manifest, spaces: list[SpaceConfig]) -> Iterator[Any]:
-        """Every chunk in Arrow batches of BATCH rows, each row with its cached vector of every
-        space (``cached0``, ``cached1``, ...; null where the cache has none).
 
-        One hash join per pass, instead of a lookup per batch that would scan the whole cache
-        each time. The join holds its cached vectors in DuckDB's memory, so the cache is split
-        into passes of about JOIN_BYTES of vectors each by a hash of the content hash.
-        """
-        ids = [s.space_id for s in spaces]
-        cache_bytes = sum(4 * s.dim * m.scalar(
-            "SELECT count(*) FROM embeddings WHERE space_id = ?", [s.space_id]) for s in spaces)
-        passes = max(1, -(-cache_bytes // JOIN_BYTES))
-        cached = "".join(f", e{k}.vector AS cached{k}" for k in range(len(spaces)))
-        joins = "".join(
-            f" LEFT JOIN (SELECT content_hash, vector FROM embeddings WHERE space_id = ? AND "
-            f"hash(content_hash) % {passes} = ?) e{k} ON e{k}.content_hash = c.content_hash"
-            for k in range(len(spaces)))
-        sql = ("SELECT c.point_id, c.path, c.content_hash, c.occurrence, c.section, c.text"
-               f"{cached} FROM chunks c{joins} WHERE hash(c.content_hash) % {passes} = ?")
-        for p in range(passes):
-            cur = m.con.cursor()
-            try:
-                params = [x for space_id in ids for x in (space_id, p)] + [p]
-                yield from cur.sql(sql, params=params).to_arrow_reader(BATCH)
-            finally:
-                cur.close()
+def cache_findings(manifest: Manifest, damaged: dict[tuple[str, str], str]) -> CheckResult:
+    """The damaged cache rows as findings, each with a document that uses it; all re-embedded."""
+    found = CheckResult()
+    if not damaged:
+        return found
+    keys = sorted(damaged)
+    paths = dict(manifest.con.execute(
+        "SELECT content_hash, min(path) FROM chunks WHERE content_hash IN "
+        "(SELECT unnest(?::VARCHAR[])) GROUP BY 1", [[h for _, h in keys[:50]]]).fetchall())
+    for space_id, h in keys:
+        found.add("manifest_damage", {"space": space_id, "content_hash": h,
+                                      "path": paths.get(h),
+                                      "error": f"cached vector {damaged[(space_id, h)]}"})
+        found.plan.recache.add((space_id, h))
+    return found
 
-    def _compare_vectors(self, m: Manifest, space: SpaceConfig, rows: list[tuple],
-                         at: np.ndarray, got: PointArrays, blobs: list[bytes | None],
-                         flagged: set[str]) -> None:
-        """Check the ``space`` vector of every row with a store row in ``at`` (-1: none).
 
-        The rows whose stored vector is finite, non-zero and bit for bit their cached vector
-        pass as whole matrices; only the others are looked at one by one, to name what is wrong.
-        """
-        dim, name = space.dim, space.name
-        size = 4 * dim
-        damaged = self.damaged_cache
-        check = np.flatnonzero(at >= 0).tolist()
-        fast = [i for i in check if blobs[i] is not None and len(blobs[i]) == size
-                and not (damaged and (space.space_id, rows[i][2]) in damaged)]
-        passed = np.zeros(len(rows), dtype=bool)
-        if fast:
-            idx = np.asarray(fast, dtype=np.intp)
-            where = at[idx]
-            stored = got.vectors[name][where]
-            expected = np.frombuffer(b"".join([blobs[i] for i in fast]),
-                                     dtype="<f4").reshape(len(fast), dim)
-            good = (got.present[name][where] & (stored == expected).all(axis=1)
-                    & np.isfinite(stored).all(axis=1) & stored.any(axis=1))
-            passed[idx[good]] = True
-        todo = []  # (pid, path, h, stored, cached) for points whose vector can be compared
-        for i in check:
-            if passed[i]:
-                continue
-            pid, path, h, *_ = rows[i]
-            vec = got.vector(name, int(at[i]))
-            problem = None
-            if vec is None:
-                problem = f"no {name!r} vector"
-            elif vec.shape != (dim,):
-                problem = f"{vec.size} values, the space has {dim}"
-            elif not np.isfinite(vec).all():
-                problem = "NaN or infinite values"
-            elif not vec.any():
-                problem = "zero vector"
-            if problem:
-                self.f["invalid_vectors"].add({"point_id": pid, "path": path,
-                                               "vector": name, "problem": problem})
-                self.plan.rewrite.add(pid)
-                flagged.add(pid)
-                continue
-            if (space.space_id, h) in damaged:
-                self.plan.rewrite.add(pid)  # its cached vector is re-embedded, then rewritten
-                flagged.add(pid)
-                continue
-            if blobs[i] is None:
-                key = (space.space_id, h)
-                if key not in self.plan.recache:
-                    self.plan.recache.add(key)
-                    self.f["manifest_damage"].add({"space": space.space_id, "content_hash": h,
-                                                   "path": path,
-                                                   "error": "cached vector missing"})
-                self.plan.rewrite.add(pid)
-                flagged.add(pid)
-                continue
-            todo.append((pid, path, h, vec, np.frombuffer(blobs[i], dtype="<f4")))
-        if not todo:
-            return
-        stored = np.stack([t[3] for t in todo])
-        expected = np.stack([t[4] for t in todo])
-        same = (stored == expected).all(axis=1)
-        # A cached vector that is not unit length is normalised by a cosine store: compare
-        # with the normalised vector, within float32 round-off.
-        norms = np.linalg.norm(expected.astype(np.float64), axis=1)
-        renorm = ~same & (np.abs(norms - 1.0) > 1e-6)
-        if renorm.any():
-            unit = (expected[renorm] / norms[renorm, None]).astype(np.float32)
-            close = (np.abs(stored[renorm] - unit) <= RENORM_ATOL).all(axis=1)
-            same[np.flatnonzero(renorm)[close]] = True
-        for i in np.flatnonzero(~same):
-            pid, path, h, vec, _ = todo[i]
-            other = self._other_space(m, space, h, vec)
-            if other:
-                self.f["wrong_space"].add({"point_id": pid, "path": path,
-                                           "vector": name, "holds": other,
-                                           "config": space.space_id})
-            else:
-                diff = np.abs(vec.astype(np.float64) - expected[i])
-                self.f["vector_corruption"].add({
-                    "point_id": pid, "path": path, "vector": name,
-                    "components_differing": int((diff > 0).sum()),
-                    "max_abs_diff": float(diff.max())})
-            self.plan.rewrite.add(pid)
-            flagged.add(pid)
+# -- corpus ----------------------------------------------------------------------------------
 
-    def _other_space(self, m: Manifest, space: SpaceConfig, h: str, vec: np.ndarray
-                     ) -> str | None:
-        """The other embedding space whose cached vector of this text the store holds."""
-        for space_id, blob in m.con.execute(
-                "SELECT space_id, vector FROM embeddings WHERE content_hash = ? AND space_id <> ?",
-                [h, space.space_id]).fetchall():
-            other = np.frombuffer(blob, dtype="<f4")
-            if other.shape == vec.shape and (other == vec).all():
-                return space_id
-        return None
+def check_corpus(cfg: Config, manifest: Manifest) -> CheckResult:
+    """Documents added, removed or changed since the last build."""
+    from kbguard.scan import scan_corpus
+    from kbguard.versioning import dvc_view
 
-    def _find_orphans(self, m: Manifest, store: Any) -> None:
-        f = self.f["orphan_points"]
-        for page in store.scroll(batch_size=BATCH, with_vectors=False):
-            ids = [p.id for p in page]
-            known = {r[0] for r in m.con.execute(
-                "SELECT point_id FROM chunks WHERE point_id IN (SELECT unnest(?::VARCHAR[]))",
-                [ids]).fetchall()}
-            for p in page:
-                if p.id not in known:
-                    f.add({"point_id": p.id, "path": p.payload.get("path")})
-                    self.plan.delete.add(p.id)
+    known = manifest.documents()
+    try:
+        view = dvc_view(cfg.corpus)
+        scan = scan_corpus(cfg.corpus, cfg.include, cfg.exclude, known,
+                           dvc_hashes=view.hashes if view else None)
+    except KbguardError as exc:
+        return CheckResult(unchecked=["corpus_changed"], errors=[f"corpus not checked: {exc}"])
+    found = CheckResult()
+    for path in sorted(set(scan.files) | set(known)):
+        now_f, was = scan.files.get(path), known.get(path)
+        if was is None:
+            found.add("corpus_changed", {"path": path, "change": "added"})
+        elif now_f is None:
+            found.add("corpus_changed", {"path": path, "change": "removed"})
+        elif now_f.file_hash is None:
+            continue  # refused (unreadable, symlink out): a rebuild would refuse it too
+        elif was.status == "ok" and was.indexed_hash != now_f.file_hash:
+            found.add("corpus_changed", {"path": path, "change": "changed"})
+        elif was.status != "ok" and was.file_hash != now_f.file_hash:
+            found.add("corpus_changed", {"path": path,
+                                         "change": "changed since it failed to parse"})
+    return found
 
-    # -- sampled re-embedding ----------------------------------------------------------------
 
-    def _sample_ids(self, m: Manifest) -> set[str]:
-        n = self.opts.sample
-        if self.opts.deep or not n:
-            return set()
-        total = m.scalar("SELECT count(*) FROM chunks")
-        if n >= total:
-            return {r[0] for r in m.con.execute("SELECT point_id FROM chunks").fetchall()}
-        # reservoir over the ids, so memory stays at n ids
-        chosen: list[str] = []
-        cur = m.con.cursor()
+# -- store -----------------------------------------------------------------------------------
+
+def check_store(cfg: Config, manifest: Manifest, opts: CheckOptions,
+                damaged: dict[tuple[str, str], str], progress: Progress) -> CheckResult:
+    """Everything that needs the store: the points against manifest and cache, orphans, the
+    sampled re-embedding and the canaries.
+
+    The streamed checks are taken in batch by batch, so what was found before the manifest
+    fails to read halfway is kept. A store that fails to read makes all of it unjudged.
+    """
+    from kbguard.rebuild import store_for
+
+    wanted = manifest.scalar("SELECT count(*) FROM chunks")
+    found = CheckResult(manifest_points=wanted)
+    store = store_for(cfg)
+    try:
         try:
-            seen = 0
-            for batch in cur.sql("SELECT point_id FROM chunks").to_arrow_reader(8192):
-                for pid in batch.column(0).to_pylist():
-                    seen += 1
-                    if len(chosen) < n:
-                        chosen.append(pid)
-                    else:
-                        j = self.rng.randrange(seen)
-                        if j < n:
-                            chosen[j] = pid
+            info = store.describe()
+            if not info.exists:
+                found.store_points = 0
+                found.notes.append("the collection does not exist")
+                found.plan.create = True
+                for part in all_missing(manifest):
+                    found.merge(part)
+                if cfg.canaries:
+                    found.unchecked.append("canary_failures")
+                    found.notes.append("canaries not run: the collection does not exist")
+                return found
+            found.store_points = info.points
+            found.merge(config_drift(cfg, info.vectors))
+            spaces = comparable_spaces(cfg, info.vectors)
+            to_reembed: list[ReembedPoint] = []
+            for part, reembed in compare_points(cfg, manifest, store, spaces, damaged, opts,
+                                                progress, wanted):
+                found.merge(part)
+                to_reembed += reembed
+                if len(to_reembed) >= BATCH:
+                    found.merge(check_drift(to_reembed))
+                    to_reembed = []
+            if found.points_checked < info.points:
+                for part in find_orphans(manifest, store):
+                    found.merge(part)
+            found.merge(check_drift(to_reembed))
+            found.merge(check_canaries(cfg, store))
+        except StoreError as exc:
+            return _store_unreadable(cfg, exc, found)
+        except duckdb.Error as exc:
+            found.merge(manifest_unreadable(cfg, exc))
+    finally:
+        try:
+            store.close()
+        except StoreError:
+            pass
+    return found
+
+
+def _store_unreadable(cfg: Config, exc: StoreError, before: CheckResult) -> CheckResult:
+    """The store failed to read: none of its classes is judged, and only the cache rows that
+    need re-embedding stay in the plan."""
+    unjudged = (*STORE_CLASSES, "canary_failures", "embedding_drift")
+    found = CheckResult(
+        findings={n: f for n, f in before.findings.items() if n not in unjudged},
+        plan=RepairPlan(recache=before.plan.recache, store_unreadable=True),
+        unchecked=list(unjudged), sampled=before.sampled, store_points=before.store_points,
+        manifest_points=before.manifest_points, errors=before.errors, notes=before.notes)
+    where = redact_url(cfg.store_url) if cfg.store_url else str(cfg.store_path)
+    found.add("store_unreadable", {"store": where, "error": str(exc)})
+    return found
+
+
+def all_missing(manifest: Manifest) -> Iterator[CheckResult]:
+    """Every chunk as a missing point (the collection is gone), a batch at a time."""
+    cur = manifest.con.cursor()
+    try:
+        reader = cur.sql("SELECT point_id, path FROM chunks ORDER BY path, seq"
+                         ).to_arrow_reader(BATCH)
+        for batch in reader:
+            found = CheckResult()
+            cols = batch.to_pydict()
+            for pid, path in zip(cols["point_id"], cols["path"], strict=True):
+                found.add("missing_points", {"point_id": pid, "path": path})
+                found.plan.rewrite.add(pid)
+            yield found
+    finally:
+        cur.close()
+
+
+def config_drift(cfg: Config, have: tuple) -> CheckResult:
+    """The collection's vectors against the config's, per vector name."""
+    from kbguard.rebuild import vector_specs
+
+    want = {s.name: s for s in vector_specs(cfg)}
+    got = {s.name: s for s in have}
+    found = CheckResult()
+    for name in sorted(set(want) | set(got)):
+        w, g = want.get(name), got.get(name)
+        if w == g:
+            continue
+        if g is None:
+            found.add("config_drift", {"vector": name, "config": _spec(w), "store": "absent"})
+        elif w is None:
+            found.add("config_drift", {"vector": name or "(unnamed)", "config": "absent",
+                                       "store": _spec(g)})
+        else:
+            found.add("config_drift", {"vector": name, "config": _spec(w), "store": _spec(g)})
+    if found.findings:
+        found.plan.recreate = True
+    return found
+
+
+def comparable_spaces(cfg: Config, have: tuple) -> list[SpaceConfig]:
+    """The configured spaces whose vectors the collection holds with the right dimension."""
+    got = {s.name: s for s in have}
+    return [s for s in cfg.spaces if s.name in got and got[s.name].dim == s.dim]
+
+
+def compare_points(cfg: Config, manifest: Manifest, store: Store, spaces: list[SpaceConfig],
+                   damaged: dict[tuple[str, str], str], opts: CheckOptions, progress: Progress,
+                   wanted: int) -> Iterator[tuple[CheckResult, list[ReembedPoint]]]:
+    """Compare every wanted point with the store, a batch at a time.
+
+    Yields each batch's findings (``points_checked``: the points the store holds) and the points
+    of it to re-embed, the ones sampled (or all, with ``deep``) that passed every other check.
+    """
+    from kbguard.rebuild import point_payload
+
+    progress.stage("verify points", wanted)
+    sample_ids = sample_points(manifest, opts)
+    dims = {s.name: s.dim for s in spaces}
+    store.will_read_all()
+    missing_cache: set[tuple[str, str]] = set()   # reported once, however many points use it
+    for batch in _chunks_with_cache(manifest, spaces):
+        found = CheckResult()
+        cols = batch.to_pydict()
+        ids = cols["point_id"]
+        got = store.retrieve_arrays(ids, dims)
+        where = {pid: row for row, pid in enumerate(got.ids)}
+        rows = list(zip(ids, cols["path"], cols["content_hash"], cols["occurrence"],
+                        cols["section"], cols["text"], strict=True))
+        at = np.full(len(rows), -1, dtype=np.intp)   # the store row to compare vectors
+        skip: set[str] = set()          # missing or stale: no vector check
+        for i, (pid, path, h, occ, section, text) in enumerate(rows):
+            j = where.get(pid)
+            if j is None:
+                found.add("missing_points", {"point_id": pid, "path": path})
+                found.plan.rewrite.add(pid)
+                skip.add(pid)
+                continue
+            payload = got.payloads[j]
+            stored_hash = payload.get("content_hash")
+            if isinstance(stored_hash, str) and stored_hash != h:
+                found.add("stale_points", {"point_id": pid, "path": path,
+                                           "store": stored_hash, "manifest": h})
+                found.plan.rewrite.add(pid)
+                skip.add(pid)
+                continue
+            if payload != point_payload(cfg.kb, path, h, occ, section, text):
+                found.add("payload_damage", {"point_id": pid, "path": path,
+                                             "keys": _payload_diff(payload, path, h, occ,
+                                                                   section, text, cfg.kb)})
+                found.plan.rewrite.add(pid)
+            at[i] = j
+        if skip:  # a point id the manifest lists twice is skipped as a whole
+            for i, row in enumerate(rows):
+                if row[0] in skip:
+                    at[i] = -1
+        for k, space in enumerate(spaces):
+            vectors = compare_vectors(manifest, space, rows, at, got, cols[f"cached{k}"], damaged,
+                                      missing_cache)
+            missing_cache |= vectors.plan.recache
+            found.merge(vectors)
+        reembed: list[ReembedPoint] = []
+        if opts.deep or sample_ids:
+            flagged = found.plan.rewrite   # a point with any finding is not re-embedded
+            for pid, path, h, *_rest, text in rows:
+                j = where.get(pid)
+                if pid in flagged or j is None:
+                    continue
+                if opts.deep or pid in sample_ids:
+                    for space in spaces:
+                        vec = got.vector(space.name, j)
+                        if vec is not None:
+                            reembed.append(ReembedPoint(pid, path, h, space, text, np.array(vec)))
+        found.points_checked = len(where)
+        progress.advance(len(rows))
+        yield found, reembed
+
+
+def _chunks_with_cache(manifest: Manifest, spaces: list[SpaceConfig]) -> Iterator[Any]:
+    """Every chunk in Arrow batches of BATCH rows, each row with its cached vector of every
+    space (``cached0``, ``cached1``, ...; null where the cache has none).
+
+    One hash join per pass, instead of a lookup per batch that would scan the whole cache
+    each time. The join holds its cached vectors in DuckDB's memory, so the cache is split
+    into passes of about JOIN_BYTES of vectors each by a hash of the content hash.
+    """
+    ids = [s.space_id for s in spaces]
+    cache_bytes = sum(4 * s.dim * manifest.scalar(
+        "SELECT count(*) FROM embeddings WHERE space_id = ?", [s.space_id]) for s in spaces)
+    passes = max(1, -(-cache_bytes // JOIN_BYTES))
+    cached = "".join(f", e{k}.vector AS cached{k}" for k in range(len(spaces)))
+    joins = "".join(
+        f" LEFT JOIN (SELECT content_hash, vector FROM embeddings WHERE space_id = ? AND "
+        f"hash(content_hash) % {passes} = ?) e{k} ON e{k}.content_hash = c.content_hash"
+        for k in range(len(spaces)))
+    sql = ("SELECT c.point_id, c.path, c.content_hash, c.occurrence, c.section, c.text"
+           f"{cached} FROM chunks c{joins} WHERE hash(c.content_hash) % {passes} = ?")
+    for p in range(passes):
+        cur = manifest.con.cursor()
+        try:
+            params = [x for space_id in ids for x in (space_id, p)] + [p]
+            yield from cur.sql(sql, params=params).to_arrow_reader(BATCH)
         finally:
             cur.close()
-        return set(chosen)
 
-    def _check_drift(self) -> None:
-        from kbguard.embed import get_embedder, normalize
 
-        todo, self.drift_todo = self.drift_todo, []
-        by_space: dict[SpaceConfig, list[tuple[str, str, str, str, np.ndarray]]] = {}
-        for pid, path, h, space, text, vec in todo:
-            by_space.setdefault(space, []).append((pid, path, h, text, vec))
-        f = self.f["embedding_drift"]
-        for space, items in by_space.items():
-            fresh = get_embedder(space).embed_batch([t for *_, t, _ in items])
-            fresh = normalize(np.asarray(fresh, dtype=np.float32))
-            stored = normalize(np.stack([v for *_, v in items]))
-            cos = (fresh.astype(np.float64) * stored).sum(axis=1)
-            self.report.sampled += len(items)
-            for i in np.flatnonzero(cos < DRIFT_MIN_COSINE):
-                pid, path, h, _, _ = items[i]
-                f.add({"point_id": pid, "path": path, "vector": space.name,
-                       "cosine": round(float(cos[i]), 4)})
-                self.plan.rewrite.add(pid)
-                self.plan.recache.add((space.space_id, h))
+def compare_vectors(manifest: Manifest, space: SpaceConfig, rows: list[tuple], at: np.ndarray,
+                    got: PointArrays, blobs: list[bytes | None],
+                    damaged: dict[tuple[str, str], str],
+                    missing_cache: set[tuple[str, str]]) -> CheckResult:
+    """Check the ``space`` vector of every row with a store row in ``at`` (-1: none).
 
-    # -- canaries ----------------------------------------------------------------------------
+    The rows whose stored vector is finite, non-zero and bit for bit their cached vector
+    pass as whole matrices; only the others are looked at one by one, to name what is wrong.
+    A cache row in ``missing_cache`` was already reported missing by an earlier batch.
+    """
+    found = CheckResult()
+    dim, name = space.dim, space.name
+    size = 4 * dim
+    check = np.flatnonzero(at >= 0).tolist()
+    fast: list[int] = []
+    fast_blobs: list[bytes] = []
+    for i in check:
+        blob = blobs[i]
+        if blob is not None and len(blob) == size and not (
+                damaged and (space.space_id, rows[i][2]) in damaged):
+            fast.append(i)
+            fast_blobs.append(blob)
+    passed = np.zeros(len(rows), dtype=bool)
+    if fast:
+        idx = np.asarray(fast, dtype=np.intp)
+        where = at[idx]
+        stored = got.vectors[name][where]
+        expected = np.frombuffer(b"".join(fast_blobs), dtype="<f4").reshape(len(fast), dim)
+        good = (got.present[name][where] & (stored == expected).all(axis=1)
+                & np.isfinite(stored).all(axis=1) & stored.any(axis=1))
+        passed[idx[good]] = True
+    # (pid, path, h, stored, cached) for points whose vector can be compared
+    todo: list[tuple[str, str, str, np.ndarray, np.ndarray]] = []
+    for i in check:
+        if passed[i]:
+            continue
+        pid, path, h, *_ = rows[i]
+        vec = got.vector(name, int(at[i]))
+        problem = None
+        if vec is None:
+            problem = f"no {name!r} vector"
+        elif vec.shape != (dim,):
+            problem = f"{vec.size} values, the space has {dim}"
+        elif not np.isfinite(vec).all():
+            problem = "NaN or infinite values"
+        elif not vec.any():
+            problem = "zero vector"
+        if problem or vec is None:  # None always has a problem: said again for mypy
+            found.add("invalid_vectors", {"point_id": pid, "path": path,
+                                          "vector": name, "problem": problem})
+            found.plan.rewrite.add(pid)
+            continue
+        if (space.space_id, h) in damaged:
+            found.plan.rewrite.add(pid)  # its cached vector is re-embedded, then rewritten
+            continue
+        blob = blobs[i]
+        if blob is None:
+            key = (space.space_id, h)
+            if key not in missing_cache and key not in found.plan.recache:
+                found.plan.recache.add(key)
+                found.add("manifest_damage", {"space": space.space_id, "content_hash": h,
+                                              "path": path, "error": "cached vector missing"})
+            found.plan.rewrite.add(pid)
+            continue
+        todo.append((pid, path, h, vec, np.frombuffer(blob, dtype="<f4")))
+    if not todo:
+        return found
+    stored = np.stack([t[3] for t in todo])
+    expected = np.stack([t[4] for t in todo])
+    same = (stored == expected).all(axis=1)
+    # A cached vector that is not unit length is normalised by a cosine store: compare
+    # with the normalised vector, within float32 round-off.
+    norms = np.linalg.norm(expected.astype(np.float64), axis=1)
+    renorm = ~same & (np.abs(norms - 1.0) > 1e-6)
+    if renorm.any():
+        unit = (expected[renorm] / norms[renorm, None]).astype(np.float32)
+        close = (np.abs(stored[renorm] - unit) <= RENORM_ATOL).all(axis=1)
+        same[np.flatnonzero(renorm)[close]] = True
+    for k in np.flatnonzero(~same):
+        pid, path, h, vec, _ = todo[k]
+        other = _other_space(manifest, space, h, vec)
+        if other:
+            found.add("wrong_space", {"point_id": pid, "path": path,
+                                      "vector": name, "holds": other,
+                                      "config": space.space_id})
+        else:
+            diff = np.abs(vec.astype(np.float64) - expected[k])
+            found.add("vector_corruption", {
+                "point_id": pid, "path": path, "vector": name,
+                "components_differing": int((diff > 0).sum()),
+                "max_abs_diff": float(diff.max())})
+        found.plan.rewrite.add(pid)
+    return found
 
-    def _check_canaries(self, store: Any) -> None:
-        from kbguard.embed import get_embedder
 
-        f = self.f["canary_failures"]
-        for c in self.cfg.canaries:
-            space = self.cfg.space(c.space) if c.space else self.cfg.spaces[0]
-            vec = get_embedder(space).embed_batch([c.query])[0]
-            hits = store.query(space.name, vec, c.k)
-            found = [str(h.payload.get("path")) for h in hits]
-            missing = [p for p in c.expect if p not in found]
-            if missing:
-                f.add({"query": c.query, "expected": list(c.expect), "missing": missing,
-                       "top_k": found})
+def _other_space(manifest: Manifest, space: SpaceConfig, h: str, vec: np.ndarray) -> str | None:
+    """The other embedding space whose cached vector of this text the store holds."""
+    for space_id, blob in manifest.con.execute(
+            "SELECT space_id, vector FROM embeddings WHERE content_hash = ? AND space_id <> ?",
+            [h, space.space_id]).fetchall():
+        other = np.frombuffer(blob, dtype="<f4")
+        if other.shape == vec.shape and (other == vec).all():
+            return space_id
+    return None
+
+
+def find_orphans(manifest: Manifest, store: Store) -> Iterator[CheckResult]:
+    """The points the store holds and the manifest does not, a page at a time."""
+    for page in store.scroll(batch_size=BATCH, with_vectors=False):
+        found = CheckResult()
+        ids = [p.id for p in page]
+        known = {r[0] for r in manifest.con.execute(
+            "SELECT point_id FROM chunks WHERE point_id IN (SELECT unnest(?::VARCHAR[]))",
+            [ids]).fetchall()}
+        for p in page:
+            if p.id not in known:
+                found.add("orphan_points", {"point_id": p.id, "path": p.payload.get("path")})
+                found.plan.delete.add(p.id)
+        yield found
+
+
+# -- sampled re-embedding ------------------------------------------------------------------
+
+def sample_points(manifest: Manifest, opts: CheckOptions) -> set[str]:
+    """The ids of ``opts.sample`` random points to re-embed (none with ``deep``: it takes all)."""
+    n = opts.sample
+    if opts.deep or not n:
+        return set()
+    total = manifest.scalar("SELECT count(*) FROM chunks")
+    if n >= total:
+        return {r[0] for r in manifest.con.execute("SELECT point_id FROM chunks").fetchall()}
+    # reservoir over the ids, so memory stays at n ids
+    rng = random.Random(opts.seed)
+    chosen: list[str] = []
+    cur = manifest.con.cursor()
+    try:
+        seen = 0
+        for batch in cur.sql("SELECT point_id FROM chunks").to_arrow_reader(8192):
+            for pid in batch.column(0).to_pylist():
+                seen += 1
+                if len(chosen) < n:
+                    chosen.append(pid)
+                else:
+                    j = rng.randrange(seen)
+                    if j < n:
+                        chosen[j] = pid
+    finally:
+        cur.close()
+    return set(chosen)
+
+
+def check_drift(points: list[ReembedPoint]) -> CheckResult:
+    """Re-embed the texts of ``points`` and compare with their stored vectors."""
+    from kbguard.embed import get_embedder, normalize
+
+    found = CheckResult()
+    by_space: dict[SpaceConfig, list[ReembedPoint]] = {}
+    for point in points:
+        by_space.setdefault(point.space, []).append(point)
+    for space, items in by_space.items():
+        fresh = get_embedder(space).embed_batch([p.text for p in items])
+        fresh = normalize(np.asarray(fresh, dtype=np.float32))
+        stored = normalize(np.stack([p.stored for p in items]))
+        cos = (fresh.astype(np.float64) * stored).sum(axis=1)
+        found.sampled += len(items)
+        for i in np.flatnonzero(cos < DRIFT_MIN_COSINE):
+            p = items[i]
+            found.add("embedding_drift", {"point_id": p.point_id, "path": p.path,
+                                          "vector": space.name,
+                                          "cosine": round(float(cos[i]), 4)})
+            found.plan.rewrite.add(p.point_id)
+            found.plan.recache.add((space.space_id, p.content_hash))
+    return found
+
+
+# -- canaries --------------------------------------------------------------------------------
+
+def check_canaries(cfg: Config, store: Store) -> CheckResult:
+    """Each canary query must find its expected documents in its top k."""
+    from kbguard.embed import get_embedder
+
+    found = CheckResult()
+    for c in cfg.canaries:
+        space = cfg.space(c.space) if c.space else cfg.spaces[0]
+        vec = get_embedder(space).embed_batch([c.query])[0]
+        hits = store.query(space.name, vec, c.k)
+        top_k = [str(h.payload.get("path")) for h in hits]
+        missing = [p for p in c.expect if p not in top_k]
+        if missing:
+            found.add("canary_failures", {"query": c.query, "expected": list(c.expect),
+                                          "missing": missing, "top_k": top_k})
+    return found
 
 
 def _spec(s: Any) -> str:
@@ -722,7 +846,7 @@ def record_check(cfg: Config, report: VerifyReport, *, kind: str) -> None:
     status = "ok" if report.healthy else ("findings" if report.total else "failed")
     summary = {"counts": report.counts(), "total_findings": report.total,
                "points_checked": report.points_checked, "seconds": report.seconds,
-               "sampled": report.sampled, "errors": report.errors, "exit_code": report.exit_code}
+               "sampled": report.sampled, "errors": report.errors, "verdict": report.verdict.name.lower()}
     started = datetime.fromisoformat(report.checked_at)
     last_exc: Exception | None = None
     for _ in range(20):
@@ -769,6 +893,3 @@ def last_check(m: Manifest) -> dict[str, Any] | None:
             "points_checked": summary.get("points_checked"),
             "seconds": summary.get("seconds")}
 
-
-def iter_findings(report: VerifyReport) -> Iterator[Finding]:
-    return iter(report.findings.values())

@@ -33,7 +33,7 @@ def test_a_kb_life_through_the_python_api(tmp_path: Path) -> None:
     assert (found.space, found.degraded) == ("local", False)
 
     check = kbguard.verify_kb(cfg)
-    assert check.healthy and check.exit_code == 0
+    assert check.healthy and check.verdict == kbguard.Verdict.HEALTHY
 
     snap = kbguard.create_snapshot(cfg)
     assert [s.id for s in kbguard.list_snapshots(cfg)] == [snap.id]

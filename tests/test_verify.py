@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KB, make_kb, store_contents
+from conftest import KB, long_markdown, make_kb, store_contents
 
 from kbguard.chaos import fill_synthetic, inject
 from kbguard.embed import get_embedder
@@ -305,6 +305,26 @@ def test_the_cache_joined_in_several_passes_gives_the_same_verdict(
     code, report = verify(kb)
     assert code == 1
     assert nonzero(report) == {finding: n}
+
+
+def test_a_cache_row_many_points_share_is_one_finding_however_the_points_are_batched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kbguard.verify
+
+    kb = make_kb(tmp_path, docs=0)
+    for i in range(6):  # six copies: every text is cached once and used by six points
+        kb.write(f"copy{i}.md", long_markdown("Same", sections=2))
+    kb.cli_json("rebuild")
+    monkeypatch.setattr(kbguard.verify, "BATCH", 4)  # the copies of a text land in many batches
+    inject(kb.cfg, "drop-cache-rows", count=2, seed=1)
+    code, report = verify(kb, "--deep")
+    assert code == 1
+    assert nonzero(report) == {"manifest_damage": 2}
+    assert report["points_checked"] == report["manifest_points"]
+    assert report["sampled"] == report["manifest_points"] - 12  # all but the points of the 2 rows
+    fixed = repair(kb, "--deep")
+    assert fixed["repair"]["actions"]["cache_rows_replaced"] == 2
+    assert fixed["repair"]["actions"]["points_rewritten"] == 12
 
 
 # -- history, status, metrics, lock --------------------------------------------------------

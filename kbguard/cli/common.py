@@ -57,9 +57,9 @@ def exit_code_for(outcome: BaseException | Any) -> int:
         return EXIT_ERROR
     if isinstance(outcome, SnapshotCheck):
         return EXIT_OK if outcome.ok else EXIT_FINDINGS
-    verdict = getattr(outcome, "exit_code", None)   # verify and repair reports
-    if isinstance(verdict, int):
-        return verdict
+    verdict = getattr(outcome, "verdict", None)   # verify and repair reports
+    if verdict is not None:
+        return int(verdict)   # a Verdict's value is its documented exit code
     return EXIT_OK
 
 

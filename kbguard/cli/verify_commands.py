@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
-                                emit_json, guarded, load, one_line, stdout)
-from kbguard.errors import ConfigError
+                                emit_json, exit_code_for, guarded, load, one_line, stdout)
+from kbguard.errors import ConfigError, KbguardError
 
 
 def register(app: typer.Typer) -> None:
@@ -38,6 +39,7 @@ def verify_cmd(
 
     Exit 0 healthy, 1 findings, 2 could not check, 3 busy (another kbguard command holds the KB).
     """
+    from kbguard.prom import check_target, write_metrics
     from kbguard.repair import repair_kb
     from kbguard.verify import verify_kb
 
@@ -60,13 +62,23 @@ def verify_cmd(
                 f"{a['texts_embedded']} texts embedded"
                 + ("; collection recreated" if a["collection_recreated"] else ""))
             _print_report(result.after, title="After repair")
-        raise typer.Exit(result.exit_code)
-    report = verify_kb(cfg, sample=sample, deep=deep, progress=progress, prom_file=prom_file)
+        raise typer.Exit(exit_code_for(result))
+    if prom_file is not None:
+        check_target(prom_file)  # a place the metrics cannot go is refused before the check
+    started = time.time()
+    try:
+        report = verify_kb(cfg, sample=sample, deep=deep, progress=progress)
+    except KbguardError as exc:
+        if prom_file is not None:  # the metrics say so also when the check cannot run
+            write_metrics(prom_file, cfg.kb, None, started=started, error=str(exc))
+        raise
+    if prom_file is not None:
+        write_metrics(prom_file, cfg.kb, report, started=started)
     if json_out:
         emit_json(report.to_dict())
     else:
         _print_report(report)
-    raise typer.Exit(report.exit_code)
+    raise typer.Exit(exit_code_for(report))
 
 
 def _print_counts(title: str, report) -> None:
