@@ -467,7 +467,9 @@ def _walk(loc: tuple[Any, ...], model: type[BaseModel] | None = None) -> tuple[A
     Validation paths hold list indexes and, inside a tagged union such as a provider entry,
     the tag (``"openai"``); neither is part of the key a user writes."""
     candidates: list[Any] = [model or ConfigFile]
-    field, keys, arrays = None, [], []
+    field: Any = None
+    keys: list[str] = []
+    arrays: list[str] = []
     for part in loc:
         if isinstance(part, int):
             arrays.append(f"[[{'.'.join(keys)}]] #{part + 1}")

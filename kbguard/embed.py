@@ -15,7 +15,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -104,8 +104,8 @@ class SentenceTransformerEmbedder(Embedder):
                 f"{self.path} is not a sentence-transformers model folder (no modules.json). "
                 f"Fix model_path of space {space.name!r}."
             )
-        self._model = None
-        self._tokenizer = None
+        self._model: Any = None
+        self._tokenizer: Any = None
         try:
             st_cfg = json.loads((self.path / "sentence_bert_config.json").read_text())
             self.max_input_tokens = int(st_cfg["max_seq_length"]) - 2  # [CLS] and [SEP]

@@ -425,7 +425,7 @@ def _offline_nlp() -> None:
                          "'unstructured<0.28' (the version kbguard pins).")
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")
-    tokenize._get_nlp = lambda: nlp
+    tokenize._get_nlp = lambda: nlp  # type: ignore[assignment]
     tokenize._install_spacy_model = _refuse_model_download
 
 

@@ -135,8 +135,8 @@ class RichProgress(Progress):
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
         self.live = enabled and stderr.is_terminal
-        self._bar = None
-        self._task = None
+        self._bar: Any = None
+        self._task: Any = None
 
     def stage(self, name: str, total: int | None = None) -> None:
         if not self.enabled:

@@ -266,7 +266,8 @@ class EdgeStore(Store):
         batch = [
             EdgePoint(
                 canonical_id(p.id),
-                {name: vector_buffer(v) for name, v in p.vectors.items()},
+                # a buffer where the stubs say list: the bindings take either (see vector_buffer)
+                {name: vector_buffer(v) for name, v in p.vectors.items()},  # type: ignore[misc]
                 p.payload,
             )
             for p in points
@@ -286,7 +287,7 @@ class EdgeStore(Store):
         shard = self._open()
         self._require_room(doing=f"delete {len(wanted)} points from")
         with self._translate(f"deleting {len(wanted)} points"):
-            shard.update(UpdateOperation.delete_points(wanted))
+            shard.update(UpdateOperation.delete_points(list[int | uuid.UUID | str](wanted)))
 
     def retrieve(self, ids: Sequence[str], *, with_vectors: bool = True) -> list[Point]:
         """The points among ``ids`` that exist, in no particular order."""
@@ -503,14 +504,14 @@ def _arrays_from_records(records: Sequence[Any], dims: Mapping[str, int]) -> Poi
         # Anything unusual (a missing or unnamed vector, another length) takes the loop below.
         [(name, dim)] = dims.items()
         try:
-            blob = b"".join(starmap(struct.Struct(f"<{dim}f").pack,
+            page = b"".join(starmap(struct.Struct(f"<{dim}f").pack,
                                     (r.vector[name] for r in records)))
         except (struct.error, OverflowError, TypeError, KeyError):
             pass
         else:
             return PointArrays(
                 ids=ids, payloads=payloads,
-                vectors={name: np.frombuffer(blob, dtype="<f4").reshape(n, dim)},
+                vectors={name: np.frombuffer(page, dtype="<f4").reshape(n, dim)},
                 present={name: np.ones(n, dtype=bool)}, odd={name: {}})
     packers = {name: struct.Struct(f"<{dim}f") for name, dim in dims.items()}
     packed: dict[str, list[bytes]] = {name: [] for name in dims}
@@ -524,7 +525,7 @@ def _arrays_from_records(records: Sequence[Any], dims: Mapping[str, int]) -> Poi
         named = raw if isinstance(raw, dict) else {"": raw} if raw is not None else {}
         for name, packer in packers.items():
             values = named.get(name)
-            blob = None
+            blob: bytes | None = None
             if values is not None and len(values) == dims[name]:
                 try:
                     blob = packer.pack(*values)

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import numpy as np
 
@@ -384,7 +385,7 @@ class QdrantStore(Store):
         client = self._connect()
         with self._translate(f"deleting {len(wanted)} points"):
             client.delete(
-                self.collection, points_selector=models.PointIdsList(points=wanted), wait=True
+                self.collection, points_selector=models.PointIdsList(points=list[int | str | UUID](wanted)), wait=True
             )
 
     def retrieve(self, ids: Sequence[str], *, with_vectors: bool = True) -> list[Point]:
@@ -550,7 +551,7 @@ def _inside(base: Path, name: str) -> bool:
 
 def _grpc_code(exc: BaseException) -> str | None:
     try:
-        import grpc
+        import grpc  # type: ignore[import-untyped]
     except ImportError:
         return None
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
