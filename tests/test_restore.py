@@ -50,6 +50,7 @@ def _healthy(kb: KB) -> dict:
     rebuild finds nothing to do."""
     contents = store_contents(kb.cfg)
     rows = _manifest_rows(kb.cfg)
+    assert contents, "an empty store and manifest would agree trivially"
     assert set(contents) == manifest_chunk_ids(kb.cfg)
     assert {r[0] for r in rows["state"]} == set(contents)
     assert all(r[4] for r in rows["state"])
