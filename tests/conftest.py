@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +132,91 @@ def backend(request) -> str:
 @pytest.fixture
 def kb(tmp_path: Path) -> KB:
     return make_kb(tmp_path)
+
+
+def edit_corpus(kb: KB, *, extra_docs: int = 0) -> None:
+    """The usual update of a built KB: a paragraph of doc1.md edited, doc2.md removed, new.md
+    added, and ``extra_docs`` more long documents under added/ (more to embed and write)."""
+    p = kb.corpus / "doc1.md"
+    text = p.read_text()
+    edited = text.replace("Paragraph 1 of part 1", "Paragraph 1 (edited) of part 1")
+    assert edited != text, "the edit must change doc1.md"
+    p.write_text(edited)
+    (kb.corpus / "doc2.md").unlink()
+    kb.write("new.md", long_markdown("Newcomer", sections=2))
+    for i in range(extra_docs):
+        kb.write(f"added/extra{i}.md", long_markdown(f"Extra {i}", sections=3))
+
+
+def _copy_sparse(src: str, dst: str) -> str:
+    """Copy one file keeping its holes: Qdrant Edge preallocates sparse 32 MiB files, which a
+    plain copy would write out in full for every test."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: nothing but a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            fin.seek(start)
+            fout.seek(start)
+            while start < end:
+                block = fin.read(min(end - start, 1 << 20))
+                fout.write(block)
+                start += len(block)
+            pos = end
+        fout.truncate(size)
+    shutil.copystat(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def _built_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KB]:
+    return {}
+
+
+@pytest.fixture
+def built_kb(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+             _built_templates: dict[str, KB]) -> Callable[..., KB]:
+    """``built_kb(root=tmp_path, *, backend, docs, **write_config options)``: the KB that
+    ``make_kb`` makes, already rebuilt once.
+
+    Each distinct set of options is built once per session and copied (mtimes kept, so the copy
+    is as up to date as the original); only the config is written again, for the new corpus path.
+    """
+    def make(root: Path | None = None, *, backend: str = "edge", docs: int = 3, **kw) -> KB:
+        key = json.dumps({"backend": backend, "docs": docs, **kw}, sort_keys=True)
+        template = _built_templates.get(key)
+        if template is None:
+            template = make_kb(tmp_path_factory.mktemp("built"), backend=backend, docs=docs, **kw)
+            template.cli_json("rebuild")
+            _built_templates[key] = template
+        root = tmp_path if root is None else root
+        shutil.copytree(template.root, root, symlinks=True, dirs_exist_ok=True,
+                        copy_function=_copy_sparse)
+        config = write_config(root / "kbguard.toml", root / "corpus", backend=backend, **kw)
+        return KB(root, root / "corpus", config)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def clean_edited_build(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict]:
+    """``clean_edited_build(docs, extra_docs)``: the store contents of a fresh build of the
+    corpus that ``edit_corpus`` leaves, built once per session: what any way back must equal."""
+    cache: dict[tuple[int, int], dict] = {}
+
+    def contents(docs: int = 3, extra_docs: int = 0) -> dict:
+        if (docs, extra_docs) not in cache:
+            kb = make_kb(tmp_path_factory.mktemp("clean"), docs=docs)
+            edit_corpus(kb, extra_docs=extra_docs)
+            kb.cli_json("rebuild")
+            cache[docs, extra_docs] = store_contents(kb.cfg)
+        return cache[docs, extra_docs]
+
+    return contents
 
 
 def store_contents(cfg: Config) -> dict[str, tuple[dict[str, bytes], dict]]:

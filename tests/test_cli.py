@@ -70,10 +70,10 @@ def test_status_reports_counts_last_run_and_pending_changes(kb: KB) -> None:
     assert human.code == 0 and "not indexed yet: 1 added" in human.stdout
 
 
-def test_a_lost_store_is_named_with_the_cheap_way_back(kb: KB) -> None:
+def test_a_lost_store_is_named_with_the_cheap_way_back(built_kb) -> None:
     import shutil
 
-    kb.cli_json("rebuild")
+    kb = built_kb()
     shutil.rmtree(kb.cfg.store_path)
     st = kb.cli("status")
     assert st.code == 0 and "missing; `kbguard rebuild` writes it again" in st.stdout
@@ -96,10 +96,9 @@ def test_search_finds_the_document_about_the_query(tmp_path: Path, backend: str)
     assert human.code == 0 and "zebra.md" in human.stdout and "black and white" in human.stdout
 
 
-def test_search_rejects_an_empty_query(kb: KB) -> None:
-    kb.cli_json("rebuild")
-    res = kb.cli("search", "   ")
-    assert res.code == 2 and "empty" in res.stderr
+def test_search_rejects_an_empty_query(built_kb) -> None:
+    res = built_kb().cli("search", "   ")
+    assert res.code == 2 and "The search text is empty; give the words" in res.stderr
 
 
 def test_search_before_the_first_build_says_to_build(tmp_path: Path) -> None:

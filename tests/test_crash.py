@@ -3,7 +3,6 @@ and the store equals a clean build's."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -11,24 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import long_markdown, make_kb, manifest_chunk_ids, store_contents
+from conftest import KB, edit_corpus, make_kb, manifest_chunk_ids, store_contents
 
-from kbguard.errors import ManifestError
 from kbguard.manifest import Manifest
+
+pytestmark = pytest.mark.slow  # every test here runs kbguard in a process it kills
+
+BATCH = 8  # the embedding batch of the test configs (conftest.write_config)
 
 
 def _cached(cfg) -> set[str]:
-    if not cfg.manifest.exists():
-        return set()
-    try:
-        m = Manifest.open(cfg.manifest, read_only=True)
-    except ManifestError as exc:
-        # killed while the manifest was being created or migrated (the next rebuild finishes
-        # the migrations): nothing can have been cached yet
-        assert ("interrupted before it wrote anything" in str(exc)
-                or "run any writing command" in str(exc)), exc
-        return set()
-    with m:
+    with Manifest.open(cfg.manifest, read_only=True) as m:
         return {r[0] for r in m.con.execute("SELECT content_hash FROM embeddings").fetchall()}
 
 
@@ -37,63 +29,110 @@ def _distinct_hashes(cfg) -> set[str]:
         return {r[0] for r in m.con.execute("SELECT DISTINCT content_hash FROM chunks").fetchall()}
 
 
-@pytest.fixture(scope="module")
-def clean_build(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clean")
-    kb = make_kb(root, docs=8)
-    _edit_corpus(kb)
-    kb.cli_json("rebuild")
-    return store_contents(kb.cfg)
+def _runs(cfg) -> list[tuple[str, str, bool]]:
+    """(kind, status, finished) of every run, oldest first."""
+    with Manifest.open(cfg.manifest, read_only=True) as m:
+        return [(kind, status, finished is not None) for kind, status, finished in m.con.execute(
+            "SELECT kind, status, finished_at FROM runs ORDER BY run_id").fetchall()]
 
 
-def _edit_corpus(kb) -> None:
-    """The second-phase corpus: one edited, one removed, one added document."""
-    p = kb.corpus / "doc3.md"
-    p.write_text(p.read_text().replace("Paragraph 1 of part 1", "Paragraph 1 (edited) of part 1"))
-    (kb.corpus / "doc5.md").unlink()
-    kb.write("new.md", "# New\n\nA brand new document about zebras and their stripes.\n")
-    for i in range(3):
-        kb.write(f"added/extra{i}.md", long_markdown(f"Extra {i}", sections=3))
+def _store_state(cfg) -> dict[str, bool]:
+    """point id -> confirmed, as the manifest records the store."""
+    with Manifest.open(cfg.manifest, read_only=True) as m:
+        return dict(m.con.execute("SELECT point_id, confirmed FROM store_state").fetchall())
+
+
+def _chunk_paths(cfg) -> set[str]:
+    with Manifest.open(cfg.manifest, read_only=True) as m:
+        return {r[0] for r in m.con.execute("SELECT DISTINCT path FROM chunks").fetchall()}
 
 
 CRASH_POINTS = ["parse-commit:1", "embed-batch:3", "store-upsert:2", "store-delete:1"]
 
 
 @pytest.mark.parametrize("crash_at", CRASH_POINTS)
-def test_sigkill_at_a_crash_point_then_rerun(tmp_path: Path, crash_at: str, clean_build) -> None:
-    kb = make_kb(tmp_path, docs=8)
+def test_sigkill_at_a_crash_point_then_rerun(built_kb, clean_edited_build, crash_at: str) -> None:
     # Build the original corpus, change it, then kill the update at the crash point. For the
     # delete point there must be something to delete, which only the update has.
-    kb.cli_json("rebuild")
-    _edit_corpus(kb)
+    kb = built_kb(docs=8)
+    before_ids = manifest_chunk_ids(kb.cfg)
+    cached_before = _cached(kb.cfg)
+    edit_corpus(kb, extra_docs=3)
     killed = kb.subprocess("rebuild", "--quiet", env={"KBGUARD_CRASH_AT": crash_at})
     assert killed.returncode == -signal.SIGKILL, (killed.stdout, killed.stderr)
 
+    # The kill landed inside the update: its run started and never finished, and the
+    # manifest stands exactly where the crash point says.
+    assert _runs(kb.cfg) == [("rebuild", "ok", True), ("rebuild", "running", False)]
     cached = _cached(kb.cfg)
+    missing = _distinct_hashes(kb.cfg) - cached
+    state = _store_state(kb.cfg)
+    wanted = manifest_chunk_ids(kb.cfg)
+    if crash_at == "parse-commit:1":
+        assert {"new.md", "added/extra0.md"} <= _chunk_paths(kb.cfg)  # the parse is committed
+        assert cached == cached_before and missing                     # nothing embedded yet
+        assert set(state) == before_ids and all(state.values())        # the store untouched
+    elif crash_at == "embed-batch:3":
+        assert len(cached - cached_before) == 3 * BATCH                # three batches cached
+        assert missing                                                 # the rest still to do
+        assert set(state) == before_ids and all(state.values())
+    elif crash_at == "store-upsert:2":
+        assert not missing
+        pending = {pid for pid, confirmed in state.items() if not confirmed}
+        assert pending and pending <= wanted                           # written, unconfirmed
+        assert pending <= set(store_contents(kb.cfg))
+    else:  # store-delete:1: deleted from the store, still remembered by the manifest
+        assert all(state.values())
+        leftover = set(state) - wanted
+        assert leftover and not leftover & set(store_contents(kb.cfg))
+
     report = kb.cli_json("rebuild")
-    assert report["chunks"]["embedded"] == len(_distinct_hashes(kb.cfg) - cached)
+    assert report["chunks"]["embedded"] == len(missing)
     assert set(store_contents(kb.cfg)) == manifest_chunk_ids(kb.cfg)
-    assert store_contents(kb.cfg) == clean_build
+    assert store_contents(kb.cfg) == clean_edited_build(docs=8, extra_docs=3)
 
     again = kb.cli_json("rebuild")
     assert again["chunks"]["embedded"] == 0 and again["chunks"]["written"] == 0
 
 
-@pytest.mark.parametrize("delay", [0.4, 1.2, 2.5])
-def test_sigkill_at_arbitrary_moments_of_a_first_build(tmp_path: Path, delay: float,
-                                                        clean_build) -> None:
-    kb = make_kb(tmp_path, docs=8)
-    _edit_corpus(kb)
+# A moment is the progress line a stage prints on stderr, then a pause: the kill lands
+# somewhere inside that stage, not at a commit boundary as a crash point does. upsert_batch = 4
+# makes the write stage long enough to be hit before the run ends.
+KILL_MOMENTS = [("scan", 0.0), ("parse", 0.3), ("embed local", 0.0), ("write points", 0.05)]
+
+
+@pytest.mark.parametrize("stage, pause", KILL_MOMENTS, ids=["scan", "parse", "embed", "write"])
+def test_sigkill_inside_each_stage_of_a_first_build(tmp_path: Path, clean_edited_build,
+                                                   stage: str, pause: float) -> None:
+    kb = make_kb(tmp_path, docs=8, upsert_batch=4)
+    edit_corpus(kb, extra_docs=3)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kbguard", "rebuild", "--quiet", "--config", str(kb.config_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(delay)
+        [sys.executable, "-m", "kbguard", "rebuild", "--config", str(kb.config_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line.strip())
+        if line.split(":")[0].strip() == stage:
+            break
+    time.sleep(pause)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, seen   # it was still running when killed
+    _assert_killed_mid_run(kb, stage, seen)
 
     cached = _cached(kb.cfg)
-    done = kb.subprocess("rebuild", "--json")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    report = kb.cli_json("rebuild")
     assert report["chunks"]["embedded"] == len(_distinct_hashes(kb.cfg) - cached)
-    assert store_contents(kb.cfg) == clean_build
+    assert store_contents(kb.cfg) == clean_edited_build(docs=8, extra_docs=3)
+
+
+def _assert_killed_mid_run(kb: KB, stage: str, seen: list[str]) -> None:
+    assert seen and seen[-1].split(":")[0] == stage, seen  # the stage was reached
+    assert _runs(kb.cfg) == [("rebuild", "running", False)]
+    if stage in ("embed local", "write points"):
+        assert len(_chunk_paths(kb.cfg)) == 11                # the parse stage was committed
+    if stage == "write points":
+        assert not _distinct_hashes(kb.cfg) - _cached(kb.cfg)  # every text embedded
+        state = _store_state(kb.cfg)
+        assert sum(state.values()) < len(manifest_chunk_ids(kb.cfg))  # not every point written

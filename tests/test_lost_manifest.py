@@ -8,18 +8,14 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import KB, make_kb, manifest_chunk_ids, store_contents
+from conftest import make_kb, manifest_chunk_ids, store_contents
 
 
-def _built(tmp_path: Path, backend: str = "edge") -> KB:
-    kb = make_kb(tmp_path, backend=backend)
-    kb.cli_json("rebuild")
-    return kb
-
-
-def test_with_a_snapshot_every_command_names_the_restore(tmp_path: Path) -> None:
-    kb = _built(tmp_path)
-    sid = kb.cli("snapshot", "create").stdout.strip()
+def test_with_a_snapshot_every_command_names_the_restore(built_kb) -> None:
+    kb = built_kb()
+    created = kb.cli("snapshot", "create")
+    sid = created.stdout.strip()
+    assert created.code == 0 and sid, created.stderr  # an empty id is in every message
     before = store_contents(kb.cfg)
     kb.cfg.manifest.unlink()
 
@@ -43,9 +39,8 @@ def test_with_a_snapshot_every_command_names_the_restore(tmp_path: Path) -> None
     assert again["chunks"]["embedded"] == 0 and again["chunks"]["written"] == 0
 
 
-def test_without_a_snapshot_the_store_alone_stops_a_plain_rebuild(tmp_path: Path,
-                                                                  backend: str) -> None:
-    kb = _built(tmp_path, backend)
+def test_without_a_snapshot_the_store_alone_stops_a_plain_rebuild(built_kb, backend: str) -> None:
+    kb = built_kb(backend=backend)
     points = len(store_contents(kb.cfg))
     kb.cfg.manifest.unlink()
 
@@ -70,9 +65,9 @@ def test_a_kb_never_built_is_still_told_to_build(tmp_path: Path) -> None:
     assert kb.cli_json("rebuild")["chunks"]["embedded"] > 0
 
 
-def test_an_empty_store_left_by_a_lost_kb_does_not_stop_the_first_build(tmp_path: Path) -> None:
-    kb = _built(tmp_path)
-    kb.cli("chaos", "drop-collection", "--yes")   # nothing left in the store
+def test_an_empty_store_left_by_a_lost_kb_does_not_stop_the_first_build(built_kb) -> None:
+    kb = built_kb()
+    assert kb.cli("chaos", "drop-collection", "--yes").code == 0   # nothing left in the store
     kb.cfg.manifest.unlink()
     shutil.rmtree(kb.cfg.snapshot_root, ignore_errors=True)
     assert kb.cli_json("rebuild")["chunks"]["embedded"] > 0

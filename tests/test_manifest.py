@@ -44,5 +44,5 @@ def test_a_foreign_duckdb_file_is_named_as_such(tmp_path: Path) -> None:
 def test_a_manifest_belongs_to_one_kb(tmp_path: Path) -> None:
     path = tmp_path / "m.duckdb"
     Manifest.open(path, kb="docs").close()
-    with pytest.raises(ManifestError, match="docs"):
+    with pytest.raises(ManifestError, match="belongs to KB 'docs', but the config names KB 'wiki'"):
         Manifest.open(path, kb="wiki")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import KB, long_markdown, make_kb, manifest_chunk_ids, store_contents, write_config
 
 from kbguard.manifest import Manifest
@@ -28,8 +29,11 @@ def test_first_build_then_noop_embeds_and_writes_nothing(tmp_path: Path, backend
 
 def test_json_report_has_the_documented_keys(kb: KB) -> None:
     report = kb.cli_json("rebuild")
+    # README: "at least documents.{...}, chunks.{...}, failures, stages and seconds"
     assert set(report["documents"]) >= {"added", "changed", "removed", "unchanged", "failed"}
-    assert set(report["chunks"]) >= {"total", "embedded", "reused", "deleted"}
+    assert set(report["chunks"]) >= {"total", "embedded", "reused", "written", "deleted"}
+    assert report["failures"] == []
+    assert set(report["stages"]) >= {"scan", "parse", "embed", "store"}
     assert isinstance(report["seconds"], float)
 
 
@@ -63,9 +67,8 @@ def test_editing_one_paragraph_embeds_only_its_section(tmp_path: Path, backend: 
     assert store_contents(kb.cfg) == store_contents(clean.cfg)
 
 
-def test_deleting_a_document_deletes_its_points(tmp_path: Path, backend: str) -> None:
-    kb = make_kb(tmp_path, backend=backend)
-    kb.cli_json("rebuild")
+def test_deleting_a_document_deletes_its_points(built_kb, backend: str) -> None:
+    kb = built_kb(backend=backend)
     (kb.corpus / "doc1.md").unlink()
     report = kb.cli_json("rebuild")
     assert report["documents"]["removed"] == 1
@@ -75,10 +78,8 @@ def test_deleting_a_document_deletes_its_points(tmp_path: Path, backend: str) ->
     assert not [p for p in points.values() if p[1]["path"] == "doc1.md"]
 
 
-def test_renaming_a_document_embeds_nothing_and_leaves_no_orphan(tmp_path: Path,
-                                                                 backend: str) -> None:
-    kb = make_kb(tmp_path, backend=backend)
-    kb.cli_json("rebuild")
+def test_renaming_a_document_embeds_nothing_and_leaves_no_orphan(built_kb, backend: str) -> None:
+    kb = built_kb(backend=backend)
     (kb.corpus / "sub").mkdir()
     shutil.move(kb.corpus / "doc2.md", kb.corpus / "sub" / "renamed.md")
     report = kb.cli_json("rebuild")
@@ -90,8 +91,8 @@ def test_renaming_a_document_embeds_nothing_and_leaves_no_orphan(tmp_path: Path,
     assert "doc2.md" not in paths and "sub/renamed.md" in paths
 
 
-def test_full_rebuild_recreates_the_store_from_the_cache(kb: KB) -> None:
-    kb.cli_json("rebuild")
+def test_full_rebuild_recreates_the_store_from_the_cache(built_kb) -> None:
+    kb = built_kb()
     before = store_contents(kb.cfg)
     report = kb.cli_json("rebuild", "--full")
     assert report["chunks"]["embedded"] == 0
@@ -99,8 +100,8 @@ def test_full_rebuild_recreates_the_store_from_the_cache(kb: KB) -> None:
     assert store_contents(kb.cfg) == before
 
 
-def test_a_lost_store_is_rebuilt_from_the_cache_without_embedding(kb: KB) -> None:
-    kb.cli_json("rebuild")
+def test_a_lost_store_is_rebuilt_from_the_cache_without_embedding(built_kb) -> None:
+    kb = built_kb()
     before = store_contents(kb.cfg)
     shutil.rmtree(kb.cfg.store_path)
     report = kb.cli_json("rebuild")
@@ -110,8 +111,8 @@ def test_a_lost_store_is_rebuilt_from_the_cache_without_embedding(kb: KB) -> Non
     assert store_contents(kb.cfg) == before
 
 
-def test_touching_a_file_refreshes_the_stat_cache_without_parsing(kb: KB) -> None:
-    kb.cli_json("rebuild")
+def test_touching_a_file_refreshes_the_stat_cache_without_parsing(built_kb) -> None:
+    kb = built_kb()
     p = kb.corpus / "doc0.md"
     p.write_text(p.read_text())  # same bytes, new mtime
     report = kb.cli_json("rebuild")
@@ -122,6 +123,7 @@ def test_touching_a_file_refreshes_the_stat_cache_without_parsing(kb: KB) -> Non
     assert mtime == p.stat().st_mtime_ns
 
 
+@pytest.mark.slow  # starts a pool of parser processes
 def test_parallel_parsing_gives_the_same_manifest_as_serial(tmp_path: Path) -> None:
     serial = make_kb(tmp_path / "s", docs=8, workers=1)
     parallel = make_kb(tmp_path / "p", docs=8, workers=2)
@@ -130,9 +132,8 @@ def test_parallel_parsing_gives_the_same_manifest_as_serial(tmp_path: Path) -> N
     assert store_contents(serial.cfg) == store_contents(parallel.cfg)
 
 
-def test_changed_chunking_settings_rechunk_every_document(tmp_path: Path) -> None:
-    kb = make_kb(tmp_path, docs=2, max_tokens=64)
-    kb.cli_json("rebuild")
+def test_changed_chunking_settings_rechunk_every_document(built_kb) -> None:
+    kb = built_kb(docs=2)  # max_tokens = 64
     coarse = manifest_chunk_ids(kb.cfg)
     write_config(kb.config_path, kb.corpus, max_tokens=32)
     report = kb.cli_json("rebuild")
@@ -161,9 +162,8 @@ def test_an_empty_corpus_says_that_nothing_matched(tmp_path: Path) -> None:
     assert any("matches corpus.include" in n for n in report["notes"])
 
 
-def test_a_new_parser_version_rechunks_every_document(tmp_path: Path, monkeypatch) -> None:
-    kb = make_kb(tmp_path, docs=2)
-    kb.cli_json("rebuild")
+def test_a_new_parser_version_rechunks_every_document(built_kb, monkeypatch) -> None:
+    kb = built_kb(docs=2)
     import kbguard.parse
 
     monkeypatch.setattr(kbguard.parse, "PARSER_VERSION", kbguard.parse.PARSER_VERSION + 1)

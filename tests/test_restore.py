@@ -9,8 +9,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import KB, long_markdown, make_kb, manifest_chunk_ids, store_contents, write_config
+from conftest import (KB, edit_corpus, long_markdown, manifest_chunk_ids, store_contents,
+                      write_config)
 
+from kbguard.errors import StoreError
 from kbguard.manifest import Manifest
 from kbguard.restore import _verify_copy, pending_restore
 from kbguard.snapshot import read_meta, snapshot_folder
@@ -43,18 +45,12 @@ def _destroy(kb: KB) -> None:
     kb.cfg.manifest.unlink()
 
 
-def _edit_corpus(kb: KB) -> None:
-    p = kb.corpus / "doc1.md"
-    p.write_text(p.read_text().replace("Paragraph 1 of part 1", "Paragraph 1 (edited) of part 1"))
-    (kb.corpus / "doc2.md").unlink()
-    kb.write("new.md", long_markdown("Newcomer", sections=2))
-
-
 def _healthy(kb: KB) -> dict:
     """Store and manifest agree: every chunk is a point, every point is confirmed, and a
     rebuild finds nothing to do."""
     contents = store_contents(kb.cfg)
     rows = _manifest_rows(kb.cfg)
+    assert contents, "an empty store and manifest would agree trivially"
     assert set(contents) == manifest_chunk_ids(kb.cfg)
     assert {r[0] for r in rows["state"]} == set(contents)
     assert all(r[4] for r in rows["state"])
@@ -64,9 +60,8 @@ def _healthy(kb: KB) -> dict:
     return contents
 
 
-def test_round_trip_restores_store_and_manifest_exactly(tmp_path: Path, backend: str) -> None:
-    kb = make_kb(tmp_path, backend=backend)
-    kb.cli_json("rebuild")
+def test_round_trip_restores_store_and_manifest_exactly(built_kb, backend: str) -> None:
+    kb = built_kb(backend=backend)
     original, rows = store_contents(kb.cfg), _manifest_rows(kb.cfg)
     sid = _snapshot(kb)
     _destroy(kb)
@@ -84,23 +79,13 @@ def test_round_trip_restores_store_and_manifest_exactly(tmp_path: Path, backend:
     assert leftovers == []
 
 
-@pytest.fixture(scope="module")
-def clean_build_of_edited_corpus(tmp_path_factory):
-    kb = make_kb(tmp_path_factory.mktemp("clean"))
-    _edit_corpus(kb)
-    kb.cli_json("rebuild")
-    return store_contents(kb.cfg)
-
-
-def test_corpus_edited_after_the_snapshot_then_store_lost(tmp_path: Path,
-                                                          clean_build_of_edited_corpus) -> None:
-    kb = make_kb(tmp_path)
-    kb.cli_json("rebuild")
+def test_corpus_edited_after_the_snapshot_then_store_lost(built_kb, clean_edited_build) -> None:
+    kb = built_kb()
     sid = _snapshot(kb)
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
         cached_at_snapshot = {r[0] for r in m.con.execute(
             "SELECT content_hash FROM embeddings").fetchall()}
-    _edit_corpus(kb)
+    edit_corpus(kb)
     kb.cli_json("rebuild")
     shutil.rmtree(kb.cfg.store_path)
 
@@ -114,14 +99,13 @@ def test_corpus_edited_after_the_snapshot_then_store_lost(tmp_path: Path,
     assert catch_up["chunks"]["embedded"] == len(new_since)
     assert catch_up["documents"]["changed"] == 1 and catch_up["documents"]["added"] == 1
     assert catch_up["documents"]["removed"] == 1
-    assert store_contents(kb.cfg) == clean_build_of_edited_corpus
+    assert store_contents(kb.cfg) == clean_edited_build()
     _healthy(kb)
 
 
 @pytest.mark.parametrize("source,target", [("edge", "qdrant"), ("qdrant", "edge")])
-def test_restore_across_backends(tmp_path: Path, source: str, target: str) -> None:
-    kb = make_kb(tmp_path / "a", backend=source)
-    kb.cli_json("rebuild")
+def test_restore_across_backends(tmp_path: Path, built_kb, source: str, target: str) -> None:
+    kb = built_kb(tmp_path / "a", backend=source)
     original = store_contents(kb.cfg)
     sid = _snapshot(kb)
     # The same KB configured on the other backend, sharing the snapshot root.
@@ -141,9 +125,8 @@ def test_restore_across_backends(tmp_path: Path, source: str, target: str) -> No
     _healthy(other)
 
 
-def test_a_damaged_manifest_is_recovered_by_restore(tmp_path: Path) -> None:
-    kb = make_kb(tmp_path)
-    kb.cli_json("rebuild")
+def test_a_damaged_manifest_is_recovered_by_restore(built_kb) -> None:
+    kb = built_kb()
     rows = _manifest_rows(kb.cfg)
     sid = _snapshot(kb)
     kb.cfg.manifest.write_bytes(b"this is no longer a DuckDB file" * 100)
@@ -162,9 +145,8 @@ def _flip(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_latest_skips_a_damaged_snapshot_and_says_so(tmp_path: Path) -> None:
-    kb = make_kb(tmp_path)
-    kb.cli_json("rebuild")
+def test_latest_skips_a_damaged_snapshot_and_says_so(built_kb) -> None:
+    kb = built_kb()
     older = _snapshot(kb)
     original = store_contents(kb.cfg)
     kb.write("later.md", long_markdown("Later", sections=1))
@@ -180,9 +162,8 @@ def test_latest_skips_a_damaged_snapshot_and_says_so(tmp_path: Path) -> None:
     assert store_contents(kb.cfg) == original
 
 
-def test_a_damaged_snapshot_is_refused_and_the_kb_untouched(tmp_path: Path) -> None:
-    kb = make_kb(tmp_path)
-    kb.cli_json("rebuild")
+def test_a_damaged_snapshot_is_refused_and_the_kb_untouched(built_kb) -> None:
+    kb = built_kb()
     sid = _snapshot(kb)
     _flip(snapshot_folder(kb.cfg, sid) / "points.parquet")
     before, manifest_bytes = store_contents(kb.cfg), kb.cfg.manifest.read_bytes()
@@ -195,11 +176,10 @@ def test_a_damaged_snapshot_is_refused_and_the_kb_untouched(tmp_path: Path) -> N
     assert pending_restore(kb.cfg) is None
 
 
-def test_a_copy_that_differs_from_the_snapshot_is_caught(tmp_path: Path) -> None:
+def test_a_copy_that_differs_from_the_snapshot_is_caught(built_kb) -> None:
     """The check before the switch reads the copy back: a changed vector or payload, or an
     extra point, is reported by id."""
-    kb = make_kb(tmp_path)
-    kb.cli_json("rebuild")
+    kb = built_kb()
     sid = _snapshot(kb)
     folder = snapshot_folder(kb.cfg, sid)
     body = read_meta(folder)
@@ -209,17 +189,17 @@ def test_a_copy_that_differs_from_the_snapshot_is_caught(tmp_path: Path) -> None
         p = store.retrieve([victim])[0]
         p.vectors["local"] = -p.vectors["local"]
         store.upsert([p])
-        with pytest.raises(Exception, match=f"vector 'local' of point {victim} differs"):
+        with pytest.raises(StoreError, match=f"vector 'local' of point {victim} differs"):
             _verify_copy(store, folder, body, 7, _silent())
         p.vectors["local"] = -p.vectors["local"]
         p.payload["text"] += "!"
         store.upsert([p])
-        with pytest.raises(Exception, match=f"the payload of point {victim} differs"):
+        with pytest.raises(StoreError, match=f"the payload of point {victim} differs"):
             _verify_copy(store, folder, body, 7, _silent())
         p.payload["text"] = p.payload["text"][:-1]
         store.upsert([p, Point("00000000-0000-4000-8000-000000000001",
                                {"local": p.vectors["local"]}, {})])
-        with pytest.raises(Exception, match="it holds 28 points, the snapshot 27"):
+        with pytest.raises(StoreError, match="it holds 28 points, the snapshot 27"):
             _verify_copy(store, folder, body, 7, _silent())
 
 
@@ -233,9 +213,8 @@ def _silent():
     return SILENT
 
 
-def test_refusals_say_what_to_do(tmp_path: Path) -> None:
-    kb = make_kb(tmp_path)
-    kb.cli_json("rebuild")
+def test_refusals_say_what_to_do(tmp_path: Path, built_kb) -> None:
+    kb = built_kb()
     sid = _snapshot(kb)
     res = kb.cli("restore", sid)
     assert res.code == 2 and "Pass --yes to confirm" in res.stderr
@@ -258,13 +237,13 @@ def test_refusals_say_what_to_do(tmp_path: Path) -> None:
 
 # -- SIGKILL during a restore -------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_at", ["restore-build:1", "restore-commit:1", "restore-switch:1"])
-def test_sigkill_during_a_restore_then_rerun(tmp_path: Path, crash_at: str) -> None:
-    kb = make_kb(tmp_path)
-    kb.cli_json("rebuild")
+def test_sigkill_during_a_restore_then_rerun(built_kb, crash_at: str) -> None:
+    kb = built_kb()
     sid = _snapshot(kb)
     snap_store, snap_rows = store_contents(kb.cfg), _manifest_rows(kb.cfg)
-    _edit_corpus(kb)
+    edit_corpus(kb)
     kb.cli_json("rebuild")
     old_store, old_rows = store_contents(kb.cfg), _manifest_rows(kb.cfg)
     assert old_store != snap_store
@@ -306,8 +285,7 @@ def test_sigkill_during_a_restore_then_rerun(tmp_path: Path, crash_at: str) -> N
     assert done["chunks"]["written"] > 0
 
 
-def test_restore_latest_without_any_snapshot_says_what_to_do(tmp_path: Path) -> None:
-    kb = make_kb(tmp_path)
-    kb.cli_json("rebuild")
+def test_restore_latest_without_any_snapshot_says_what_to_do(built_kb) -> None:
+    kb = built_kb()
     res = kb.cli("restore", "--latest")
     assert res.code == 2 and "no snapshot" in res.stderr and "rebuild --full" in res.stderr

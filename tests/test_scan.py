@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import DVC, git_dvc_repo
 
 from kbguard.manifest import DocumentRow
@@ -35,6 +36,7 @@ def test_stat_cache_avoids_rehashing(tmp_path: Path) -> None:
     assert third.files["b.md"].file_hash == file_md5(tmp_path / "b.md")
 
 
+@pytest.mark.slow
 def test_dvc_hashes_match_computed_and_dirty_files_are_excluded(tmp_path: Path) -> None:
     run = git_dvc_repo(tmp_path)
     corpus = tmp_path / "corpus"

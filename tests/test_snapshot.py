@@ -19,12 +19,9 @@ from kbguard.snapshot import (DATA_FILES, META_FILE, SnapshotDamaged, SnapshotEn
                               snapshot_folder, verify_folder)
 
 
-
 @pytest.fixture
-def built(tmp_path: Path) -> KB:
-    kb = make_kb(tmp_path)
-    kb.cli_json("rebuild")
-    return kb
+def built(built_kb) -> KB:
+    return built_kb()
 
 
 def test_create_writes_parquet_files_and_checked_metadata(built: KB) -> None:
@@ -129,6 +126,7 @@ def test_file_names_that_lead_outside_the_snapshot_are_refused(built: KB, tmp_pa
     assert res.code == 2 and "points outside the snapshot folder" in res.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_create_leaves_no_snapshot_and_prune_clears_it(built: KB) -> None:
     killed = built.subprocess("snapshot", "create", "--quiet",
                               env={"KBGUARD_CRASH_AT": "snapshot-write:1"})
@@ -183,13 +181,13 @@ def test_snapshot_of_a_kb_without_a_store_says_what_to_do(tmp_path: Path) -> Non
     assert not list(kb.cfg.snapshot_root.iterdir())
 
 
-def test_snapshots_on_a_dvc_remote(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_snapshots_on_a_dvc_remote(tmp_path: Path, built_kb) -> None:
     repo = tmp_path / "repo"
-    kb = make_kb(repo)
+    kb = built_kb(repo)
     run = git_dvc_repo(repo)
     remote = tmp_path / "remote"
     run(*DVC, "remote", "add", "-d", "store", str(remote))
-    kb.cli_json("rebuild")
     original = store_contents(kb.cfg)
 
     created = kb.cli_json("snapshot", "create", "--dvc-push")
@@ -210,7 +208,6 @@ def test_snapshots_on_a_dvc_remote(tmp_path: Path) -> None:
 
     res = kb.cli("snapshot", "prune", "--keep-last", "1", "--yes")
     assert res.code == 0
-    no_dvc = make_kb(tmp_path / "plain")
-    no_dvc.cli_json("rebuild")
+    no_dvc = built_kb(tmp_path / "plain")
     res = no_dvc.cli("snapshot", "create", "--dvc-push")
     assert res.code == 2 and "is not inside a DVC repository" in res.stderr

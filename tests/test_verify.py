@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -25,12 +26,6 @@ query = "Document 1 part 2 topic2"
 expect = ["doc1.md"]
 k = 3
 """
-
-
-def built(tmp_path: Path, backend: str = "edge", **kw) -> KB:
-    kb = make_kb(tmp_path, backend=backend, **kw)
-    kb.cli_json("rebuild")
-    return kb
 
 
 def verify(kb: KB, *args: str) -> tuple[int, dict]:
@@ -59,8 +54,8 @@ def repair(kb: KB, *args: str) -> dict:
 
 # -- a healthy KB --------------------------------------------------------------------------
 
-def test_healthy_kb_reports_every_class_at_zero(tmp_path: Path, backend: str) -> None:
-    kb = built(tmp_path, backend, extra=CANARY)
+def test_healthy_kb_reports_every_class_at_zero(built_kb, backend: str) -> None:
+    kb = built_kb(backend=backend, extra=CANARY)
     code, report = verify(kb)
     assert code == 0
     assert report["healthy"] is True
@@ -72,8 +67,8 @@ def test_healthy_kb_reports_every_class_at_zero(tmp_path: Path, backend: str) ->
     assert report["run_id"] is not None
 
 
-def test_human_output_and_exit_code_on_findings(tmp_path: Path) -> None:
-    kb = built(tmp_path)
+def test_human_output_and_exit_code_on_findings(built_kb) -> None:
+    kb = built_kb()
     inject(kb.cfg, "delete-points", count=2, seed=1)
     res = kb.cli("verify")
     assert res.code == 1
@@ -100,8 +95,8 @@ CASES = [
 
 @pytest.mark.parametrize("action,n,finding,expected", CASES, ids=[c[0] for c in CASES])
 def test_each_fault_is_exactly_its_class_and_repair_heals_it(
-        tmp_path: Path, backend: str, action: str, n: int, finding: str, expected: int) -> None:
-    kb = built(tmp_path, backend)
+        built_kb, backend: str, action: str, n: int, finding: str, expected: int) -> None:
+    kb = built_kb(backend=backend)
     healthy_points = store_contents(kb.cfg)
     inject(kb.cfg, action, count=n, seed=7)
 
@@ -121,8 +116,8 @@ def test_each_fault_is_exactly_its_class_and_repair_heals_it(
 
 
 def test_dropped_collection_is_all_points_missing_and_refilled_from_cache(
-        tmp_path: Path, backend: str) -> None:
-    kb = built(tmp_path, backend)
+        built_kb, backend: str) -> None:
+    kb = built_kb(backend=backend)
     healthy_points = store_contents(kb.cfg)
     inject(kb.cfg, "drop-collection")
     code, report = verify(kb)
@@ -133,8 +128,8 @@ def test_dropped_collection_is_all_points_missing_and_refilled_from_cache(
     assert store_contents(kb.cfg) == healthy_points
 
 
-def test_file_level_bit_flips_in_an_edge_shard_are_detected(tmp_path: Path) -> None:
-    kb = built(tmp_path, "edge")
+def test_file_level_bit_flips_in_an_edge_shard_are_detected(built_kb) -> None:
+    kb = built_kb(backend="edge")
     healthy_points = store_contents(kb.cfg)
     result = inject(kb.cfg, "flip-file-bits", count=6, seed=3)
     assert result.count == 6
@@ -153,8 +148,8 @@ def test_file_level_bit_flips_in_an_edge_shard_are_detected(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("action", ["damage-cache", "drop-cache-rows"])
 def test_damaged_cache_rows_are_manifest_damage_and_only_they_are_re_embedded(
-        tmp_path: Path, backend: str, action: str) -> None:
-    kb = built(tmp_path, backend)
+        built_kb, backend: str, action: str) -> None:
+    kb = built_kb(backend=backend)
     healthy_points = store_contents(kb.cfg)
     inject(kb.cfg, action, count=3, seed=5)
     code, report = verify(kb)
@@ -167,8 +162,8 @@ def test_damaged_cache_rows_are_manifest_damage_and_only_they_are_re_embedded(
 
 
 def test_a_store_that_cannot_be_opened_is_a_finding_and_repair_refuses(
-        tmp_path: Path, backend: str) -> None:
-    kb = built(tmp_path, backend)
+        built_kb, backend: str) -> None:
+    kb = built_kb(backend=backend)
     inject(kb.cfg, "truncate-store")
     code, report = verify(kb)
     assert code == 1
@@ -180,8 +175,8 @@ def test_a_store_that_cannot_be_opened_is_a_finding_and_repair_refuses(
     assert "kbguard restore --latest" in res.stderr
 
 
-def test_an_unreadable_manifest_is_a_finding_and_repair_refuses(tmp_path: Path) -> None:
-    kb = built(tmp_path)
+def test_an_unreadable_manifest_is_a_finding_and_repair_refuses(built_kb) -> None:
+    kb = built_kb()
     inject(kb.cfg, "damage-manifest")
     code, report = verify(kb)
     assert code == 1
@@ -192,8 +187,8 @@ def test_an_unreadable_manifest_is_a_finding_and_repair_refuses(tmp_path: Path) 
     assert "this is a restore" in res.stderr
 
 
-def test_a_corpus_change_since_the_build_is_reported_and_left_to_rebuild(tmp_path: Path) -> None:
-    kb = built(tmp_path)
+def test_a_corpus_change_since_the_build_is_reported_and_left_to_rebuild(built_kb) -> None:
+    kb = built_kb()
     kb.write("doc1.md", "# Changed\n\nNew text entirely.\n")
     kb.write("new.md", "# New\n\nA new document.\n")
     code, report = verify(kb)
@@ -205,8 +200,8 @@ def test_a_corpus_change_since_the_build_is_reported_and_left_to_rebuild(tmp_pat
     assert verify(kb)[0] == 0
 
 
-def test_wrong_model_everywhere_is_seen_only_by_fresh_embeddings(tmp_path: Path) -> None:
-    kb = built(tmp_path)
+def test_wrong_model_everywhere_is_seen_only_by_fresh_embeddings(built_kb) -> None:
+    kb = built_kb()
     healthy_points = store_contents(kb.cfg)
     inject(kb.cfg, "poison-cache", count=3, seed=2)
     # the cache and the store agree, so checksums and comparisons pass
@@ -215,14 +210,14 @@ def test_wrong_model_everywhere_is_seen_only_by_fresh_embeddings(tmp_path: Path)
     assert code == 1
     assert nonzero(report) == {"embedding_drift": 3}
     code, report = verify(kb, "--sample", "1000")
-    assert nonzero(report) == {"embedding_drift": 3}
+    assert code == 1 and nonzero(report) == {"embedding_drift": 3}
     fixed = repair(kb, "--deep")
     assert fixed["repair"]["actions"]["cache_rows_replaced"] == 3
     assert store_contents(kb.cfg) == healthy_points
 
 
-def test_sample_re_embeds_exactly_n_points(tmp_path: Path) -> None:
-    kb = built(tmp_path)
+def test_sample_re_embeds_exactly_n_points(built_kb) -> None:
+    kb = built_kb()
     before = embedded(kb)
     code, report = verify(kb, "--sample", "5")
     assert code == 0
@@ -230,8 +225,8 @@ def test_sample_re_embeds_exactly_n_points(tmp_path: Path) -> None:
     assert embedded(kb) - before == 5
 
 
-def test_a_failing_canary_is_reported(tmp_path: Path) -> None:
-    kb = built(tmp_path, extra=CANARY + """
+def test_a_failing_canary_is_reported(built_kb) -> None:
+    kb = built_kb(extra=CANARY + """
 [[canaries]]
 query = "something about nothing"
 expect = ["absent.md"]
@@ -256,8 +251,8 @@ def _kb_content(kb: KB) -> dict[str, list]:
                 for t in ("meta", "documents", "chunks", "embeddings", "store_state")}
 
 
-def test_verify_changes_neither_store_nor_manifest_content(tmp_path: Path, backend: str) -> None:
-    kb = built(tmp_path, backend)
+def test_verify_changes_neither_store_nor_manifest_content(built_kb, backend: str) -> None:
+    kb = built_kb(backend=backend)
     inject(kb.cfg, "flip-bits", count=2, seed=1)  # findings too: still nothing may change
     # Qdrant Edge rewrites its config file the first time it loads a shard it created; after
     # that a load changes no byte. A no-op rebuild does that first load.
@@ -289,11 +284,11 @@ dim = 24
                                               ("wrong-model", 3, "wrong_space"),
                                               ("drop-cache-rows", 2, "manifest_damage")])
 def test_the_cache_joined_in_several_passes_gives_the_same_verdict(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str, n: int,
+        built_kb, monkeypatch: pytest.MonkeyPatch, action: str, n: int,
         finding: str) -> None:
     import kbguard.verify
 
-    kb = built(tmp_path, extra=SECOND_SPACE)
+    kb = built_kb(extra=SECOND_SPACE)
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
         cache_bytes = sum(4 * s.dim * m.scalar("SELECT count(*) FROM embeddings WHERE "
                                                "space_id = ?", [s.space_id])
@@ -329,10 +324,11 @@ def test_a_cache_row_many_points_share_is_one_finding_however_the_points_are_bat
 
 # -- history, status, metrics, lock --------------------------------------------------------
 
-def test_every_check_is_recorded_and_status_shows_the_last(tmp_path: Path) -> None:
-    kb = built(tmp_path)
+def test_every_check_is_recorded_and_status_shows_the_last(built_kb) -> None:
+    kb = built_kb()
     inject(kb.cfg, "delete-points", count=1, seed=4)
     code, report = verify(kb)
+    assert code == 1
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
         rows = dict(m.con.execute("SELECT finding, count FROM findings WHERE run_id = ?",
                                   [report["run_id"]]).fetchall())
@@ -346,28 +342,42 @@ def test_every_check_is_recorded_and_status_shows_the_last(tmp_path: Path) -> No
     assert "last check" in text and "missing_points 1" in text
 
 
-def test_prom_file_is_written_atomically_with_every_class(tmp_path: Path) -> None:
-    kb = built(tmp_path)
+def _prom_sample(text: str, name: str) -> str:
+    """The value of the one sample of ``name`` for KB testkb: the whole line, or the test fails."""
+    lines = [line for line in text.splitlines() if line.startswith(f"{name}{{")]
+    assert len(lines) == 1, (name, lines)
+    match = re.fullmatch(rf'{name}\{{kb="testkb"\}} (\S+)', lines[0])
+    assert match, lines[0]
+    return match.group(1)
+
+
+def test_prom_file_is_written_atomically_with_every_class(tmp_path: Path, built_kb) -> None:
+    kb = built_kb()
     prom = tmp_path / "metrics" / "kbguard.prom"
     prom.parent.mkdir()
     t0 = time.time()
     assert kb.cli("verify", "--prom-file", str(prom)).code == 0
+    t1 = time.time()
     text = prom.read_text()
     for name in FINDINGS:
-        assert f'kbguard_verify_findings{{kb="testkb",finding="{name}"}} 0' in text
-    assert 'kbguard_verify_up{kb="testkb"} 1' in text
-    assert 'kbguard_verify_points_checked{kb="testkb"} ' in text
-    last = float(text.split('kbguard_verify_last_success_timestamp_seconds{kb="testkb"} ')[1]
-                 .split()[0])
-    assert t0 - 1 <= last <= time.time()
+        assert f'kbguard_verify_findings{{kb="testkb",finding="{name}"}} 0\n' in text
+    assert _prom_sample(text, "kbguard_verify_up") == "1"
+    assert int(_prom_sample(text, "kbguard_verify_points_checked")) == 27
+    # Unix seconds with at most three decimals, from the moment the check started
+    last_text = _prom_sample(text, "kbguard_verify_last_success_timestamp_seconds")
+    assert re.fullmatch(r"\d{10}(\.\d{1,3})?", last_text), last_text
+    last = float(last_text)
+    assert t0 - 0.001 <= last <= t1
+    assert float(_prom_sample(text, "kbguard_verify_last_run_timestamp_seconds")) == last
     assert [p.name for p in prom.parent.iterdir()] == ["kbguard.prom"]  # no temp file left
 
     kb.cfg.manifest.unlink()  # now it cannot check: the last success time must survive
+    t2 = time.time()
     assert kb.cli("verify", "--prom-file", str(prom)).code == 2
     text = prom.read_text()
-    assert 'kbguard_verify_up{kb="testkb"} 0' in text
-    assert f'kbguard_verify_last_success_timestamp_seconds{{kb="testkb"}} {last:g}' in text or \
-        str(round(last, 3)) in text
+    assert _prom_sample(text, "kbguard_verify_up") == "0"
+    assert _prom_sample(text, "kbguard_verify_last_success_timestamp_seconds") == last_text
+    assert float(_prom_sample(text, "kbguard_verify_last_run_timestamp_seconds")) >= t2 - 0.001
 
 
 def test_no_manifest_means_could_not_check(tmp_path: Path) -> None:
@@ -377,10 +387,10 @@ def test_no_manifest_means_could_not_check(tmp_path: Path) -> None:
     assert "has not been built yet" in res.stderr
 
 
-def test_verify_does_not_wait_for_a_busy_kb(tmp_path: Path) -> None:
+def test_verify_does_not_wait_for_a_busy_kb(built_kb) -> None:
     from kbguard.lock import kb_lock
 
-    kb = built(tmp_path)
+    kb = built_kb()
     with kb_lock(kb.cfg.manifest, "rebuild"):
         res = kb.cli("verify")
     assert res.code == 3
@@ -389,6 +399,7 @@ def test_verify_does_not_wait_for_a_busy_kb(tmp_path: Path) -> None:
 
 # -- scale ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_healthy_10k_point_kb_never_reports_a_finding(tmp_path: Path) -> None:
     kb = make_kb(tmp_path, docs=0, dim=32)
     assert fill_synthetic(kb.cfg, points=10_000, words=12) == 10_000
