@@ -45,6 +45,7 @@ __all__ = [
     "Usage",
     "build_chain",
     "chain_for",
+    "forget_chains",
     "build_provider",
     "parse_provider_settings",
     "read_api_key",
@@ -98,6 +99,14 @@ def chain_for(space: Any) -> ProviderChain:
     if chain is None:
         chain = _CHAINS[space] = build_chain(space, space.chain)
     return chain
+
+
+def forget_chains() -> None:
+    """Close and forget every chain built so far: the next use starts with closed breakers and
+    a fresh probe check, as a new process would."""
+    for chain in _CHAINS.values():
+        chain.close()
+    _CHAINS.clear()
 
 
 def _space_with(space: Any, **changes: Any) -> Any:

@@ -1,0 +1,196 @@
+"""Spaces with provider chains in a real KB: failover, an outage's debt and its payment, search
+from the standby, the cost ledger, and no secret anywhere kbguard writes.
+
+The primary space embeds through a real OpenAI-compatible server on 127.0.0.1
+(tests/openai_server.py), whose vectors are the fake embedder's, so a ``fake`` provider of the
+same model identity agrees with it exactly and a clean build can be compared bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kbguard import providers
+from kbguard.manifest import Manifest
+from tests.conftest import KB, make_kb, store_contents
+from tests.openai_server import OpenAIServer
+
+KEY = "sk-test-4f1e9a7c2b8d"
+MODEL = "text-embedding-3-small"
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("KBG_EMBED_KEY", KEY)
+    providers.forget_chains()  # each command of these tests stands for a new process
+    with OpenAIServer(api_key=KEY) as srv:
+        yield srv
+    providers.forget_chains()
+
+
+def _spaces(url: str, *, standby_in_chain: bool = False, price: float = 0.02,
+            query_timeout_s: float = 5) -> str:
+    fake_entry = (f'\n[[spaces.providers]]\ntype = "fake"\nmodel = "{MODEL}"\n'
+                  if standby_in_chain else "")
+    return f"""
+[[spaces]]
+name = "primary"
+model = "{MODEL}"
+dim = 64
+batch_size = 8
+[[spaces.providers]]
+type = "openai"
+base_url = "{url}"
+api_key_env = "KBG_EMBED_KEY"
+max_retries = 0
+timeout_s = 2
+price_per_million_tokens = {price}
+{fake_entry}
+[[spaces]]
+name = "local"
+provider = "fake"
+dim = 32
+[search]
+query_timeout_s = {query_timeout_s}
+"""
+
+
+def api_kb(root: Path, url: str, docs: int = 3, **kw: object) -> KB:
+    kb = make_kb(root, docs=docs)
+    text = kb.config_path.read_text()
+    head, _, rest = text.partition("[[spaces]]")
+    rest = rest[rest.index("[store]"):]
+    kb.config_path.write_text(head + _spaces(url, **kw) + rest)  # type: ignore[arg-type]
+    return kb
+
+
+def _rebuild(kb: KB, code: int = 0) -> dict:
+    res = kb.cli("rebuild", "--json")
+    assert res.code == code, (res.stdout, res.stderr, res.exception)
+    return json.loads(res.stdout)
+
+
+def test_an_api_primary_and_a_local_standby_build_together(tmp_path: Path,
+                                                           server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path, server.url)
+    report = _rebuild(kb)
+    assert report["chunks"]["embedded"] == 2 * report["chunks"]["total"]
+    assert report["spaces"]["primary"]["coverage"] == 1.0
+    assert report["spaces"]["local"]["coverage"] == 1.0
+    assert all(r.headers.get("authorization") == f"Bearer {KEY}"
+               for r in server.embedding_requests)
+    points = store_contents(kb.cfg)
+    assert {frozenset(v) for v, _ in points.values()} == {frozenset({"primary", "local"})}
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        made_by = dict(m.con.execute("SELECT space_id, any_value(provider) FROM embeddings "
+                                     "GROUP BY 1").fetchall())
+    assert made_by[f"{MODEL}@64/norm"].startswith("openai")
+    assert made_by["fake-hash@32/norm"].startswith("fake")
+
+
+def test_the_cost_ledger_counts_the_api_tokens_and_their_price(tmp_path: Path,
+                                                              server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path, server.url, price=1000.0)
+    report = _rebuild(kb)
+    cost = report["cost"]
+    assert cost["by_space"]["primary"]["tokens"] > 0
+    assert cost["by_space"]["primary"]["usd"] == pytest.approx(
+        cost["by_space"]["primary"]["tokens"] * 1000.0 / 1e6)
+    assert cost["by_space"]["local"]["usd"] == 0
+    assert cost["usd"] == pytest.approx(cost["by_space"]["primary"]["usd"])
+    status = kb.cli_json("status")
+    assert status["spend"]["total"]["usd"] == pytest.approx(cost["usd"])
+    assert status["spend"]["this_month"]["usd"] == pytest.approx(cost["usd"])
+    again = _rebuild(kb)  # nothing new: nothing paid
+    assert again["cost"]["usd"] == 0 and again["cost"]["tokens"] == 0
+
+
+def test_a_space_whose_providers_are_all_down_leaves_a_debt_the_next_rebuild_pays(
+        tmp_path: Path, server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path, server.url)
+    server.fail("status", times=10_000, code=503)
+    report = _rebuild(kb, code=4)
+    total = report["chunks"]["total"]
+    assert report["spaces"]["local"]["coverage"] == 1.0
+    assert report["spaces"]["primary"]["coverage"] == 0.0
+    assert report["spaces"]["primary"]["debt"] == report["spaces"]["primary"]["texts"] > 0
+    assert "primary" in " ".join(report["notes"])
+    assert report["chunks"]["written"] == total  # the points are there, with the local vector
+    assert {frozenset(v) for v, _ in store_contents(kb.cfg).values()} == {frozenset({"local"})}
+    status = kb.cli_json("status")
+    assert status["spaces"][0]["name"] == "primary" and status["spaces"][0]["coverage"] == 0.0
+    res = kb.cli("verify", "--json")
+    verify = json.loads(res.stdout)
+    assert verify["spaces"]["primary"]["coverage"] == 0.0
+    assert res.code == 0 and verify["total_findings"] == 0, verify  # debt is not damage
+
+    found = kb.cli_json("search", "Document 1 part 2 topic2")
+    assert (found["space"], found["degraded"]) == ("local", True)
+    assert "incomplete" in found["reason"]
+
+    server.clear_faults()
+    providers.forget_chains()
+    debt = report["spaces"]["primary"]["debt"]
+    paid = _rebuild(kb)
+    assert paid["chunks"]["embedded"] == debt  # exactly the debt, nothing more
+    assert paid["spaces"]["primary"]["coverage"] == 1.0
+    assert {frozenset(v) for v, _ in store_contents(kb.cfg).values()} == {
+        frozenset({"primary", "local"})}
+    assert kb.cli_json("search", "Document 1 part 2 topic2")["degraded"] is False
+
+
+def test_a_primary_killed_mid_rebuild_fails_over_to_the_same_model(
+        tmp_path: Path, server: OpenAIServer) -> None:
+    clean = api_kb(tmp_path / "clean", server.url, docs=4, standby_in_chain=True)
+    _rebuild(clean)
+    providers.forget_chains()
+    kb = api_kb(tmp_path / "kb", server.url, docs=4, standby_in_chain=True)
+    server.fail("slow", times=2, seconds=0)  # two batches are served ...
+    server.fail("status", times=10_000, code=500)  # ... then the primary is gone
+    report = _rebuild(kb)
+    assert report["spaces"]["primary"]["coverage"] == 1.0
+    providers_used = report["spaces"]["primary"]["providers"]
+    assert set(providers_used) == {f"openai:{MODEL}", f"fake:{MODEL}"}, providers_used
+    assert store_contents(kb.cfg).keys() == store_contents(clean.cfg).keys()
+    assert {k: v for k, (v, _) in store_contents(kb.cfg).items()} == {
+        k: v for k, (v, _) in store_contents(clean.cfg).items()}
+
+
+def test_search_during_an_outage_answers_from_the_standby_in_time(
+        tmp_path: Path, server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path, server.url, query_timeout_s=1)
+    _rebuild(kb)
+    providers.forget_chains()
+    server.fail("hang", times=100, seconds=8)
+    started = time.monotonic()
+    found = kb.cli_json("search", "Document 1 part 2 topic2")
+    took = time.monotonic() - started
+    assert (found["space"], found["degraded"]) == ("local", True)
+    assert "within search.query_timeout_s = 1 s" in found["reason"]
+    assert found["results"][0]["path"] == "doc1.md"
+    assert took < 1 + 1.0, took
+
+
+def test_no_secret_in_any_file_kbguard_writes(tmp_path: Path, server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path, server.url)
+    outputs = []
+    for args in (("rebuild", "--json"), ("status", "--json"), ("verify", "--json"),
+                 ("snapshot", "create", "--json"), ("search", "--json", "paragraph")):
+        res = kb.cli(*args)
+        outputs += [res.stdout, res.stderr]
+    server.fail("status", times=10_000, code=401)
+    providers.forget_chains()
+    (kb.corpus / "new.md").write_text("# New\n\nA new document about secrets and keys.\n")
+    res = kb.cli("rebuild")
+    outputs += [res.stdout, res.stderr]
+    assert all(KEY not in text for text in outputs)
+    for path in (kb.root / "state").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
