@@ -207,12 +207,12 @@ def _wrong_model(ctx: _Ctx, *, cache_as: str) -> ChaosResult:
     space = ctx.space
     texts = [str(p.payload.get("text", p.id)) for p in points]
     vecs = other_model_vectors(texts, space.dim)
-    for p, v in zip(points, vecs):
+    for p, v in zip(points, vecs, strict=True):
         p.vectors = {**p.vectors, space.name: v}
     ctx.store.close()
-    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as m, m.transaction():
-        rows = [(str(p.payload["content_hash"]), v) for p, v in zip(points, vecs)]
-        m.cache_vectors(cache_as, rows, None)
+    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as manifest, manifest.transaction():
+        rows = [(str(p.payload["content_hash"]), v) for p, v in zip(points, vecs, strict=True)]
+        manifest.cache_vectors(cache_as, rows, None)
     ctx.rewrite(points)
     return _result("wrong-model" if cache_as != space.space_id else "poison-cache", points,
                    cached_as=cache_as)
@@ -279,10 +279,8 @@ def _truncate_store(ctx: _Ctx) -> ChaosResult:
                        {"files": [str(f.relative_to(cfg.store_path)) for f in files]})
 
 
-def _cache_rows_in_use(m: Manifest, space: SpaceConfig, ctx: _Ctx) -> list[str]:
-    hashes = [r[0] for r in m.con.execute(
-        "SELECT DISTINCT e.content_hash FROM embeddings e JOIN chunks c USING (content_hash) "
-        "WHERE e.space_id = ? ORDER BY 1", [space.space_id]).fetchall()]
+def _cache_rows_in_use(manifest: Manifest, space: SpaceConfig, ctx: _Ctx) -> list[str]:
+    hashes = manifest.cached_hashes_in_use(space.space_id)
     if len(hashes) < ctx.count:
         raise StoreError(f"The cache holds {len(hashes)} vectors in use; cannot damage "
                          f"{ctx.count}.")
@@ -291,26 +289,21 @@ def _cache_rows_in_use(m: Manifest, space: SpaceConfig, ctx: _Ctx) -> list[str]:
 
 def _damage_cache(ctx: _Ctx) -> ChaosResult:
     space = ctx.space
-    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as m:
-        chosen = _cache_rows_in_use(m, space, ctx)
-        with m.transaction():
+    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as manifest:
+        chosen = _cache_rows_in_use(manifest, space, ctx)
+        with manifest.transaction():
             for h in chosen:
-                blob = bytearray(m.con.execute(
-                    "SELECT vector FROM embeddings WHERE space_id = ? AND content_hash = ?",
-                    [space.space_id, h]).fetchone()[0])
+                blob = bytearray(manifest.cached_bytes(space.space_id, h) or b"")
                 blob[ctx.rng.randrange(len(blob))] ^= 0x10
-                m.con.execute("UPDATE embeddings SET vector = ? WHERE space_id = ? AND "
-                              "content_hash = ?", [bytes(blob), space.space_id, h])
+                manifest.overwrite_cached_bytes(space.space_id, h, bytes(blob))
     return ChaosResult("damage-cache", len(chosen), [], {"content_hashes": sorted(chosen)})
 
 
 def _drop_cache_rows(ctx: _Ctx) -> ChaosResult:
     space = ctx.space
-    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as m:
-        chosen = _cache_rows_in_use(m, space, ctx)
-        with m.transaction():
-            m.con.execute("DELETE FROM embeddings WHERE space_id = ? AND content_hash IN "
-                          "(SELECT unnest(?::VARCHAR[]))", [space.space_id, chosen])
+    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as manifest:
+        chosen = _cache_rows_in_use(manifest, space, ctx)
+        manifest.drop_cached_vectors(space.space_id, chosen)
     return ChaosResult("drop-cache-rows", len(chosen), [], {"content_hashes": sorted(chosen)})
 
 
