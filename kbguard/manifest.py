@@ -5,13 +5,15 @@ pipeline batch is one transaction, so a run killed at any moment leaves a manife
 run continues from.
 
 Callers use methods named for what they do, not SQL. The store's write protocol lives here too
-(``write_points``, ``delete_points``), so every command writes points the same way.
+(``write_points``, ``delete_points``), so every command writes points the same way. A DuckDB
+error from a method is a ``ManifestError`` that names the file and what to do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,9 +82,12 @@ class Manifest:
     def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, read_only: bool):
         self.path = path
         self.read_only = read_only
-        self._db = _Connection(con, path)
-        # raw SQL for kbguard.verify, until its queries move behind methods here
-        self.con: Any = _Connection(con, path)
+        # Every method goes through _db. Until open() has checked the file, its errors stay
+        # DuckDB's: open() translates them knowing whether it opened to read or to write.
+        self._db = _Connection(con, path, translate_all=False)
+        # Raw SQL for kbguard.verify until its queries move behind methods here: it tells a
+        # manifest it cannot read from one it can by catching duckdb.Error itself.
+        self.con: Any = _Connection(con, path, translate_all=False)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -126,6 +131,7 @@ class Manifest:
         except KbguardError:
             con.close()
             raise
+        m._db.translate_all = True
         return m
 
     def close(self) -> None:
@@ -221,7 +227,8 @@ class Manifest:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """The first value of raw ``sql`` (for kbguard.verify, see ``__init__``)."""
+        """The first value of raw ``sql``; raises DuckDB's own errors, as ``con`` does (for
+        kbguard.verify, see ``__init__``)."""
         return self.con.execute(sql, list(params)).fetchone()[0]
 
     def checkpoint(self) -> None:
@@ -615,19 +622,21 @@ def _wal(path: Path) -> Path:
 
 
 class _Connection:
-    """The manifest's DuckDB connection, with a full disk translated into DiskFullError.
+    """The manifest's DuckDB connection, with its errors translated into kbguard's.
 
-    DuckDB reports a full disk from whichever statement happened to write (usually a COMMIT,
-    which appends to the WAL, or a COPY into a snapshot), as an IO or transaction error. Every
-    statement goes through here, so no caller has to recognise those. A COMMIT that failed has
-    already rolled back: the ROLLBACK a caller's cleanup sends next is then a no-op, not a
-    second error that would hide the first.
+    A full disk is a DiskFullError: DuckDB reports it from whichever statement happened to write
+    (usually a COMMIT, which appends to the WAL, or a COPY into a snapshot), as an IO or
+    transaction error, and every statement goes through here, so no caller has to recognise
+    those. A COMMIT that failed has already rolled back: the ROLLBACK a caller's cleanup sends
+    next is then a no-op, not a second error that would hide the first. With ``translate_all``
+    any other DuckDB error is a ManifestError (or ManifestReadOnly) too.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path):
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, *, translate_all: bool):
         self._con = con
         self._path = path
         self._full = False
+        self.translate_all = translate_all
 
     def execute(self, query: str, parameters: Any = None) -> _Connection:
         try:
@@ -655,7 +664,7 @@ class _Connection:
         return self
 
     def cursor(self) -> _Connection:
-        return _Connection(self._con.cursor(), self._path)
+        return _Connection(self._con.cursor(), self._path, translate_all=self.translate_all)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._con, name)
@@ -668,7 +677,9 @@ class _Connection:
                         and target.parent == self._path.parent)
             return disk_full(target, f"write the manifest {self._path}" if manifest
                              else f"write {target}")
-        return None
+        if not self.translate_all:
+            return None
+        return _statement_error(exc, self._path, query)
 
 
 def require_writable(path: Path) -> None:
@@ -710,3 +721,23 @@ def _translate(exc: Exception, path: Path, *, writing: bool) -> KbguardError:
         "`kbguard rebuild` to build a new one."
     )
 
+
+# statements that leave the manifest file as it was (a temporary table lives in memory)
+_READS = re.compile(r"\s*(SELECT|WITH|COPY|CREATE OR REPLACE TEMP )", re.IGNORECASE)
+
+
+def _statement_error(exc: duckdb.Error, path: Path, query: str) -> KbguardError:
+    """The error for a statement on an open manifest that DuckDB refused."""
+    if is_read_only_error(exc):
+        reason = not_writable(path)
+        if reason is not None:
+            return ManifestReadOnly(_read_only_message(path, reason))
+    text = str(exc)
+    first = text.splitlines()[0] if text else repr(exc)
+    reading = _READS.match(query) is not None
+    return ManifestError(
+        f"{'Reading' if reading else 'Writing'} the manifest {path} failed: {first}. What was "
+        "committed before is kept. Run `kbguard verify`: if it reports manifest damage, or the "
+        "manifest's tables were changed outside kbguard, bring it back with `kbguard restore "
+        "--latest` (or move it aside and run `kbguard rebuild --full`); otherwise run the "
+        "command again.")

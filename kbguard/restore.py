@@ -373,8 +373,11 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
         if isinstance(loader.error, DiskFullError):
             raise loader.error
         if loader.error is not None:
+            # DuckDB's own words: the advice for a damaged live manifest does not fit a copy
+            # that is thrown away
+            reason = loader.error.__cause__ or loader.error
             raise ManifestError(f"Loading the snapshot's tables into the new manifest failed: "
-                                f"{loader.error}. The KB was not switched.") from loader.error
+                                f"{reason}. The KB was not switched.") from loader.error
         names = sorted(v["name"] for v in body["config"]["vectors"])
         manifest.record_restored_points(folder / POINTS_FILE,
                                         {name: VECTOR_PREFIX + name for name in names})
