@@ -1,6 +1,6 @@
 """Verify benchmark: points verified per second on a 100k-point KB in the embedded store.
 
-Builds a synthetic KB once (`kbguard.chaos.fill_synthetic`: corpus files, DuckDB manifest and a
+Builds a synthetic KB once (`synthetic.fill_synthetic`: corpus files, DuckDB manifest and a
 Qdrant Edge shard, 384-d vectors from the fake embedder, ~60-word chunk texts in the payloads),
 then runs the full check (`verify_kb`, every point compared with its cached vector, its payload
 and the manifest; no sampling, no canaries) several times, each in a fresh process so peak
@@ -28,7 +28,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from synthetic import write_synthetic_config
+from synthetic import fill_synthetic, write_synthetic_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -75,7 +75,6 @@ def main() -> None:
     config = root / "kbguard.toml"
     if not (root / "state" / "manifest.duckdb").exists():
         write_synthetic_config(root, args.dim)
-        from kbguard.chaos import fill_synthetic
         from kbguard.config import load_config
 
         t = time.perf_counter()

@@ -42,7 +42,7 @@ import numpy as np
 from kbguard.config import Config, SpaceConfig
 from kbguard.errors import ConfigError, StoreError
 from kbguard.lock import kb_lock
-from kbguard.manifest import Manifest, blob_vector, vector_bytes, vector_checksum
+from kbguard.manifest import Manifest
 from kbguard.store import Point, Store, VectorSpec
 
 OTHER_MODEL = "chaos-other-model"
@@ -207,12 +207,12 @@ def _wrong_model(ctx: _Ctx, *, cache_as: str) -> ChaosResult:
     space = ctx.space
     texts = [str(p.payload.get("text", p.id)) for p in points]
     vecs = other_model_vectors(texts, space.dim)
-    for p, v in zip(points, vecs):
+    for p, v in zip(points, vecs, strict=True):
         p.vectors = {**p.vectors, space.name: v}
     ctx.store.close()
-    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as m, m.transaction():
-        rows = [(str(p.payload["content_hash"]), v) for p, v in zip(points, vecs)]
-        m.cache_vectors(cache_as, rows, None)
+    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as manifest, manifest.transaction():
+        rows = [(str(p.payload["content_hash"]), v) for p, v in zip(points, vecs, strict=True)]
+        manifest.cache_vectors(cache_as, rows, None)
     ctx.rewrite(points)
     return _result("wrong-model" if cache_as != space.space_id else "poison-cache", points,
                    cached_as=cache_as)
@@ -279,10 +279,8 @@ def _truncate_store(ctx: _Ctx) -> ChaosResult:
                        {"files": [str(f.relative_to(cfg.store_path)) for f in files]})
 
 
-def _cache_rows_in_use(m: Manifest, space: SpaceConfig, ctx: _Ctx) -> list[str]:
-    hashes = [r[0] for r in m.con.execute(
-        "SELECT DISTINCT e.content_hash FROM embeddings e JOIN chunks c USING (content_hash) "
-        "WHERE e.space_id = ? ORDER BY 1", [space.space_id]).fetchall()]
+def _cache_rows_in_use(manifest: Manifest, space: SpaceConfig, ctx: _Ctx) -> list[str]:
+    hashes = manifest.cached_hashes_in_use(space.space_id)
     if len(hashes) < ctx.count:
         raise StoreError(f"The cache holds {len(hashes)} vectors in use; cannot damage "
                          f"{ctx.count}.")
@@ -291,26 +289,21 @@ def _cache_rows_in_use(m: Manifest, space: SpaceConfig, ctx: _Ctx) -> list[str]:
 
 def _damage_cache(ctx: _Ctx) -> ChaosResult:
     space = ctx.space
-    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as m:
-        chosen = _cache_rows_in_use(m, space, ctx)
-        with m.transaction():
+    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as manifest:
+        chosen = _cache_rows_in_use(manifest, space, ctx)
+        with manifest.transaction():
             for h in chosen:
-                blob = bytearray(m.con.execute(
-                    "SELECT vector FROM embeddings WHERE space_id = ? AND content_hash = ?",
-                    [space.space_id, h]).fetchone()[0])
+                blob = bytearray(manifest.cached_bytes(space.space_id, h) or b"")
                 blob[ctx.rng.randrange(len(blob))] ^= 0x10
-                m.con.execute("UPDATE embeddings SET vector = ? WHERE space_id = ? AND "
-                              "content_hash = ?", [bytes(blob), space.space_id, h])
+                manifest.overwrite_cached_bytes(space.space_id, h, bytes(blob))
     return ChaosResult("damage-cache", len(chosen), [], {"content_hashes": sorted(chosen)})
 
 
 def _drop_cache_rows(ctx: _Ctx) -> ChaosResult:
     space = ctx.space
-    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as m:
-        chosen = _cache_rows_in_use(m, space, ctx)
-        with m.transaction():
-            m.con.execute("DELETE FROM embeddings WHERE space_id = ? AND content_hash IN "
-                          "(SELECT unnest(?::VARCHAR[]))", [space.space_id, chosen])
+    with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as manifest:
+        chosen = _cache_rows_in_use(manifest, space, ctx)
+        manifest.drop_cached_vectors(space.space_id, chosen)
     return ChaosResult("drop-cache-rows", len(chosen), [], {"content_hashes": sorted(chosen)})
 
 
@@ -343,117 +336,3 @@ ACTIONS: dict[str, Callable[[_Ctx], ChaosResult]] = {
     "drop-cache-rows": _drop_cache_rows,
     "damage-manifest": _damage_manifest,
 }
-
-
-# -- a synthetic KB for drills, benchmarks and scale tests ---------------------------------
-
-def fill_synthetic(cfg: Config, *, points: int, per_doc: int = 100, words: int = 60,
-                   seed: int = 0, page: int = 2048) -> int:
-    """Write a consistent KB of ``points`` generated chunks straight into corpus, manifest and
-    store (embedded with each space's configured embedder); for scale tests and benchmarks.
-
-    The manifest and store must be empty. Returns the number of points written.
-    """
-    from kbguard.chunk import content_hash, point_id
-    from kbguard.embed import get_embedder
-    from kbguard.manifest import now
-    from kbguard.rebuild import point_payload, store_for, vector_specs
-    from kbguard.scan import file_md5
-
-    import pyarrow as pa
-
-    rng = np.random.default_rng(seed)
-    vocab = [f"w{i}" for i in range(5000)]
-    names = ",".join(sorted(s.name for s in cfg.spaces))
-    cfg.corpus.mkdir(parents=True, exist_ok=True)
-    docs = (points + per_doc - 1) // per_doc
-    written = 0
-    with kb_lock(cfg.manifest, "synthetic"), \
-            Manifest.open(cfg.manifest, kb=cfg.kb) as m, store_for(cfg) as store:
-        store.ensure(vector_specs(cfg))
-        pending: list[tuple[str, str, int, str, str]] = []  # (pid, path, seq, hash, text)
-
-        def flush_pending() -> None:
-            nonlocal written
-            if not pending:
-                return
-            texts = [t for *_, t in pending]
-            hashes = [h for _, _, _, h, _ in pending]
-            vecs = {s.name: get_embedder(s).embed_batch(texts) for s in cfg.spaces}
-            ts = now()
-            chunk_tbl = pa.table({
-                "point_id": [p for p, *_ in pending], "path": [p for _, p, *_ in pending],
-                "seq": pa.array([s for _, _, s, _, _ in pending], pa.int32()),
-                "content_hash": hashes,
-                "occurrence": pa.array([0] * len(pending), pa.int32()),
-                "section": ["Synthetic"] * len(pending), "text": texts,
-                "tokens": pa.array([words] * len(pending), pa.int32()),
-            })
-            emb_rows = []
-            for s in cfg.spaces:
-                blobs = [vector_bytes(v) for v in vecs[s.name]]
-                emb_rows.append(pa.table({
-                    "space_id": [s.space_id] * len(blobs), "content_hash": hashes,
-                    "vector": pa.array(blobs, pa.binary()),
-                    "checksum": [vector_checksum(b) for b in blobs],
-                }))
-            emb_tbl = pa.concat_tables(emb_rows)
-            state_tbl = pa.table({
-                "point_id": chunk_tbl["point_id"], "path": chunk_tbl["path"],
-                "content_hash": hashes, "vectors": [names] * len(pending),
-            })
-            with m.transaction():
-                m.con.register("syn_chunks", chunk_tbl)
-                m.con.register("syn_emb", emb_tbl)
-                m.con.register("syn_state", state_tbl)
-                m.con.execute("INSERT INTO chunks SELECT * FROM syn_chunks")
-                m.con.execute("INSERT INTO embeddings SELECT space_id, content_hash, vector, "
-                              "checksum, ?::TIMESTAMPTZ, NULL, NULL FROM syn_emb", [ts])
-                m.con.execute("INSERT INTO store_state SELECT point_id, path, content_hash, "
-                              "vectors, true, ?::TIMESTAMPTZ FROM syn_state", [ts])
-                for t in ("syn_chunks", "syn_emb", "syn_state"):
-                    m.con.unregister(t)
-            store.upsert([
-                Point(pid, {s.name: vecs[s.name][i] for s in cfg.spaces},
-                      point_payload(cfg.kb, path, h, 0, "Synthetic", text))
-                for i, (pid, path, _seq, h, text) in enumerate(pending)
-            ])
-            written += len(pending)
-            pending.clear()
-
-        for d in range(docs):
-            rel = f"synthetic/doc{d:06d}.md"
-            n = min(per_doc, points - d * per_doc)
-            texts = []
-            for seq in range(n):
-                body = " ".join(rng.choice(vocab, size=words))
-                texts.append(f"Synthetic\n\nDocument {d} chunk {seq}: {body}")
-            full = cfg.corpus / rel
-            full.parent.mkdir(parents=True, exist_ok=True)
-            full.write_text("\n\n".join(texts), encoding="utf-8")
-            st = full.stat()
-            digest = file_md5(full)
-            m.con.execute("INSERT INTO documents (path, file_hash, size, mtime_ns, indexed_hash, "
-                          "status, error, chunks, updated_at, encoding) "
-                          "VALUES (?, ?, ?, ?, ?, 'ok', NULL, ?, ?, 'utf-8')",
-                          [rel, digest, st.st_size, st.st_mtime_ns, digest, n, now()])
-            for seq, text in enumerate(texts):
-                h = content_hash(text)
-                pending.append((point_id(cfg.kb, rel, h, 0), rel, seq, h, text))
-            if len(pending) >= page:
-                flush_pending()
-        flush_pending()
-        store.flush()
-    return written
-
-
-def stored_vectors(store: Store, name: str) -> dict[str, bytes]:
-    """Every point's vector ``name`` as float32 bytes (for drills that compare before/after)."""
-    return {p.id: np.asarray(p.vectors.get(name, []), dtype="<f4").tobytes()
-            for page in store.scroll(batch_size=1024) for p in page}
-
-
-def cache_vector(m: Manifest, space_id: str, content_hash: str) -> np.ndarray | None:
-    row = m.con.execute("SELECT vector FROM embeddings WHERE space_id = ? AND content_hash = ?",
-                        [space_id, content_hash]).fetchone()
-    return blob_vector(row[0]) if row else None

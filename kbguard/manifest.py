@@ -3,13 +3,18 @@
 Documents, chunks (with their text), the embedding cache and the store state live here. Every
 pipeline batch is one transaction, so a run killed at any moment leaves a manifest that the next
 run continues from.
+
+Callers use methods named for what they do, not SQL. The store's write protocol lives here too
+(``write_points``, ``delete_points``), so every command writes points the same way. A DuckDB
+error from a method is a ``ManifestError`` that names the file and what to do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,8 +27,10 @@ import pyarrow as pa
 
 from kbguard.disk import disk_full, file_in_message, is_disk_full, is_read_only_error, not_writable
 from kbguard.errors import KbguardError, ManifestError, ManifestReadOnly
+from kbguard.faults import crash_point
 from kbguard.migrations import MIGRATIONS
 from kbguard.redact import scrub_data
+from kbguard.store.base import Point, Store
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -74,8 +81,13 @@ class Manifest:
 
     def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, read_only: bool):
         self.path = path
-        self.con: Any = _Connection(con, path)
         self.read_only = read_only
+        # Every method goes through _db. Until open() has checked the file, its errors stay
+        # DuckDB's: open() translates them knowing whether it opened to read or to write.
+        self._db = _Connection(con, path, translate_all=False)
+        # Raw SQL for kbguard.verify until its queries move behind methods here: it tells a
+        # manifest it cannot read from one it can by catching duckdb.Error itself.
+        self.con: Any = _Connection(con, path, translate_all=False)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -119,10 +131,11 @@ class Manifest:
         except KbguardError:
             con.close()
             raise
+        m._db.translate_all = True
         return m
 
     def close(self) -> None:
-        self.con.close()
+        self._db.close()
 
     def __enter__(self) -> Manifest:
         return self
@@ -131,19 +144,19 @@ class Manifest:
         self.close()
 
     def _applied(self) -> int:
-        exists = self.con.execute(
+        exists = self._db.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'migrations'"
         ).fetchone()[0]
         if not exists:
             return 0
-        return self.con.execute("SELECT coalesce(max(version), 0) FROM migrations").fetchone()[0]
+        return self._db.execute("SELECT coalesce(max(version), 0) FROM migrations").fetchone()[0]
 
     def _check_version(self) -> None:
         applied = self._applied()
         if applied == 0:
             # migrations is created before the first migration runs: a file holding only that
             # (or nothing) is a first build killed before it wrote anything
-            others = self.con.execute(
+            others = self._db.execute(
                 "SELECT count(*) FROM information_schema.tables "
                 "WHERE table_name <> 'migrations'").fetchone()[0]
             if others == 0:
@@ -164,7 +177,7 @@ class Manifest:
             )
 
     def _migrate(self) -> None:
-        self.con.execute(
+        self._db.execute(
             "CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, "
             "name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
         )
@@ -178,8 +191,8 @@ class Manifest:
             if version <= applied:
                 continue
             with self.transaction():
-                self.con.execute(sql)
-                self.con.execute("INSERT INTO migrations VALUES (?, ?, ?)", [version, name, now()])
+                self._db.execute(sql)
+                self._db.execute("INSERT INTO migrations VALUES (?, ?, ?)", [version, name, now()])
 
     def _bind_kb(self, kb: str) -> None:
         have = self.get_meta("kb")
@@ -197,30 +210,49 @@ class Manifest:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.con.execute("BEGIN TRANSACTION")
+        self._db.execute("BEGIN TRANSACTION")
         try:
             yield
         except BaseException:
-            self.con.execute("ROLLBACK")
+            self._db.execute("ROLLBACK")
             raise
         else:
-            self.con.execute("COMMIT")
+            self._db.execute("COMMIT")
 
     def get_meta(self, key: str) -> str | None:
-        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first value of raw ``sql``; raises DuckDB's own errors, as ``con`` does (for
+        kbguard.verify, see ``__init__``)."""
         return self.con.execute(sql, list(params)).fetchone()[0]
+
+    def checkpoint(self) -> None:
+        """Move everything from the WAL into the database file itself."""
+        self._db.execute("CHECKPOINT")
+
+    def _count(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self._db.execute(sql, list(params)).fetchone()[0])
+
+    def _insert_batch(self, sql: str, batch: pa.Table, params: Sequence[Any] = ()) -> None:
+        """Run ``sql``, which reads ``batch`` as the table ``_batch``: one statement for the
+        whole batch, where executemany would run row by row (~0.5 ms a row)."""
+        self._db.register("_batch", batch)
+        # Not in a finally: a failed statement aborts the transaction, which then refuses even
+        # the unregister, and that error would hide the real one. The next register replaces
+        # a view left behind.
+        self._db.execute(sql, list(params))
+        self._db.unregister("_batch")
 
     # -- runs ----------------------------------------------------------------------------------
 
     def start_run(self, kind: str) -> int:
         with self.transaction():
-            return self.con.execute(
+            return self._db.execute(
                 "INSERT INTO runs (kind, started_at, status) VALUES (?, ?, 'running') "
                 "RETURNING run_id",
                 [kind, now()],
@@ -229,7 +261,7 @@ class Manifest:
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any],
                    corpus_rev: str | None = None) -> None:
         with self.transaction():
-            self.con.execute(
+            self._db.execute(
                 "UPDATE runs SET finished_at = ?, status = ?, summary = ?, corpus_rev = ? "
                 "WHERE run_id = ?",
                 # a failed run's error may quote the store URL: stored without credentials
@@ -248,18 +280,18 @@ class Manifest:
         sql = ("SELECT run_id, kind, started_at, finished_at, status, corpus_rev, summary FROM runs"
                + (" WHERE " + " AND ".join(where) if where else "")
                + " ORDER BY run_id DESC LIMIT 1")
-        row = self.con.execute(sql, params).fetchone()
+        row = self._db.execute(sql, params).fetchone()
         if row is None:
             return None
         keys = ("run_id", "kind", "started_at", "finished_at", "status", "corpus_rev", "summary")
-        out = dict(zip(keys, row))
+        out = dict(zip(keys, row, strict=True))
         out["summary"] = json.loads(out["summary"]) if out["summary"] else None
         return out
 
-    # -- documents -----------------------------------------------------------------------------
+    # -- documents and chunks ------------------------------------------------------------------
 
     def documents(self) -> dict[str, DocumentRow]:
-        rows = self.con.execute(
+        rows = self._db.execute(
             "SELECT path, file_hash, size, mtime_ns, indexed_hash, status, error, chunks, "
             "encoding FROM documents"
         ).fetchall()
@@ -267,26 +299,79 @@ class Manifest:
 
     def record_document(self, doc: DocumentRow, chunks: Sequence[ChunkRow] | None) -> None:
         """Replace one document's row and, when ``chunks`` is given, its chunks. No transaction."""
-        self.con.execute("DELETE FROM documents WHERE path = ?", [doc.path])
-        self.con.execute(
+        self._db.execute("DELETE FROM documents WHERE path = ?", [doc.path])
+        self._db.execute(
             "INSERT INTO documents (path, file_hash, size, mtime_ns, indexed_hash, status, "
             "error, chunks, updated_at, encoding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [doc.path, doc.file_hash, doc.size, doc.mtime_ns, doc.indexed_hash, doc.status,
              doc.error, doc.chunks, now(), doc.encoding],
         )
         if chunks is not None:
-            self.con.execute("DELETE FROM chunks WHERE path = ?", [doc.path])
+            self._db.execute("DELETE FROM chunks WHERE path = ?", [doc.path])
             if chunks:
-                self.con.executemany(
-                    "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [[c.point_id, c.path, c.seq, c.content_hash, c.occurrence, c.section,
-                      c.text, c.tokens] for c in chunks],
-                )
+                self._insert_batch("INSERT INTO chunks BY NAME SELECT * FROM _batch", pa.table({
+                    "point_id": pa.array([c.point_id for c in chunks], pa.string()),
+                    "path": pa.array([c.path for c in chunks], pa.string()),
+                    "seq": pa.array([c.seq for c in chunks], pa.int32()),
+                    "content_hash": pa.array([c.content_hash for c in chunks], pa.string()),
+                    "occurrence": pa.array([c.occurrence for c in chunks], pa.int32()),
+                    "section": pa.array([c.section for c in chunks], pa.string()),
+                    "text": pa.array([c.text for c in chunks], pa.string()),
+                    "tokens": pa.array([c.tokens for c in chunks], pa.int32()),
+                }))
+
+    def refresh_stats(self, files: Sequence[tuple[str, int | None, int | None, str | None]]
+                      ) -> None:
+        """Record a new (size, mtime_ns, file_hash) for documents whose content is unchanged:
+        ``files`` holds (path, size, mtime_ns, file_hash). No transaction."""
+        if files:
+            self._db.executemany(
+                "UPDATE documents SET size = ?, mtime_ns = ?, file_hash = ? WHERE path = ?",
+                [[size, mtime_ns, file_hash, path] for path, size, mtime_ns, file_hash in files])
 
     def forget_document(self, path: str) -> None:
         """Drop a removed document and its chunks. No transaction."""
-        self.con.execute("DELETE FROM chunks WHERE path = ?", [path])
-        self.con.execute("DELETE FROM documents WHERE path = ?", [path])
+        self._db.execute("DELETE FROM chunks WHERE path = ?", [path])
+        self._db.execute("DELETE FROM documents WHERE path = ?", [path])
+
+    def failed_documents(self) -> list[tuple[str, str | None]]:
+        """(path, error) of every document that failed to parse, by path."""
+        return [(p, e) for p, e in self._db.execute(
+            "SELECT path, error FROM documents WHERE status = 'failed' ORDER BY path").fetchall()]
+
+    def encoding_counts(self) -> dict[str, int]:
+        """Documents per text encoding they were read with, most used first (PDF and DOCX
+        have none)."""
+        return dict(self._db.execute(
+            "SELECT encoding, count(*) FROM documents WHERE encoding IS NOT NULL "
+            "GROUP BY encoding ORDER BY count(*) DESC, encoding").fetchall())
+
+    def chunk_count(self) -> int:
+        return self._count("SELECT count(*) FROM chunks")
+
+    def point_ids(self) -> list[str]:
+        """The id of every point the chunks want."""
+        return [r[0] for r in self._db.execute("SELECT point_id FROM chunks").fetchall()]
+
+    def point_ids_with_hashes(self, hashes: Sequence[str]) -> list[str]:
+        """The ids of the points whose text has one of ``hashes``."""
+        return [r[0] for r in self._db.execute(
+            "SELECT point_id FROM chunks WHERE content_hash IN (SELECT unnest(?::VARCHAR[]))",
+            [list(hashes)]).fetchall()]
+
+    def chunk_texts(self, hashes: Sequence[str]) -> dict[str, str]:
+        """content_hash -> text, for those of ``hashes`` some chunk still has."""
+        return dict(self._db.execute(
+            "SELECT content_hash, min(text) FROM chunks WHERE content_hash IN "
+            "(SELECT unnest(?::VARCHAR[])) GROUP BY 1", [list(hashes)]).fetchall())
+
+    def chunks_of_points(self, ids: Sequence[str]
+                         ) -> list[tuple[str, str, str, int, str, str]]:
+        """(point_id, path, content_hash, occurrence, section, text) of the chunks behind
+        ``ids``."""
+        return self._db.execute(
+            "SELECT point_id, path, content_hash, occurrence, section, text FROM chunks "
+            "WHERE point_id IN (SELECT unnest(?::VARCHAR[]))", [list(ids)]).fetchall()
 
     # -- embedding cache ---------------------------------------------------------------------
 
@@ -297,8 +382,7 @@ class Manifest:
         if not items:
             return
         blobs = [vector_bytes(vec) for _, vec in items]
-        # One Arrow batch, not executemany: DuckDB runs executemany row by row (~2.5 ms a row).
-        batch = pa.table({
+        self._insert_batch("INSERT OR REPLACE INTO embeddings BY NAME SELECT * FROM _batch", pa.table({
             "space_id": pa.array([space_id] * len(items), pa.string()),
             "content_hash": pa.array([h for h, _ in items], pa.string()),
             "vector": pa.array(blobs, pa.binary()),
@@ -306,12 +390,202 @@ class Manifest:
             "created_at": pa.array([now()] * len(items), pa.timestamp("us", tz="UTC")),
             "run_id": pa.array([run_id] * len(items), pa.int64()),
             "provider": pa.array([provider] * len(items), pa.string()),
-        })
-        self.con.register("_cache_batch", batch)
+        }))
+
+    def cached_vectors(self, space_id: str, hashes: Sequence[str]
+                       ) -> list[tuple[str, np.ndarray, int | None]]:
+        """(content_hash, vector, run that embedded it) of those of ``hashes`` the cache holds
+        in ``space_id``."""
+        return [(h, blob_vector(blob), run_id) for h, blob, run_id in self._db.execute(
+            "SELECT content_hash, vector, run_id FROM embeddings "
+            "WHERE space_id = ? AND content_hash IN (SELECT unnest(?::VARCHAR[]))",
+            [space_id, list(hashes)]).fetchall()]
+
+    def drop_cached_vectors(self, space_id: str, hashes: Sequence[str]) -> None:
+        """Delete cache rows of ``space_id``; one statement, so no transaction is needed."""
+        self._db.execute("DELETE FROM embeddings WHERE space_id = ? AND content_hash IN "
+                         "(SELECT unnest(?::VARCHAR[]))", [space_id, list(hashes)])
+
+    def cached_hashes_in_use(self, space_id: str) -> list[str]:
+        """The content hashes cached in ``space_id`` that some chunk uses, sorted."""
+        return [r[0] for r in self._db.execute(
+            "SELECT DISTINCT e.content_hash FROM embeddings e JOIN chunks c USING (content_hash) "
+            "WHERE e.space_id = ? ORDER BY 1", [space_id]).fetchall()]
+
+    def cached_bytes(self, space_id: str, content_hash: str) -> bytes | None:
+        """The raw float32 bytes of one cached vector, as stored."""
+        row = self._db.execute(
+            "SELECT vector FROM embeddings WHERE space_id = ? AND content_hash = ?",
+            [space_id, content_hash]).fetchone()
+        return bytes(row[0]) if row else None
+
+    def overwrite_cached_bytes(self, space_id: str, content_hash: str, blob: bytes) -> None:
+        """Replace one cached vector's bytes and keep its checksum, which then fails: damage on
+        purpose, for `kbguard chaos`. No transaction."""
+        self._db.execute("UPDATE embeddings SET vector = ? WHERE space_id = ? AND "
+                         "content_hash = ?", [blob, space_id, content_hash])
+
+    # -- what a rebuild has to do -------------------------------------------------------------
+
+    def fill_embed_todo(self, space_id: str) -> int:
+        """List in the temporary table embed_todo every text whose vector in ``space_id`` the
+        cache lacks, shortest first; return how many. ``embed_todo_batches`` reads them."""
+        self._db.execute(
+            "CREATE OR REPLACE TEMP TABLE embed_todo AS "
+            # by length: a batch of similar lengths pads little (MiniLM, 640 Django chunks:
+            # 26.7 texts/s against 17.6-20.7 in hash order)
+            "SELECT row_number() OVER (ORDER BY length(text), content_hash) AS rn, "
+            "content_hash, text FROM ("
+            "  SELECT content_hash, min(text) AS text FROM chunks "
+            "  WHERE content_hash NOT IN "
+            "    (SELECT content_hash FROM embeddings WHERE space_id = ?) "
+            "  GROUP BY content_hash)",
+            [space_id],
+        )
+        return self._count("SELECT count(*) FROM embed_todo")
+
+    def embed_todo_batches(self, size: int) -> Iterator[list[tuple[str, str]]]:
+        """embed_todo in batches of (content_hash, text); the table is dropped after the last."""
+        yield from self._todo_batches(
+            "SELECT content_hash, text FROM embed_todo WHERE rn >= ? AND rn < ? ORDER BY rn",
+            "embed_todo", size)
+
+    def fill_upsert_todo(self, vectors: str) -> int:
+        """List in the temporary table upsert_todo every chunk whose point the store state does
+        not confirm as written with ``vectors`` (comma-joined names), in document order; return
+        how many. ``upsert_todo_batches`` reads them."""
+        self._db.execute(
+            "CREATE OR REPLACE TEMP TABLE upsert_todo AS "
+            "SELECT row_number() OVER (ORDER BY c.path, c.seq) AS rn, c.* FROM chunks c "
+            "WHERE c.point_id NOT IN "
+            "  (SELECT point_id FROM store_state WHERE confirmed AND vectors = ?)",
+            [vectors],
+        )
+        return self._count("SELECT count(*) FROM upsert_todo")
+
+    def upsert_todo_batches(self, size: int
+                            ) -> Iterator[list[tuple[str, str, int, str, int, str, str]]]:
+        """upsert_todo in batches of (point_id, path, seq, content_hash, occurrence, section,
+        text); the table is dropped after the last."""
+        yield from self._todo_batches(
+            "SELECT point_id, path, seq, content_hash, occurrence, section, text "
+            "FROM upsert_todo WHERE rn >= ? AND rn < ? ORDER BY rn", "upsert_todo", size)
+
+    def _todo_batches(self, sql: str, table: str, size: int) -> Iterator[list[Any]]:
+        n = self._count(f"SELECT count(*) FROM {table}")
+        for lo in range(1, n + 1, size):
+            yield self._db.execute(sql, [lo, lo + size]).fetchall()
+        # not in a finally: a batch loop left by an error keeps the table, which the next
+        # fill replaces, rather than dropping it whenever the generator is collected
+        self._db.execute(f"DROP TABLE {table}")
+
+    # -- the store state ---------------------------------------------------------------------
+
+    def write_points(self, store: Store, points: Sequence[tuple[Point, str, str]],
+                     vectors: str) -> None:
+        """Write one batch of points to ``store`` so that no point is ever there unrecorded.
+
+        ``points`` holds (point, document path, content hash); ``vectors`` the comma-joined
+        names of the vectors each carries. Each point's state row is recorded pending, the store
+        writes and flushes the points, and only then are the rows confirmed: a process killed
+        in between leaves pending rows, which the next rebuild writes again.
+        """
+        if not points:
+            return
+        ids = [p.id for p, _, _ in points]
+        with self.transaction():
+            self._db.execute("DELETE FROM store_state WHERE point_id IN "
+                             "(SELECT unnest(?::VARCHAR[]))", [ids])
+            self._insert_batch(
+                "INSERT INTO store_state SELECT point_id, path, content_hash, ?, false, "
+                "?::TIMESTAMPTZ FROM _batch",
+                pa.table({"point_id": pa.array(ids, pa.string()),
+                          "path": pa.array([path for _, path, _ in points], pa.string()),
+                          "content_hash": pa.array([h for _, _, h in points], pa.string())}),
+                [vectors, now()])
+        store.upsert([p for p, _, _ in points])
+        store.flush()
+        crash_point("store-upsert")
+        with self.transaction():
+            self._db.execute("UPDATE store_state SET confirmed = true WHERE point_id IN "
+                             "(SELECT unnest(?::VARCHAR[]))", [ids])
+
+    def delete_points(self, store: Store, ids: Sequence[str], *, batch_size: int) -> None:
+        """Delete points from ``store``, then forget their state rows, ``batch_size`` at a time:
+        the store is flushed before a row goes, so a killed run leaves rows the next run deletes
+        again, never a point nobody knows about."""
+        for lo in range(0, len(ids), batch_size):
+            batch = list(ids[lo:lo + batch_size])
+            store.delete(batch)
+            store.flush()
+            crash_point("store-delete")
+            with self.transaction():
+                self._db.execute("DELETE FROM store_state WHERE point_id IN "
+                                 "(SELECT unnest(?::VARCHAR[]))", [batch])
+
+    def unconfirm_all_points(self) -> None:
+        """Mark every point as not written, for a store that was dropped or is missing: the next
+        ``fill_upsert_todo`` then lists every chunk."""
+        with self.transaction():
+            self._db.execute("UPDATE store_state SET confirmed = false")
+
+    def confirmed_point_count(self) -> int:
+        return self._count("SELECT count(*) FROM store_state WHERE confirmed")
+
+    def pending_point_count(self) -> int:
+        """State rows recorded before a write that was never confirmed."""
+        return self._count("SELECT count(*) FROM store_state WHERE NOT confirmed")
+
+    def unwritten_chunk_count(self) -> int:
+        """Chunks whose point the store state does not confirm as written."""
+        return self._count("SELECT count(*) FROM chunks WHERE point_id NOT IN "
+                           "(SELECT point_id FROM store_state WHERE confirmed)")
+
+    def unwanted_point_ids(self) -> list[str]:
+        """Points the store state knows and no chunk wants any more."""
+        return [r[0] for r in self._db.execute(
+            "SELECT point_id FROM store_state WHERE point_id NOT IN (SELECT point_id FROM chunks)"
+        ).fetchall()]
+
+    # -- snapshots and restores --------------------------------------------------------------
+
+    def row_counts(self, tables: Sequence[str]) -> dict[str, int]:
+        """Rows in each of ``tables`` (documents, chunks, embeddings, store_state)."""
+        return {t: self._count(f"SELECT count(*) FROM {_table(t)}") for t in tables}
+
+    def export_table(self, table: str, path: Path) -> None:
+        """Write ``table`` to the Parquet file ``path``, in key order (zstd)."""
+        order = {"documents": "path", "chunks": "path, seq",
+                 "embeddings": "space_id, content_hash"}[table]
+        self._db.execute(f"COPY (SELECT * FROM {_table(table)} ORDER BY {order}) TO "
+                         f"{_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)")
+
+    def import_tables(self, files: Mapping[str, Path]) -> None:
+        """Load tables from Parquet files (table -> file, as ``export_table`` wrote them) in one
+        transaction, on a connection of its own: safe to run in a thread while this one works."""
+        con = self._db.cursor()
         try:
-            self.con.execute("INSERT OR REPLACE INTO embeddings BY NAME SELECT * FROM _cache_batch")
+            con.execute("BEGIN TRANSACTION")
+            for table, path in files.items():
+                con.execute(f"INSERT INTO {_table(table)} BY NAME "
+                            f"SELECT * FROM read_parquet({_literal(str(path))})")
+            con.execute("COMMIT")
         finally:
-            self.con.unregister("_cache_batch")
+            con.close()
+
+    def record_restored_points(self, points_file: Path, vector_columns: Mapping[str, str]
+                               ) -> None:
+        """State rows, all written and confirmed, for the points of a snapshot's points file:
+        ``vector_columns`` maps each vector name to its column there (null where a point lacks
+        it). One statement in DuckDB instead of rows built in Python; own transaction."""
+        present = ", ".join(f"CASE WHEN {_identifier(column)} IS NOT NULL THEN {_literal(name)} "
+                            "END" for name, column in sorted(vector_columns.items()))
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO store_state SELECT id, coalesce(payload::JSON->>'path', ''), "
+                "coalesce(payload::JSON->>'content_hash', ''), "
+                f"concat_ws(',', {present}), true, now() "
+                f"FROM read_parquet({_literal(str(points_file))})")
 
     # -- counts for status -------------------------------------------------------------------
 
@@ -320,7 +594,7 @@ class Manifest:
         """Add what one provider's calls for one space cost to the ledger. No transaction."""
         if not usage.texts and not usage.requests:
             return
-        self.con.execute(
+        self._db.execute(
             "INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [run_id, kind, space.name, space.space_id, provider, usage.texts, usage.tokens,
              usage.requests, usage.seconds, usage.cost_usd, now()])
@@ -328,7 +602,7 @@ class Manifest:
     def spend(self, since: datetime | None = None) -> dict[str, Any]:
         """Tokens and USD in the ledger (since ``since``), in total and by space."""
         where, args = ("WHERE recorded_at >= ?", [since]) if since else ("", [])
-        rows = self.con.execute(
+        rows = self._db.execute(
             f"SELECT space, sum(tokens), sum(cost_usd), sum(texts) FROM ledger {where} "
             "GROUP BY space ORDER BY space", args).fetchall()
         return {"tokens": int(sum(r[1] for r in rows)),
@@ -339,19 +613,38 @@ class Manifest:
     def chunks_lacking_vectors(self, space_id: str) -> int:
         """Chunks whose text has no cached vector in ``space_id``: the space's debt, which the
         next rebuild embeds (a space whose providers were down has some)."""
-        return int(self.scalar(
+        return int(self._count(
             "SELECT count(*) FROM chunks WHERE content_hash NOT IN "
             "(SELECT content_hash FROM embeddings WHERE space_id = ?)", [space_id]))
 
     def counts(self) -> dict[str, int]:
         return {
-            "documents": self.scalar("SELECT count(*) FROM documents WHERE status = 'ok'"),
-            "failed_documents": self.scalar("SELECT count(*) FROM documents WHERE status = 'failed'"),
-            "chunks": self.scalar("SELECT count(*) FROM chunks"),
-            "cached_vectors": self.scalar("SELECT count(*) FROM embeddings"),
-            "points_written": self.scalar("SELECT count(*) FROM store_state WHERE confirmed"),
-            "points_pending": self.scalar("SELECT count(*) FROM store_state WHERE NOT confirmed"),
+            "documents": self._count("SELECT count(*) FROM documents WHERE status = 'ok'"),
+            "failed_documents": self._count(
+                "SELECT count(*) FROM documents WHERE status = 'failed'"),
+            "chunks": self.chunk_count(),
+            "cached_vectors": self._count("SELECT count(*) FROM embeddings"),
+            "points_written": self.confirmed_point_count(),
+            "points_pending": self.pending_point_count(),
         }
+
+
+_TABLES = ("documents", "chunks", "embeddings", "store_state")
+
+
+def _table(name: str) -> str:
+    """``name``, checked to be a manifest table: table names cannot be bound as parameters."""
+    if name not in _TABLES:
+        raise ValueError(f"not a manifest table: {name!r}")
+    return name
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _identifier(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
 
 
 def _wal(path: Path) -> Path:
@@ -359,19 +652,21 @@ def _wal(path: Path) -> Path:
 
 
 class _Connection:
-    """The manifest's DuckDB connection, with a full disk translated into DiskFullError.
+    """The manifest's DuckDB connection, with its errors translated into kbguard's.
 
-    DuckDB reports a full disk from whichever statement happened to write (usually a COMMIT,
-    which appends to the WAL, or a COPY into a snapshot), as an IO or transaction error. Every
-    statement goes through here, so no caller has to recognise those. A COMMIT that failed has
-    already rolled back: the ROLLBACK a caller's cleanup sends next is then a no-op, not a
-    second error that would hide the first.
+    A full disk is a DiskFullError: DuckDB reports it from whichever statement happened to write
+    (usually a COMMIT, which appends to the WAL, or a COPY into a snapshot), as an IO or
+    transaction error, and every statement goes through here, so no caller has to recognise
+    those. A COMMIT that failed has already rolled back: the ROLLBACK a caller's cleanup sends
+    next is then a no-op, not a second error that would hide the first. With ``translate_all``
+    any other DuckDB error is a ManifestError (or ManifestReadOnly) too.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path):
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, *, translate_all: bool):
         self._con = con
         self._path = path
         self._full = False
+        self.translate_all = translate_all
 
     def execute(self, query: str, parameters: Any = None) -> _Connection:
         try:
@@ -382,36 +677,39 @@ class _Connection:
         except duckdb.Error as exc:
             if self._full and query.strip().upper() == "ROLLBACK":
                 return self
-            full = self._disk_full(exc)
-            if full is None:
+            error = self._error(exc, query)
+            if error is None:
                 raise
-            raise full from exc
+            raise error from exc
         return self
 
     def executemany(self, query: str, parameters: Any = None) -> _Connection:
         try:
             self._con.executemany(query, parameters)
         except duckdb.Error as exc:
-            full = self._disk_full(exc)
-            if full is None:
+            error = self._error(exc, query)
+            if error is None:
                 raise
-            raise full from exc
+            raise error from exc
         return self
 
     def cursor(self) -> _Connection:
-        return _Connection(self._con.cursor(), self._path)
+        return _Connection(self._con.cursor(), self._path, translate_all=self.translate_all)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._con, name)
 
-    def _disk_full(self, exc: duckdb.Error) -> KbguardError | None:
-        if not is_disk_full(exc):
+    def _error(self, exc: duckdb.Error, query: str) -> KbguardError | None:
+        if is_disk_full(exc):
+            self._full = True
+            target = file_in_message(exc) or self._path
+            manifest = (target.name.startswith(self._path.name)
+                        and target.parent == self._path.parent)
+            return disk_full(target, f"write the manifest {self._path}" if manifest
+                             else f"write {target}")
+        if not self.translate_all:
             return None
-        self._full = True
-        target = file_in_message(exc) or self._path
-        manifest = target.name.startswith(self._path.name) and target.parent == self._path.parent
-        return disk_full(target, f"write the manifest {self._path}" if manifest
-                         else f"write {target}")
+        return _statement_error(exc, self._path, query)
 
 
 def require_writable(path: Path) -> None:
@@ -452,3 +750,24 @@ def _translate(exc: Exception, path: Path, *, writing: bool) -> KbguardError:
         "Restore it with `kbguard restore --latest`, or move it aside and run "
         "`kbguard rebuild` to build a new one."
     )
+
+
+# statements that leave the manifest file as it was (a temporary table lives in memory)
+_READS = re.compile(r"\s*(SELECT|WITH|COPY|CREATE OR REPLACE TEMP )", re.IGNORECASE)
+
+
+def _statement_error(exc: duckdb.Error, path: Path, query: str) -> KbguardError:
+    """The error for a statement on an open manifest that DuckDB refused."""
+    if is_read_only_error(exc):
+        reason = not_writable(path)
+        if reason is not None:
+            return ManifestReadOnly(_read_only_message(path, reason))
+    text = str(exc)
+    first = text.splitlines()[0] if text else repr(exc)
+    reading = _READS.match(query) is not None
+    return ManifestError(
+        f"{'Reading' if reading else 'Writing'} the manifest {path} failed: {first}. What was "
+        "committed before is kept. Run `kbguard verify`: if it reports manifest damage, or the "
+        "manifest's tables were changed outside kbguard, bring it back with `kbguard restore "
+        "--latest` (or move it aside and run `kbguard rebuild --full`); otherwise run the "
+        "command again.")

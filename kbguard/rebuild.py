@@ -11,7 +11,8 @@ Stages, each committing to the manifest batch by batch so a killed run resumes w
 
 The store stage never trusts memory: it diffs two tables, so whatever a killed run left behind
 is simply part of the next diff. A state row is written (unconfirmed) before its point, and
-confirmed after the store has flushed it, so no point is ever in the store unrecorded.
+confirmed after the store has flushed it, so no point is ever in the store unrecorded
+(``Manifest.write_points`` and ``delete_points``, which every command that writes points uses).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from kbguard.embed import get_embedder
 from kbguard.errors import KbguardError, ParseError, StoreDamaged, StoreError
 from kbguard.faults import crash_point
 from kbguard.lock import kb_lock
-from kbguard.manifest import ChunkRow, DocumentRow, Manifest, blob_vector, now
+from kbguard.manifest import ChunkRow, DocumentRow, Manifest
 from kbguard.progress import SILENT, Progress
 from kbguard.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
 from kbguard.store import Point, Store, VectorSpec, open_store
@@ -211,19 +213,19 @@ def _parse_all(jobs: list[_ParseJob], workers: int
 
 class _Rebuild:
     def __init__(self, cfg: Config, manifest: Manifest, progress: Progress):
-        self.cfg, self.m, self.progress = cfg, manifest, progress
+        self.cfg, self.manifest, self.progress = cfg, manifest, progress
         self.stages: dict[str, float] = {}
         self.notes: list[str] = []
         self.failures: list[dict[str, str]] = []
 
     def run(self, full: bool) -> RebuildReport:
         started = time.perf_counter()
-        run_id = self.m.start_run("rebuild-full" if full else "rebuild")
+        run_id = self.manifest.start_run("rebuild-full" if full else "rebuild")
         corpus_rev = ""
         try:
             t = time.perf_counter()
             self.progress.stage("scan")
-            known = self.m.documents()
+            known = self.manifest.documents()
             view = dvc_view(self.cfg.corpus)
             scan = scan_corpus(self.cfg.corpus, self.cfg.include, self.cfg.exclude, known,
                                dvc_hashes=view.hashes if view else None)
@@ -234,7 +236,7 @@ class _Rebuild:
             if not scan.files:
                 self.notes.append(empty_corpus_message(self.cfg))
             settings = parse_settings(self.cfg)
-            if (self.m.get_meta("parse_settings") not in (None, settings)
+            if (self.manifest.get_meta("parse_settings") not in (None, settings)
                     and (plan.unchanged or plan.still_failed)):
                 self.notes.append("the parser or the parsing/chunking settings changed: every "
                                   "document is parsed again (unchanged chunks keep their "
@@ -246,7 +248,7 @@ class _Rebuild:
 
             t = time.perf_counter()
             doc_counts = self._apply_documents(plan, known)
-            self.m.set_meta("parse_settings", settings)
+            self.manifest.set_meta("parse_settings", settings)
             self.stages["parse"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -259,18 +261,18 @@ class _Rebuild:
 
             report = RebuildReport(
                 kb=self.cfg.kb, run_id=run_id, full=full, documents=doc_counts,
-                chunks={"total": self.m.scalar("SELECT count(*) FROM chunks"),
+                chunks={"total": self.manifest.chunk_count(),
                         "embedded": embedded, "reused": reused, "written": written,
                         "deleted": deleted},
                 failures=self.failures, stages={k: round(v, 3) for k, v in self.stages.items()},
                 seconds=round(time.perf_counter() - started, 3), hash_source=scan.hash_source,
                 corpus_rev=corpus_rev, notes=self.notes,
             )
-            self.m.finish_run(run_id, "ok", report.to_dict(), corpus_rev)
+            self.manifest.finish_run(run_id, "ok", report.to_dict(), corpus_rev)
             return report
         except BaseException as exc:
             try:
-                self.m.finish_run(run_id, "failed", {"error": str(exc) or type(exc).__name__},
+                self.manifest.finish_run(run_id, "failed", {"error": str(exc) or type(exc).__name__},
                                   corpus_rev or None)
             except Exception:
                 pass  # the original error matters more than recording it
@@ -281,13 +283,12 @@ class _Rebuild:
     # -- documents ---------------------------------------------------------------------------
 
     def _apply_documents(self, plan: _DocPlan, known: dict[str, DocumentRow]) -> dict[str, int]:
-        m = self.m
-        with m.transaction():
+        manifest = self.manifest
+        with manifest.transaction():
             for path in plan.removed:
-                m.forget_document(path)
-            for f in plan.restat:
-                m.con.execute("UPDATE documents SET size = ?, mtime_ns = ?, file_hash = ? "
-                              "WHERE path = ?", [f.size, f.mtime_ns, f.file_hash, f.path])
+                manifest.forget_document(path)
+            manifest.refresh_stats([(f.path, f.size, f.mtime_ns, f.file_hash)
+                                    for f in plan.restat])
             for f in plan.refused:
                 self._record_failure(f, known.get(f.path), f.error or "refused")
 
@@ -301,34 +302,29 @@ class _Rebuild:
                           int(self.cfg.max_file_mb * 2**20), self.cfg.spaces[0], read_as)
                 for f in todo]
         self.progress.stage("parse", len(jobs))
-        pending = 0
-        m.con.execute("BEGIN TRANSACTION")
-        try:
-            for path, chunks, error, encoding in _parse_all(jobs, self.cfg.parse_workers):
-                f = by_path[path]
-                if error is not None:
-                    failed += 1
-                    self._record_failure(f, known.get(path), error)
-                else:
-                    assert chunks is not None
-                    m.record_document(
-                        DocumentRow(path, f.file_hash, f.size, f.mtime_ns, f.file_hash, "ok",
-                                    None, len(chunks), encoding),
-                        [ChunkRow(c.point_id, path, c.seq, c.content_hash, c.occurrence,
-                                  c.section, c.text, c.tokens) for c in chunks],
-                    )
-                pending += 1
-                self.progress.advance()
-                if pending >= DOC_COMMIT_EVERY:
-                    m.con.execute("COMMIT")
-                    crash_point("parse-commit")
-                    m.con.execute("BEGIN TRANSACTION")
-                    pending = 0
-            m.con.execute("COMMIT")
+        results = _parse_all(jobs, self.cfg.parse_workers)
+        while True:
+            # DOC_COMMIT_EVERY documents a transaction; the last one may hold none
+            recorded = 0
+            with manifest.transaction():
+                for path, chunks, error, encoding in islice(results, DOC_COMMIT_EVERY):
+                    f = by_path[path]
+                    if error is not None:
+                        failed += 1
+                        self._record_failure(f, known.get(path), error)
+                    else:
+                        assert chunks is not None
+                        manifest.record_document(
+                            DocumentRow(path, f.file_hash, f.size, f.mtime_ns, f.file_hash,
+                                        "ok", None, len(chunks), encoding),
+                            [ChunkRow(c.point_id, path, c.seq, c.content_hash, c.occurrence,
+                                      c.section, c.text, c.tokens) for c in chunks],
+                        )
+                    recorded += 1
+                    self.progress.advance()
             crash_point("parse-commit")
-        except BaseException:
-            m.con.execute("ROLLBACK")
-            raise
+            if recorded < DOC_COMMIT_EVERY:
+                break
         failed_paths = {x["path"] for x in self.failures}
         return {
             "added": sum(1 for f in plan.added if f.path not in failed_paths),
@@ -347,7 +343,7 @@ class _Rebuild:
         self.failures.append({"path": f.path, "error": error})
         full = self.cfg.corpus / f.path
         settled = full.is_file() and os.access(full, os.R_OK)
-        self.m.record_document(
+        self.manifest.record_document(
             DocumentRow(f.path, f.file_hash if settled else None, f.size, f.mtime_ns,
                         prev.indexed_hash if prev else None, "failed", error,
                         prev.chunks if prev else 0, prev.encoding if prev else None),
@@ -357,44 +353,28 @@ class _Rebuild:
     # -- embedding ---------------------------------------------------------------------------
 
     def _embed_missing(self, run_id: int) -> int:
-        m, total = self.m, 0
+        manifest, total = self.manifest, 0
         for space in self.cfg.spaces:
-            m.con.execute(
-                "CREATE OR REPLACE TEMP TABLE embed_todo AS "
-                # by length: a batch of similar lengths pads little (MiniLM, 640 Django chunks:
-                # 26.7 texts/s against 17.6-20.7 in hash order)
-                "SELECT row_number() OVER (ORDER BY length(text), content_hash) AS rn, "
-                "content_hash, text FROM ("
-                "  SELECT content_hash, min(text) AS text FROM chunks "
-                "  WHERE content_hash NOT IN "
-                "    (SELECT content_hash FROM embeddings WHERE space_id = ?) "
-                "  GROUP BY content_hash)",
-                [space.space_id],
-            )
-            n = m.scalar("SELECT count(*) FROM embed_todo")
+            n = manifest.fill_embed_todo(space.space_id)
             if not n:
                 continue
             embedder = get_embedder(space)
             self.progress.stage(f"embed {space.name}", n)
-            for lo in range(1, n + 1, space.batch_size):
-                rows = m.con.execute(
-                    "SELECT content_hash, text FROM embed_todo WHERE rn >= ? AND rn < ? ORDER BY rn",
-                    [lo, lo + space.batch_size],
-                ).fetchall()
+            for rows in manifest.embed_todo_batches(space.batch_size):
                 vectors = embedder.embed_batch([text for _, text in rows])
-                with m.transaction():
-                    m.cache_vectors(space.space_id,
-                                    [(h, v) for (h, _), v in zip(rows, vectors)], run_id)
+                with manifest.transaction():
+                    manifest.cache_vectors(
+                        space.space_id,
+                        [(h, v) for (h, _), v in zip(rows, vectors, strict=True)], run_id)
                 total += len(rows)
                 crash_point("embed-batch")
                 self.progress.advance(len(rows))
-            m.con.execute("DROP TABLE embed_todo")
         return total
 
     # -- store -------------------------------------------------------------------------------
 
     def _sync_store(self, full: bool, run_id: int) -> tuple[int, int, int]:
-        m, cfg = self.m, self.cfg
+        manifest, cfg = self.manifest, self.cfg
         names = ",".join(sorted(s.name for s in cfg.spaces))
         with store_for(cfg) as store:
             self.progress.stage("store")
@@ -406,51 +386,34 @@ class _Rebuild:
                     unreadable = False
                 except StoreDamaged:
                     unreadable = True
-                with m.transaction():
-                    m.con.execute("UPDATE store_state SET confirmed = false")
+                manifest.unconfirm_all_points()
                 store.drop()
                 if unreadable:
                     self.notes.append("the store could not be opened: it was deleted and "
                                       "written again from the embedding cache")
             elif not store.describe().exists:
-                if m.scalar("SELECT count(*) FROM store_state WHERE confirmed"):
+                if manifest.confirmed_point_count():
                     self.notes.append("the store was missing: rebuilt from the embedding cache")
-                with m.transaction():
-                    m.con.execute("UPDATE store_state SET confirmed = false")
+                manifest.unconfirm_all_points()
             store.ensure(vector_specs(cfg))
             written, reused = self._upsert_missing(store, names, run_id)
-            deleted = self._delete_unwanted(store)
-        return written, reused, deleted
+            unwanted = manifest.unwanted_point_ids()
+            manifest.delete_points(store, unwanted, batch_size=cfg.upsert_batch)
+        return written, reused, len(unwanted)
 
     def _upsert_missing(self, store: Store, names: str, run_id: int) -> tuple[int, int]:
-        m, cfg = self.m, self.cfg
-        m.con.execute(
-            "CREATE OR REPLACE TEMP TABLE upsert_todo AS "
-            "SELECT row_number() OVER (ORDER BY c.path, c.seq) AS rn, c.* FROM chunks c "
-            "WHERE c.point_id NOT IN "
-            "  (SELECT point_id FROM store_state WHERE confirmed AND vectors = ?)",
-            [names],
-        )
-        n = m.scalar("SELECT count(*) FROM upsert_todo")
+        manifest, cfg = self.manifest, self.cfg
+        n = manifest.fill_upsert_todo(names)
         written = reused = 0
         if n:
             self.progress.stage("write points", n)
-        for lo in range(1, n + 1, cfg.upsert_batch):
-            rows = m.con.execute(
-                "SELECT point_id, path, seq, content_hash, occurrence, section, text "
-                "FROM upsert_todo WHERE rn >= ? AND rn < ? ORDER BY rn",
-                [lo, lo + cfg.upsert_batch],
-            ).fetchall()
+        for rows in manifest.upsert_todo_batches(cfg.upsert_batch):
             hashes = sorted({r[3] for r in rows})
             vectors: dict[str, dict[str, Any]] = {}
             fresh: set[str] = set()
             for space in cfg.spaces:
-                for h, blob, made_by in m.con.execute(
-                    "SELECT content_hash, vector, run_id FROM embeddings "
-                    "WHERE space_id = ? AND content_hash IN (SELECT unnest(?::VARCHAR[]))",
-                    [space.space_id, hashes],
-                ).fetchall():
-                    vectors.setdefault(h, {})[space.name] = blob_vector(blob)
+                for h, vector, made_by in manifest.cached_vectors(space.space_id, hashes):
+                    vectors.setdefault(h, {})[space.name] = vector
                     if made_by == run_id:
                         fresh.add(h)
             points = []
@@ -462,39 +425,11 @@ class _Rebuild:
                                path, h))
             if not points:
                 continue
-            ts = now()
-            ids = [p.id for p, _, _ in points]
-            with m.transaction():
-                m.con.execute("DELETE FROM store_state WHERE point_id IN "
-                              "(SELECT unnest(?::VARCHAR[]))", [ids])
-                m.con.executemany("INSERT INTO store_state VALUES (?, ?, ?, ?, false, ?)",
-                                  [[p.id, path, h, names, ts] for p, path, h in points])
-            store.upsert([p for p, _, _ in points])
-            store.flush()
-            crash_point("store-upsert")
-            with m.transaction():
-                m.con.execute("UPDATE store_state SET confirmed = true WHERE point_id IN "
-                              "(SELECT unnest(?::VARCHAR[]))", [ids])
+            manifest.write_points(store, points, names)
             written += len(points)
             reused += sum(1 for _, _, h in points if h not in fresh)
             self.progress.advance(len(rows))
-        m.con.execute("DROP TABLE upsert_todo")
         return written, reused
-
-    def _delete_unwanted(self, store: Store) -> int:
-        m, cfg = self.m, self.cfg
-        ids = [r[0] for r in m.con.execute(
-            "SELECT point_id FROM store_state WHERE point_id NOT IN (SELECT point_id FROM chunks)"
-        ).fetchall()]
-        for lo in range(0, len(ids), cfg.upsert_batch):
-            batch = ids[lo:lo + cfg.upsert_batch]
-            store.delete(batch)
-            store.flush()
-            crash_point("store-delete")
-            with m.transaction():
-                m.con.execute("DELETE FROM store_state WHERE point_id IN "
-                              "(SELECT unnest(?::VARCHAR[]))", [batch])
-        return len(ids)
 
 
 def parse_settings(cfg: Config) -> str:

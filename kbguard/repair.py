@@ -3,9 +3,9 @@
 The cache is the source of every vector written: damaged cache rows (and the rows that are gone)
 are re-embedded first, then every damaged point is rewritten whole (vectors from the cache,
 payload from the manifest), orphans are deleted, and a drifted collection is recreated and
-refilled. Only texts the cache cannot supply are embedded. Points are written the way a rebuild
-writes them (state row pending, upsert, flush, confirm), so a killed repair leaves nothing that
-the next check or rebuild would not see.
+refilled. Only texts the cache cannot supply are embedded. Points are written and deleted the
+way a rebuild does it (``Manifest.write_points`` and ``delete_points``), so a killed repair
+leaves nothing that the next check or rebuild would not see.
 
 A store that cannot be opened, or a manifest that cannot be read, is not repaired: that is a
 restore, and the repair refuses with a message that says so.
@@ -21,8 +21,9 @@ from kbguard.config import Config
 from kbguard.recovery import missing_manifest
 from kbguard.errors import RestoreNeeded
 from kbguard.lock import kb_lock
-from kbguard.manifest import Manifest, blob_vector, now, require_writable
+from kbguard.manifest import Manifest, require_writable
 from kbguard.progress import SILENT, Progress
+from kbguard.store import Store
 from kbguard.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
 
 
@@ -84,37 +85,38 @@ def _apply(cfg: Config, plan: RepairPlan, progress: Progress) -> dict[str, Any]:
     actions: dict[str, Any] = {"cache_rows_replaced": 0, "cache_rows_dropped": 0,
                                "points_rewritten": 0, "orphans_deleted": 0,
                                "collection_recreated": False, "texts_embedded": 0}
-    with Manifest.open(cfg.manifest, kb=cfg.kb) as m:
-        run_id = m.start_run("repair")
+    with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest:
+        run_id = manifest.start_run("repair")
         try:
             rewrite = set(plan.rewrite)
-            _recache(cfg, m, plan, actions, rewrite, run_id)
+            _recache(cfg, manifest, plan, actions, rewrite, run_id)
             with store_for(cfg) as store:
                 if plan.recreate:
                     store.drop()
                     actions["collection_recreated"] = True
                 if plan.recreate or plan.create:
                     store.ensure(vector_specs(cfg))
-                    with m.transaction():
-                        m.con.execute("UPDATE store_state SET confirmed = false")
-                    rewrite = {r[0] for r in m.con.execute("SELECT point_id FROM chunks").fetchall()}
-                actions["points_rewritten"] = _rewrite(cfg, m, store, sorted(rewrite), run_id,
-                                                       progress)
-                actions["orphans_deleted"] = _delete(cfg, m, store, sorted(plan.delete))
+                    manifest.unconfirm_all_points()
+                    rewrite = set(manifest.point_ids())
+                actions["points_rewritten"] = _rewrite(cfg, manifest, store, sorted(rewrite),
+                                                       run_id, progress)
+                orphans = sorted(plan.delete)
+                manifest.delete_points(store, orphans, batch_size=cfg.upsert_batch)
+                actions["orphans_deleted"] = len(orphans)
             actions["texts_embedded"] = sum(get_embedder(s).texts_embedded - n
                                             for s, n in embedded_before.items())
-            m.finish_run(run_id, "ok", actions)
+            manifest.finish_run(run_id, "ok", actions)
         except BaseException as exc:
             try:
-                m.finish_run(run_id, "failed", {"error": str(exc) or type(exc).__name__,
-                                                **actions})
+                manifest.finish_run(run_id, "failed", {"error": str(exc) or type(exc).__name__,
+                                                       **actions})
             except Exception:
                 pass  # the original error matters more than recording it
             raise
     return actions
 
 
-def _recache(cfg: Config, m: Manifest, plan: RepairPlan, actions: dict[str, Any],
+def _recache(cfg: Config, manifest: Manifest, plan: RepairPlan, actions: dict[str, Any],
              rewrite: set[str], run_id: int) -> None:
     """Replace damaged, missing and drifted cache rows with fresh embeddings."""
     from kbguard.embed import get_embedder
@@ -124,17 +126,13 @@ def _recache(cfg: Config, m: Manifest, plan: RepairPlan, actions: dict[str, Any]
     for space_id, h in sorted(plan.recache):
         by_space.setdefault(space_id, []).append(h)
     for space_id, hashes in by_space.items():
-        texts = dict(m.con.execute(
-            "SELECT content_hash, min(text) FROM chunks WHERE content_hash IN "
-            "(SELECT unnest(?::VARCHAR[])) GROUP BY 1", [hashes]).fetchall())
+        texts = manifest.chunk_texts(hashes)
         unused = [h for h in hashes if h not in texts]
         space = spaces.get(space_id)
         if unused or space is None:
             # a damaged row nobody uses (or of a space no longer configured): drop it
             gone = hashes if space is None else unused
-            with m.transaction():
-                m.con.execute("DELETE FROM embeddings WHERE space_id = ? AND content_hash IN "
-                              "(SELECT unnest(?::VARCHAR[]))", [space_id, gone])
+            manifest.drop_cached_vectors(space_id, gone)
             actions["cache_rows_dropped"] += len(gone)
         if space is None:
             continue
@@ -143,16 +141,14 @@ def _recache(cfg: Config, m: Manifest, plan: RepairPlan, actions: dict[str, Any]
         for lo in range(0, len(todo), space.batch_size):
             batch = todo[lo:lo + space.batch_size]
             vectors = embedder.embed_batch([texts[h] for h in batch])
-            with m.transaction():
-                m.cache_vectors(space_id, list(zip(batch, vectors)), run_id)
+            with manifest.transaction():
+                manifest.cache_vectors(space_id, list(zip(batch, vectors, strict=True)), run_id)
             actions["cache_rows_replaced"] += len(batch)
         if todo:
-            rewrite.update(r[0] for r in m.con.execute(
-                "SELECT point_id FROM chunks WHERE content_hash IN (SELECT unnest(?::VARCHAR[]))",
-                [todo]).fetchall())
+            rewrite.update(manifest.point_ids_with_hashes(todo))
 
 
-def _rewrite(cfg: Config, m: Manifest, store: Any, ids: list[str], run_id: int,
+def _rewrite(cfg: Config, manifest: Manifest, store: Store, ids: list[str], run_id: int,
              progress: Progress) -> int:
     """Write whole points from the manifest and the cache, embedding what the cache lacks."""
     from kbguard.embed import get_embedder
@@ -165,49 +161,24 @@ def _rewrite(cfg: Config, m: Manifest, store: Any, ids: list[str], run_id: int,
         progress.stage("rewrite points", len(ids))
     for lo in range(0, len(ids), cfg.upsert_batch):
         batch = ids[lo:lo + cfg.upsert_batch]
-        rows = m.con.execute(
-            "SELECT point_id, path, content_hash, occurrence, section, text FROM chunks "
-            "WHERE point_id IN (SELECT unnest(?::VARCHAR[]))", [batch]).fetchall()
+        rows = manifest.chunks_of_points(batch)
         hashes = sorted({r[2] for r in rows})
         vectors: dict[str, dict[str, Any]] = {}
         for space in cfg.spaces:
-            have = {h: blob_vector(b) for h, b in m.con.execute(
-                "SELECT content_hash, vector FROM embeddings WHERE space_id = ? AND "
-                "content_hash IN (SELECT unnest(?::VARCHAR[]))",
-                [space.space_id, hashes]).fetchall()}
+            have = {h: v for h, v, _ in manifest.cached_vectors(space.space_id, hashes)}
             lacking = [h for h in hashes if h not in have]
             if lacking:
                 text_of = {r[2]: r[5] for r in rows}
                 fresh = get_embedder(space).embed_batch([text_of[h] for h in lacking])
-                with m.transaction():
-                    m.cache_vectors(space.space_id, list(zip(lacking, fresh)), run_id)
-                have.update(zip(lacking, fresh))
+                with manifest.transaction():
+                    manifest.cache_vectors(space.space_id,
+                                           list(zip(lacking, fresh, strict=True)), run_id)
+                have.update(zip(lacking, fresh, strict=True))
             for h, v in have.items():
                 vectors.setdefault(h, {})[space.name] = v
-        points = [Point(pid, vectors[h], point_payload(cfg.kb, path, h, occ, section, text))
-                  for pid, path, h, occ, section, text in rows]
-        ts = now()
-        with m.transaction():
-            m.con.execute("DELETE FROM store_state WHERE point_id IN "
-                          "(SELECT unnest(?::VARCHAR[]))", [[p.id for p in points]])
-            m.con.executemany("INSERT INTO store_state VALUES (?, ?, ?, ?, false, ?)",
-                              [[pid, path, h, names, ts] for pid, path, h, *_ in rows])
-        store.upsert(points)
-        store.flush()
-        with m.transaction():
-            m.con.execute("UPDATE store_state SET confirmed = true WHERE point_id IN "
-                          "(SELECT unnest(?::VARCHAR[]))", [[p.id for p in points]])
-        written += len(points)
+        manifest.write_points(
+            store, [(Point(pid, vectors[h], point_payload(cfg.kb, path, h, occ, section, text)),
+                     path, h) for pid, path, h, occ, section, text in rows], names)
+        written += len(rows)
         progress.advance(len(batch))
     return written
-
-
-def _delete(cfg: Config, m: Manifest, store: Any, ids: list[str]) -> int:
-    for lo in range(0, len(ids), cfg.upsert_batch):
-        batch = ids[lo:lo + cfg.upsert_batch]
-        store.delete(batch)
-        store.flush()
-        with m.transaction():
-            m.con.execute("DELETE FROM store_state WHERE point_id IN "
-                          "(SELECT unnest(?::VARCHAR[]))", [batch])
-    return len(ids)

@@ -351,11 +351,11 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
     stage.drop()
     stage.create(specs)
     _remove(staged)
-    with Manifest.open(staged, kb=cfg.kb) as m:
-        run_id = m.start_run("restore")
+    with Manifest.open(staged, kb=cfg.kb) as manifest:
+        run_id = manifest.start_run("restore")
         # DuckDB loads the manifest tables on a connection of its own in a thread while this
         # one writes the points: DuckDB runs without the GIL, the point writes need it.
-        loader = _TableLoader(m, folder)
+        loader = _TableLoader(manifest, folder)
         loader.start()
         try:
             progress.stage("restore points", int(body["counts"]["points"]))
@@ -373,21 +373,25 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
         if isinstance(loader.error, DiskFullError):
             raise loader.error
         if loader.error is not None:
+            # DuckDB's own words: the advice for a damaged live manifest does not fit a copy
+            # that is thrown away
+            reason = loader.error.__cause__ or loader.error
             raise ManifestError(f"Loading the snapshot's tables into the new manifest failed: "
-                                f"{loader.error}. The KB was not switched.") from loader.error
-        with m.transaction():
-            m.con.execute(_state_sql(folder, body))
+                                f"{reason}. The KB was not switched.") from loader.error
+        names = sorted(v["name"] for v in body["config"]["vectors"])
+        manifest.record_restored_points(folder / POINTS_FILE,
+                                        {name: VECTOR_PREFIX + name for name in names})
         counts = body["counts"]
-        got = {t: int(m.scalar(f"SELECT count(*) FROM {t}")) for t in TABLES}
+        got = manifest.row_counts(TABLES)
         got["points"] = n
         wrong = {k: (v, counts.get(k)) for k, v in got.items() if v != counts.get(k)}
         if wrong:
             raise SnapshotError(
                 f"Snapshot {sid} restored the wrong number of rows ({wrong}: restored, expected)."
                 " The KB was not switched; use another snapshot.")
-        m.finish_run(run_id, "ok", {"snapshot": sid, "points": n, **got},
-                     body.get("corpus", {}).get("fingerprint"))
-        m.con.execute("CHECKPOINT")  # everything in the file itself, nothing in a WAL
+        manifest.finish_run(run_id, "ok", {"snapshot": sid, "points": n, **got},
+                            body.get("corpus", {}).get("fingerprint"))
+        manifest.checkpoint()  # everything in the file itself, nothing in a WAL
     return n
 
 
@@ -395,44 +399,16 @@ class _TableLoader(threading.Thread):
     """Loads documents, chunks and the embedding cache from the snapshot into the staging
     manifest, in one transaction on a connection of its own."""
 
-    def __init__(self, m: Manifest, folder: Path):
+    def __init__(self, manifest: Manifest, folder: Path):
         super().__init__(name="kbguard-restore-tables", daemon=True)
-        self.m, self.folder = m, folder
+        self.manifest, self.folder = manifest, folder
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            con = self.m.con.cursor()
-            try:
-                con.execute("BEGIN TRANSACTION")
-                for table in TABLES:
-                    src = str(self.folder / f"{table}.parquet").replace("'", "''")
-                    con.execute(
-                        f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet('{src}')")
-                con.execute("COMMIT")
-            finally:
-                con.close()
+            self.manifest.import_tables({t: self.folder / f"{t}.parquet" for t in TABLES})
         except Exception as exc:  # handed to the restoring thread, which raises it
             self.error = exc
-
-
-def _state_sql(folder: Path, body: dict[str, Any]) -> str:
-    """store_state for the restored points, all written and confirmed, straight from the
-    snapshot's points file: one statement in DuckDB instead of rows built in Python."""
-    src = str(folder / "points.parquet").replace("'", "''")
-    names = sorted(v["name"] for v in body["config"]["vectors"])
-
-    def column(name: str) -> str:
-        return '"' + (VECTOR_PREFIX + name).replace('"', '""') + '"'
-
-    def literal(name: str) -> str:
-        return "'" + name.replace("'", "''") + "'"
-
-    present = ", ".join(f"CASE WHEN {column(n)} IS NOT NULL THEN {literal(n)} END" for n in names)
-    return (
-        "INSERT INTO store_state SELECT id, coalesce(payload::JSON->>'path', ''), "
-        "coalesce(payload::JSON->>'content_hash', ''), "
-        f"concat_ws(',', {present}), true, now() FROM read_parquet('{src}')")
 
 
 def _verify_copy(stage: Store, folder: Path, body: dict[str, Any], batch_size: int,
@@ -468,7 +444,7 @@ def _verify_copy(stage: Store, folder: Path, body: dict[str, Any], batch_size: i
             bad = np.flatnonzero((rows != want).any(axis=1) & present)
             if bad.size:
                 _mismatch(stage, f"vector {name!r} of point {batch.ids[bad[0]]} differs")
-        for pid, i, text in zip(batch.ids, order, batch.payloads):
+        for pid, i, text in zip(batch.ids, order, batch.payloads, strict=True):
             if got.payloads[i] != json.loads(text):
                 _mismatch(stage, f"the payload of point {pid} differs")
         n += len(batch.ids)

@@ -134,9 +134,9 @@ def _hit(h: Any) -> SearchHit:
 
 def _nothing_to_search(cfg: Config) -> KbguardError:
     """Why the store holds no point, with what to do about it."""
-    with Manifest.open(cfg.manifest, read_only=True) as m:
-        chunks = int(m.scalar("SELECT count(*) FROM chunks"))
-        failed = int(m.scalar("SELECT count(*) FROM documents WHERE status = 'failed'"))
+    with Manifest.open(cfg.manifest, read_only=True) as manifest:
+        chunks = manifest.chunk_count()
+        failed = len(manifest.failed_documents())
     if chunks:
         return StoreError(
             f"The store of KB '{cfg.kb}' holds no points, but the manifest lists {chunks} "

@@ -352,16 +352,14 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 points = _write_points(tmp / POINTS_FILE, store.scroll(batch_size=batch_size),
                                        specs, progress)
             crash_point("snapshot-write")
-            with Manifest.open(cfg.manifest, kb=cfg.kb) as m:
-                counts = {t: int(m.scalar(f"SELECT count(*) FROM {t}")) for t in TABLES}
-                pending = int(m.scalar("SELECT count(*) FROM store_state WHERE NOT confirmed"))
-                missing = int(m.scalar(
-                    "SELECT count(*) FROM chunks WHERE point_id NOT IN "
-                    "(SELECT point_id FROM store_state WHERE confirmed)"))
-                run = m.last_run(kind="rebuild%", status="ok")
+            with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest:
+                counts = manifest.row_counts(TABLES)
+                pending = manifest.pending_point_count()
+                missing = manifest.unwritten_chunk_count()
+                run = manifest.last_run(kind="rebuild%", status="ok")
                 progress.stage("snapshot manifest")
                 for table in TABLES:
-                    _export_table(m, table, tmp / f"{table}.parquet")
+                    manifest.export_table(table, tmp / f"{table}.parquet")
             if pending or missing:
                 notes.append(f"the last rebuild did not finish: {missing} chunks are not in the "
                              "store; a restore of this snapshot catches them up")
@@ -448,13 +446,6 @@ def _vector_column(page: list[Point], name: str, dim: int) -> pa.Array:
     values = pa.array(matrix.reshape(-1), pa.float32())
     mask = None if present.all() else pa.array(~present)
     return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
-
-
-def _export_table(m: Manifest, table: str, path: Path) -> None:
-    order = {"documents": "path", "chunks": "path, seq", "embeddings": "space_id, content_hash"}
-    target = str(path).replace("'", "''")
-    m.con.execute(f"COPY (SELECT * FROM {table} ORDER BY {order[table]}) TO '{target}' "
-                  "(FORMAT parquet, COMPRESSION zstd)")
 
 
 def _corpus_revision(run: dict[str, Any] | None) -> dict[str, Any]:

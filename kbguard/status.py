@@ -32,17 +32,11 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
                        for s in cfg.spaces],
             "counts": m.counts(),
             # documents per text encoding they were read with (PDF and DOCX have none)
-            "encodings": dict(m.con.execute(
-                "SELECT encoding, count(*) FROM documents WHERE encoding IS NOT NULL "
-                "GROUP BY encoding ORDER BY count(*) DESC, encoding").fetchall()),
+            "encodings": m.encoding_counts(),
             "last_run": _run(m.last_run()),
             "last_successful_rebuild": _run(m.last_run(kind="rebuild%", status="ok")),
             "last_check": last_check(m),
-            "failed_documents": [
-                {"path": p, "error": e} for p, e in m.con.execute(
-                    "SELECT path, error FROM documents WHERE status = 'failed' ORDER BY path"
-                ).fetchall()
-            ],
+            "failed_documents": [{"path": p, "error": e} for p, e in m.failed_documents()],
         }
         known = m.documents()
     _mark_interrupted(cfg, out["last_run"])

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from benchmarks.synthetic import fill_synthetic
 from conftest import KB, long_markdown, make_kb, store_contents
 
-from kbguard.chaos import fill_synthetic, inject
+from kbguard.chaos import inject
 from kbguard.embed import get_embedder
 from kbguard.manifest import Manifest
 from kbguard.verify import FINDINGS
