@@ -28,14 +28,14 @@ from kbguard.restore import RestoreReport, restore as restore_snapshot
 from kbguard.search import SearchHit, SearchResult, search as search_kb
 from kbguard.snapshot import (CreateReport, PruneReport, SnapshotCheck, SnapshotEntry,
                               create_snapshot, list_snapshots, prune_snapshots, verify_snapshot)
-from kbguard.status import kb_status
+from kbguard.status import StatusReport, kb_status
 from kbguard.verify import Verdict, VerifyReport, verify_kb
 
 # No public name is also a module's name (kbguard.rebuild, kbguard.verify, ...): a function
 # bound over a submodule would break `import kbguard.verify as v` and monkeypatching.
 __all__ = [
     "load_config", "init_config", "Config",
-    "rebuild_kb", "RebuildReport", "kb_status", "search_kb", "SearchResult", "SearchHit",
+    "rebuild_kb", "RebuildReport", "kb_status", "StatusReport", "search_kb", "SearchResult", "SearchHit",
     "verify_kb", "VerifyReport", "Verdict", "repair_kb", "RepairReport",
     "create_snapshot", "list_snapshots", "verify_snapshot", "prune_snapshots",
     "CreateReport", "SnapshotEntry", "SnapshotCheck", "PruneReport",

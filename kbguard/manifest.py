@@ -611,11 +611,18 @@ class Manifest:
                                     "texts": int(r[3])} for r in rows}}
 
     def chunks_lacking_vectors(self, space_id: str) -> int:
-        """Chunks whose text has no cached vector in ``space_id``: the space's debt, which the
-        next rebuild embeds (a space whose providers were down has some)."""
-        return int(self._count(
-            "SELECT count(*) FROM chunks WHERE content_hash NOT IN "
-            "(SELECT content_hash FROM embeddings WHERE space_id = ?)", [space_id]))
+        """Chunks whose text has no cached vector in ``space_id`` (a space whose providers
+        were down has some): what its coverage misses."""
+        return self.space_debt(space_id)[0]
+
+    def space_debt(self, space_id: str) -> tuple[int, int]:
+        """(chunks, distinct texts) with no cached vector in ``space_id``. The texts are the
+        space's debt: exactly what the next rebuild embeds for it. Derived from the tables,
+        so it can never disagree with them."""
+        row = self._db.execute(
+            "SELECT count(*), count(DISTINCT content_hash) FROM chunks WHERE content_hash NOT IN "
+            "(SELECT content_hash FROM embeddings WHERE space_id = ?)", [space_id]).fetchone()
+        return int(row[0]), int(row[1])
 
     def counts(self) -> dict[str, int]:
         return {

@@ -31,11 +31,12 @@ from typing import Any
 from kbguard.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
 from kbguard.embed import get_embedder
-from kbguard.errors import KbguardError, ParseError, StoreDamaged, StoreError
+from kbguard.errors import KbguardError, ParseError, ProviderUnavailable, StoreDamaged, StoreError
 from kbguard.faults import crash_point
 from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest
 from kbguard.progress import SILENT, Progress
+from kbguard.providers import Usage, chain_for
 from kbguard.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
 from kbguard.store import Point, Store, VectorSpec, open_store
 from kbguard.versioning import dvc_view
@@ -57,9 +58,19 @@ class RebuildReport:
     hash_source: str
     corpus_rev: str
     notes: list[str] = field(default_factory=list)
+    # per space: texts embedded now, by which providers, the debt left and the coverage
+    spaces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what this run's embedding cost: tokens, usd, by_space
+    cost: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """False when a space could not embed everything (its providers were down): the points
+        are written with the vectors they have, and the next rebuild pays the debt."""
+        return not any(s["debt"] for s in self.spaces.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "complete": self.complete}
 
 
 def store_for(cfg: Config) -> Store:
@@ -215,6 +226,9 @@ class _Rebuild:
     def __init__(self, cfg: Config, manifest: Manifest, progress: Progress):
         self.cfg, self.manifest, self.progress = cfg, manifest, progress
         self.stages: dict[str, float] = {}
+        self.used: dict[str, dict[str, int]] = {}        # space -> provider -> texts embedded
+        self.usage: dict[str, Usage] = {}                # space -> what its embedding cost
+        self.failovers: dict[str, str] = {}              # provider passed over -> why
         self.notes: list[str] = []
         self.failures: list[dict[str, str]] = []
 
@@ -259,14 +273,16 @@ class _Rebuild:
             written, reused, deleted = self._sync_store(full, run_id)
             self.stages["store"] = time.perf_counter() - t
 
+            total = self.manifest.chunk_count()
             report = RebuildReport(
                 kb=self.cfg.kb, run_id=run_id, full=full, documents=doc_counts,
-                chunks={"total": self.manifest.chunk_count(),
+                chunks={"total": total,
                         "embedded": embedded, "reused": reused, "written": written,
                         "deleted": deleted},
                 failures=self.failures, stages={k: round(v, 3) for k, v in self.stages.items()},
                 seconds=round(time.perf_counter() - started, 3), hash_source=scan.hash_source,
                 corpus_rev=corpus_rev, notes=self.notes,
+                spaces=self._space_report(total), cost=self._cost(),
             )
             self.manifest.finish_run(run_id, "ok", report.to_dict(), corpus_rev)
             return report
@@ -353,23 +369,60 @@ class _Rebuild:
     # -- embedding ---------------------------------------------------------------------------
 
     def _embed_missing(self, run_id: int) -> int:
+        """Embed every text a space's cache lacks, space by space, through each space's chain.
+
+        A space whose every provider is down is left behind, not the run: the other spaces are
+        filled, and what it lacks is its debt (the chunks with no cached vector in it), which
+        the next rebuild embeds. Each batch's vectors, provider and cost commit together."""
         manifest, total = self.manifest, 0
         for space in self.cfg.spaces:
+            used = self.used[space.name] = {}
             n = manifest.fill_embed_todo(space.space_id)
             if not n:
                 continue
-            embedder = get_embedder(space)
+            chain = chain_for(space)
             self.progress.stage(f"embed {space.name}", n)
-            for rows in manifest.embed_todo_batches(space.batch_size):
-                vectors = embedder.embed_batch([text for _, text in rows])
-                with manifest.transaction():
-                    manifest.cache_vectors(
-                        space.space_id,
-                        [(h, v) for (h, _), v in zip(rows, vectors, strict=True)], run_id)
-                total += len(rows)
-                crash_point("embed-batch")
-                self.progress.advance(len(rows))
+            try:
+                for rows in manifest.embed_todo_batches(_call_size(space)):
+                    got = chain.embed([text for _, text in rows])
+                    with manifest.transaction():
+                        manifest.cache_vectors(
+                            space.space_id,
+                            [(h, v) for (h, _), v in zip(rows, got.vectors, strict=True)],
+                            run_id, provider=got.provider)
+                        manifest.record_usage(run_id, "rebuild", space, got.provider, got.usage)
+                    used[got.provider] = used.get(got.provider, 0) + len(rows)
+                    self.usage[space.name] = self.usage.get(space.name, Usage()) + got.usage
+                    for skipped in got.failovers:
+                        self.failovers.setdefault(skipped.provider, skipped.reason)
+                    total += len(rows)
+                    crash_point("embed-batch")
+                    self.progress.advance(len(rows))
+            except ProviderUnavailable as exc:
+                self.notes.append(
+                    f"space {space.name!r} is behind: {exc} The other spaces are complete and "
+                    "every point is written with the vectors it has; the next `kbguard "
+                    "rebuild` embeds what this space lacks.")
+        for provider, reason in self.failovers.items():
+            self.notes.append(f"provider {provider} was passed over: {reason}")
         return total
+
+    def _space_report(self, total: int) -> dict[str, dict[str, Any]]:
+        out = {}
+        for space in self.cfg.spaces:
+            behind, debt = self.manifest.space_debt(space.space_id)
+            used = self.used.get(space.name, {})
+            out[space.name] = {"texts": sum(used.values()), "providers": used, "debt": debt,
+                               "coverage": round(1 - behind / total, 6) if total else 1.0}
+        return out
+
+    def _cost(self) -> dict[str, Any]:
+        by_space = {name: {"tokens": u.tokens, "usd": round(u.cost_usd, 6), "texts": u.texts,
+                           "requests": u.requests}
+                    for name, u in self.usage.items()}
+        return {"tokens": sum(u.tokens for u in self.usage.values()),
+                "usd": round(sum(u.cost_usd for u in self.usage.values()), 6),
+                "by_space": by_space}
 
     # -- store -------------------------------------------------------------------------------
 
@@ -416,20 +469,29 @@ class _Rebuild:
                     vectors.setdefault(h, {})[space.name] = vector
                     if made_by == run_id:
                         fresh.add(h)
-            points = []
+            # A space in debt lacks some vectors: such a point is written with the vectors it
+            # has (search answers from a complete space meanwhile) and its state names them,
+            # so the run that pays the debt writes it again, whole.
+            by_names: dict[str, list[tuple[Point, str, str]]] = {}
             for pid, path, _seq, h, occ, section, text in rows:
                 vecs = vectors.get(h, {})
-                if len(vecs) != len(cfg.spaces):
-                    continue  # a space could not embed it: it stays pending for the next run
-                points.append((Point(pid, vecs, point_payload(cfg.kb, path, h, occ, section, text)),
-                               path, h))
-            if not points:
-                continue
-            manifest.write_points(store, points, names)
-            written += len(points)
-            reused += sum(1 for _, _, h in points if h not in fresh)
+                if not vecs:
+                    continue  # no space could embed it: it stays pending for the next run
+                point = Point(pid, vecs, point_payload(cfg.kb, path, h, occ, section, text))
+                by_names.setdefault(",".join(sorted(vecs)), []).append((point, path, h))
+            for have, points in by_names.items():
+                manifest.write_points(store, points, have)
+                written += len(points)
+                reused += sum(1 for _, _, h in points if h not in fresh)
             self.progress.advance(len(rows))
         return written, reused
+
+
+def _call_size(space: SpaceConfig) -> int:
+    """Texts per call to a space's chain: an API provider sends ``concurrency`` requests of
+    ``max_batch_texts`` at once, so it is handed that many (a local model, its batch)."""
+    api = [e.concurrency * e.max_batch_texts for e in space.chain if e.type == "openai"]
+    return max([space.batch_size, *api])
 
 
 def parse_settings(cfg: Config) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from kbguard.config import Config
@@ -18,47 +20,78 @@ from kbguard.verify import last_check
 from kbguard.versioning import dvc_view
 
 
-def kb_status(cfg: Config, *, check_corpus: bool = True) -> dict[str, Any]:
+@dataclass
+class StatusReport:
+    """What `kbguard status` shows; every field is what its ``--json`` key holds."""
+
+    kb: str
+    config: str
+    manifest: str
+    spaces: list[dict[str, Any]]           # name, provider, model, dim, coverage, debt
+    counts: dict[str, int]
+    encodings: dict[str, int]              # documents per text encoding they were read with
+    last_run: dict[str, Any] | None
+    last_successful_rebuild: dict[str, Any] | None
+    last_check: dict[str, Any] | None
+    failed_documents: list[dict[str, str | None]]
+    spend: dict[str, Any]                  # total and this_month: tokens, usd, by_space
+    store: dict[str, Any] = field(default_factory=dict)
+    latest_snapshot: dict[str, Any] | None = None
+    restore_pending: dict[str, Any] | None = None
+    pending: dict[str, Any] | None = None  # corpus changes not yet indexed (None: not looked)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.pending is None:
+            del out["pending"]
+        return out
+
+
+def kb_status(cfg: Config, *, check_corpus: bool = True) -> StatusReport:
     """A read-only report of the KB; never writes the manifest or the store."""
     check_unlocked(cfg.manifest)
     if not cfg.manifest.exists():
         raise missing_manifest(cfg)
+    month = datetime.now(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     with Manifest.open(cfg.manifest, read_only=True) as m:
-        out: dict[str, Any] = {
-            "kb": cfg.kb,
-            "config": str(cfg.path),
-            "manifest": str(cfg.manifest),
-            "spaces": [{"name": s.name, "provider": s.provider, "model": s.model, "dim": s.dim}
-                       for s in cfg.spaces],
-            "counts": m.counts(),
-            # documents per text encoding they were read with (PDF and DOCX have none)
-            "encodings": m.encoding_counts(),
-            "last_run": _run(m.last_run()),
-            "last_successful_rebuild": _run(m.last_run(kind="rebuild%", status="ok")),
-            "last_check": last_check(m),
-            "failed_documents": [{"path": p, "error": e} for p, e in m.failed_documents()],
-        }
+        chunks = m.chunk_count()
+        spaces = []
+        for s in cfg.spaces:
+            behind, debt = m.space_debt(s.space_id)
+            spaces.append({"name": s.name, "provider": s.provider, "model": s.model,
+                           "dim": s.dim, "providers": [e.type for e in s.chain],
+                           "coverage": round(1 - behind / chunks, 6) if chunks else 1.0,
+                           "debt": debt})
+        report = StatusReport(
+            kb=cfg.kb, config=str(cfg.path), manifest=str(cfg.manifest), spaces=spaces,
+            counts=m.counts(), encodings=m.encoding_counts(),
+            last_run=_run(m.last_run()),
+            last_successful_rebuild=_run(m.last_run(kind="rebuild%", status="ok")),
+            last_check=last_check(m),
+            failed_documents=[{"path": p, "error": e} for p, e in m.failed_documents()],
+            spend={"total": m.spend(), "this_month": m.spend(since=month)},
+        )
         known = m.documents()
-    _mark_interrupted(cfg, out["last_run"])
-    out["store"] = _store(cfg)
-    out["latest_snapshot"] = _latest_snapshot(cfg)
+    _mark_interrupted(cfg, report.last_run)
+    report.store = _store(cfg)
+    report.latest_snapshot = _latest_snapshot(cfg)
     try:
-        out["restore_pending"] = pending_restore(cfg)
+        report.restore_pending = pending_restore(cfg)
     except KbguardError as exc:
-        out["restore_pending"] = {"error": str(exc)}
+        report.restore_pending = {"error": str(exc)}
     if check_corpus:
         view = dvc_view(cfg.corpus)
         scan = scan_corpus(cfg.corpus, cfg.include, cfg.exclude, known,
                            dvc_hashes=view.hashes if view else None)
         plan = plan_documents(scan, known)
-        out["pending"] = {
+        report.pending = {
             "added": len(plan.added), "changed": len(plan.changed),
             "removed": len(plan.removed), "refused": len(plan.refused),
             "up_to_date": not (plan.added or plan.changed or plan.removed),
             "files": len(scan.files),
             "problem": None if scan.files else empty_corpus_message(cfg),
         }
-    return out
+    return report
 
 
 _RESUME = {

@@ -127,6 +127,7 @@ class VerifyReport:
     errors: list[str] = field(default_factory=list)   # parts that could not be checked
     notes: list[str] = field(default_factory=list)
     run_id: int | None = None
+    spaces: dict[str, dict[str, Any]] = field(default_factory=dict)   # coverage and debt
 
     @property
     def total(self) -> int:
@@ -155,7 +156,7 @@ class VerifyReport:
             "manifest_points": self.manifest_points, "sampled": self.sampled,
             "total_findings": self.total, "run_id": self.run_id,
             "findings": {name: f.to_dict() for name, f in self.findings.items()},
-            "errors": self.errors, "notes": self.notes,
+            "errors": self.errors, "notes": self.notes, "spaces": self.spaces,
         }
 
 
@@ -206,6 +207,7 @@ class CheckResult:
     manifest_points: int | None = None
     errors: list[str] = field(default_factory=list)              # parts that could not be checked
     notes: list[str] = field(default_factory=list)
+    spaces: dict[str, dict[str, Any]] = field(default_factory=dict)  # coverage and debt
 
     def add(self, name: str, example: dict[str, Any]) -> None:
         finding = self.findings.get(name)
@@ -282,7 +284,7 @@ def check_kb(cfg: Config, opts: CheckOptions = CheckOptions(),
                           seconds=round(time.perf_counter() - t0, 3),
                           points_checked=found.points_checked, store_points=found.store_points,
                           manifest_points=found.manifest_points, sampled=found.sampled,
-                          errors=found.errors, notes=found.notes)
+                          errors=found.errors, notes=found.notes, spaces=found.spaces)
     return report, found.plan
 
 
@@ -319,9 +321,25 @@ def _run_checks(cfg: Config, opts: CheckOptions, progress: Progress) -> CheckRes
             else:
                 found.unchecked.append("corpus_changed")
             found.merge(check_store(cfg, manifest, opts, damaged, progress))
-        except duckdb.Error as exc:
-            found.merge(manifest_unreadable(cfg, exc))
+            found.spaces = space_coverage(cfg, manifest)
+        except (duckdb.Error, ManifestError) as exc:
+            cause = exc.__cause__ if isinstance(exc, ManifestError) else exc
+            if not isinstance(cause, duckdb.Error):
+                raise
+            found.merge(manifest_unreadable(cfg, cause))
     return found
+
+
+def space_coverage(cfg: Config, manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """Each space's share of chunks with a vector, and its debt in texts: a space whose
+    providers were down is incomplete, which is not damage (the next rebuild fills it)."""
+    chunks = manifest.chunk_count()
+    out = {}
+    for space in cfg.spaces:
+        behind, debt = manifest.space_debt(space.space_id)
+        out[space.name] = {"coverage": round(1 - behind / chunks, 6) if chunks else 1.0,
+                           "debt": debt}
+    return out
 
 
 # -- manifest --------------------------------------------------------------------------------
@@ -664,6 +682,8 @@ def compare_vectors(manifest: Manifest, space: SpaceConfig, rows: list[tuple], a
             continue
         pid, path, h, *_ = rows[i]
         vec = got.vector(name, int(at[i]))
+        if vec is None and blobs[i] is None and (space.space_id, h) not in damaged:
+            continue  # never embedded in this space: its debt (coverage), not damage
         problem = None
         if vec is None:
             problem = f"no {name!r} vector"

@@ -26,7 +26,8 @@ def test_a_kb_life_through_the_python_api(tmp_path: Path) -> None:
     built = kbguard.rebuild_kb(cfg)
     assert built.documents["added"] == 3 and built.chunks["written"] == built.chunks["total"] > 0
     status = kbguard.kb_status(cfg)
-    assert status["counts"]["chunks"] == built.chunks["total"]
+    assert status.counts["chunks"] == built.chunks["total"]
+    assert status.spaces[0]["coverage"] == 1.0 and status.spend["total"]["usd"] == 0
 
     found = kbguard.search_kb(cfg, "Guide 1 part 1 topic1", k=3)
     assert found.hits and found.hits[0].path == "guide1.md"

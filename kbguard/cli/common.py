@@ -25,6 +25,7 @@ EXIT_OK = 0
 EXIT_FINDINGS = 1      # verify found damage
 EXIT_ERROR = 2         # could not do the work: bad config, missing corpus, unreadable store, ...
 EXIT_BUSY = 3          # another kbguard process holds the KB
+EXIT_INCOMPLETE = 4    # done, but a space is incomplete (its providers were down)
 EXIT_INTERRUPTED = 130
 
 # markup off: messages hold paths and TOML like [[spaces]] that rich would eat as tags
@@ -57,6 +58,8 @@ def exit_code_for(outcome: BaseException | Any) -> int:
         return EXIT_ERROR
     if isinstance(outcome, SnapshotCheck):
         return EXIT_OK if outcome.ok else EXIT_FINDINGS
+    if getattr(outcome, "complete", True) is False:   # a rebuild that left a space behind
+        return EXIT_INCOMPLETE
     verdict = getattr(outcome, "verdict", None)   # verify and repair reports
     if verdict is not None:
         return int(verdict)   # a Verdict's value is its documented exit code

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
-                                emit_json, guarded, load, one_line, stderr, stdout)
+                                emit_json, exit_code_for, guarded, load, one_line, stderr,
+                                stdout)
 from kbguard.config import PROVIDERS, init_config
 from kbguard.rebuild import rebuild
 from kbguard.search import search
@@ -65,7 +66,7 @@ def rebuild_cmd(
     report = rebuild(cfg, full=full, progress=RichProgress(enabled=not quiet and not json_out))
     if json_out:
         emit_json(report.to_dict())
-        return
+        raise typer.Exit(exit_code_for(report))
     d, c = report.documents, report.chunks
     stdout.print(f"Rebuilt KB '{report.kb}'{' from scratch' if full else ''} in {report.seconds:.1f} s")
     stdout.print(f"  documents  {d['added']} added, {d['changed']} changed, {d['removed']} removed, "
@@ -74,8 +75,15 @@ def rebuild_cmd(
                  f"from cache, {c['written']} written, {c['deleted']} deleted")
     for note in report.notes:
         stdout.print(f"  note       {note}")
+    if len(report.spaces) > 1 or not report.complete:
+        for name, sp in report.spaces.items():
+            behind = f", {sp['debt']} texts behind" if sp["debt"] else ""
+            stdout.print(f"  space      {name}: {sp['coverage']:.1%} covered{behind}")
+    if report.cost.get("usd"):
+        stdout.print(f"  cost       {report.cost['tokens']:,} tokens, ${report.cost['usd']:.4f}")
     for f in report.failures:
         stdout.print(f"  failed     {one_line(f['path'])}: {one_line(f['error'])}")
+    raise typer.Exit(exit_code_for(report))
 
 
 @guarded
@@ -87,7 +95,7 @@ def status_cmd(
 ) -> None:
     """What the KB holds, the last run, and corpus changes not yet indexed."""
     cfg = load(config)
-    st = kb_status(cfg, check_corpus=not no_corpus)
+    st = kb_status(cfg, check_corpus=not no_corpus).to_dict()
     if json_out:
         emit_json(st)
         return
@@ -99,7 +107,14 @@ def _print_status(st: dict[str, Any]) -> None:
     stdout.print(f"KB '{st['kb']}'  ({st['config']})")
     stdout.print(f"  manifest   {st['manifest']}")
     stdout.print("  spaces     " + ", ".join(
-        f"{s['name']} = {s['provider']}:{s['model']} ({s['dim']}-d)" for s in st["spaces"]))
+        f"{s['name']} = {s['provider']}:{s['model']} ({s['dim']}-d)"
+        + (f", {s['coverage']:.1%} covered ({s['debt']} texts behind)" if s["debt"] else "")
+        for s in st["spaces"]))
+    spend = st["spend"]
+    if spend["total"]["usd"] or spend["total"]["tokens"]:
+        stdout.print(f"  spend      ${spend['this_month']['usd']:.4f} this month, "
+                     f"${spend['total']['usd']:.4f} to date "
+                     f"({spend['total']['tokens']:,} tokens)")
     stdout.print(f"  documents  {c['documents']} indexed, {c['failed_documents']} failed")
     stdout.print(f"  chunks     {c['chunks']}; {c['cached_vectors']} cached vectors; "
                  f"{c['points_written']} points written, {c['points_pending']} pending")
