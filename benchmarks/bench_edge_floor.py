@@ -45,7 +45,7 @@ BATCH = 1024
 
 
 def make_points(n: int, dim: int, seed: int) -> tuple[list[str], np.ndarray, list[dict]]:
-    from kbguard.rebuild import point_payload
+    from kbguard.kb import point_payload
 
     rng = np.random.default_rng(seed)
     vecs = rng.standard_normal((n, dim)).astype(np.float32)

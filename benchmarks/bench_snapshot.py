@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from kbguard.config import load_config  # noqa: E402
 from kbguard.manifest import Manifest, vector_bytes, vector_checksum  # noqa: E402
-from kbguard.rebuild import point_payload, store_for, vector_specs  # noqa: E402
+from kbguard.kb import point_payload, store_for, vector_specs  # noqa: E402
 from kbguard.restore import restore  # noqa: E402
 from kbguard.snapshot import create_snapshot  # noqa: E402
 from kbguard.store import Point  # noqa: E402

@@ -43,7 +43,7 @@ if mode == "verify":
     r = verify_kb(cfg)
     out = {"points": r.points_checked, "findings": r.total, "exit_code": r.exit_code}
 else:
-    from kbguard.rebuild import store_for
+    from kbguard.kb import store_for
     n = 0
     with store_for(cfg) as store:
         store.will_read_all()

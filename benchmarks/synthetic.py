@@ -9,10 +9,10 @@ import numpy as np
 
 from kbguard.chunk import content_hash, point_id
 from kbguard.config import Config
-from kbguard.embed import get_embedder
+from kbguard.providers import chain_for
 from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest
-from kbguard.rebuild import point_payload, store_for, vector_specs
+from kbguard.kb import point_payload, store_for, vector_specs
 from kbguard.scan import file_md5
 from kbguard.store import Point
 
@@ -68,7 +68,7 @@ def fill_synthetic(cfg: Config, *, points: int, per_doc: int = 100, words: int =
             if not pending:
                 return
             texts = [c.text for c in pending]
-            vectors = {s.name: get_embedder(s).embed_batch(texts) for s in cfg.spaces}
+            vectors = {s.name: chain_for(s).embed_batch(texts) for s in cfg.spaces}
             with manifest.transaction():
                 for s in cfg.spaces:
                     manifest.cache_vectors(

@@ -44,6 +44,7 @@ from kbguard.errors import ConfigError, StoreError
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest
 from kbguard.store import Point, Store, VectorSpec
+from kbguard.kb import store_for, vector_specs
 
 OTHER_MODEL = "chaos-other-model"
 
@@ -81,7 +82,6 @@ def inject(cfg: Config, action: str, *, count: int = 1, seed: int = 0) -> ChaosR
         raise ConfigError(f"Unknown chaos action {action!r}; use one of {', '.join(ACTIONS)}.")
     if count < 1:
         raise ConfigError(f"--count must be at least 1, got {count}.")
-    from kbguard.rebuild import store_for
 
     with kb_lock(cfg.manifest, f"chaos {action}"):
         ctx = _Ctx(cfg, store_for(cfg), random.Random(seed), count)
@@ -242,8 +242,6 @@ def _damage_payloads(ctx: _Ctx) -> ChaosResult:
 
 
 def _drift_config(ctx: _Ctx) -> ChaosResult:
-    from kbguard.rebuild import vector_specs
-
     saved = [p for page in ctx.store.scroll(batch_size=1024) for p in page]
     ctx.store.drop()
     ctx.store.create([VectorSpec(s.name, s.dim, "dot") for s in vector_specs(ctx.cfg)])

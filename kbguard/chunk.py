@@ -97,7 +97,7 @@ def _split_oversized(text: str, budget: int, count: TokenCounter) -> list[str]:
     cur: list[str] = []
     sizes = count(pieces)
     cur_size = 0
-    for piece, size in zip(pieces, sizes):
+    for piece, size in zip(pieces, sizes, strict=True):
         if size > budget and len(pieces) > 1 and piece != text:
             if cur:
                 out.append(" ".join(cur))
@@ -123,14 +123,14 @@ def chunk_elements(elements: Sequence[Element], *, kb: str, path: str, max_token
         head_tokens = count_tokens([trail])[0] if trail else 0
         budget = max(8, max_tokens - head_tokens)
         parts: list[str] = []
-        for text, size in zip(body, count_tokens(body)):
+        for text, size in zip(body, count_tokens(body), strict=True):
             if size > budget:
                 parts.extend(_split_oversized(text, budget, count_tokens))
             else:
                 parts.append(text)
         cur: list[str] = []
         cur_size = 0
-        for part, size in zip(parts, count_tokens(parts)):
+        for part, size in zip(parts, count_tokens(parts), strict=True):
             if cur and cur_size + size > budget:
                 texts.append((trail, head + "\n\n".join(cur), head_tokens + cur_size))
                 cur, cur_size = [], 0

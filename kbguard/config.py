@@ -25,9 +25,11 @@ from typing import Annotated, Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from kbguard.errors import ConfigError
+from kbguard.errors import ConfigError, CorpusError
 from kbguard.providers.settings import (FakeProviderSettings, OpenAIProviderSettings,
                                         ProviderSettings, SentenceTransformersProviderSettings)
+from kbguard.durable import atomic_write_text
+from kbguard.providers.openai_api import OPENAI_MODELS
 
 DEFAULT_CONFIG = "kbguard.toml"
 DEFAULT_INCLUDE = ("**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.html", "**/*.htm",
@@ -533,8 +535,6 @@ def init_config(corpus: Path | str, config: Path | str = DEFAULT_CONFIG, *, name
     The KB is named ``name`` or after the corpus folder; an existing config is kept unless
     ``force``. ``provider="openai"`` writes an API primary space (``model``, ``base_url``) and
     the bundled MiniLM as its local standby."""
-    from kbguard.durable import atomic_write_text
-    from kbguard.errors import CorpusError
 
     corpus, config = Path(corpus), Path(config)
     if not corpus.is_dir():
@@ -621,7 +621,6 @@ parse_workers = {rebuild_d.parse_workers}
 
 def _api_spaces(model: str, base_url: str, dim: int) -> str:
     """An API primary space and the bundled MiniLM as its local standby."""
-    from kbguard.providers.openai_api import OPENAI_MODELS
 
     native = OPENAI_MODELS.get(model.rsplit("/", 1)[-1], (0, False))[0]
     if not (dim or native):

@@ -1,4 +1,4 @@
-"""Embedders: one class per provider, each declaring the space it fills.
+"""Local embedders: one class per in-process model, each declaring the space it fills.
 
 An embedder turns texts into float32 vectors of its space's dimension, L2-normalised when the
 space says so (normalised float32 vectors round-trip bit-exact through Qdrant, so checksums of
@@ -185,10 +185,3 @@ def local_embedder(space: SpaceConfig) -> Embedder:
         _LOADED[space] = _PROVIDERS[space.provider](space)
     return _LOADED[space]
 
-
-def get_embedder(space: SpaceConfig) -> Embedder:
-    """What embeds for a space: its provider chain, built once per process (a space written
-    with one ``provider`` is a chain of that one)."""
-    from kbguard.providers import chain_for
-
-    return chain_for(space)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kbguard.errors import LockedError, ManifestReadOnly, RestorePending
+from kbguard.disk import disk_full, is_disk_full, not_writable
 
 
 def lock_path(manifest: Path) -> Path:
@@ -53,8 +54,6 @@ def kb_lock(manifest: Path, command: str, *, reader: bool = False) -> Iterator[N
 
 
 def _open_lock(manifest: Path, path: Path, command: str, reader: bool) -> int | None:
-    from kbguard.disk import disk_full, is_disk_full, not_writable
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -13,21 +13,17 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kbguard.durable import atomic_write_text
 from kbguard.errors import ConfigError, KbguardError
 from kbguard.redact import scrub
-if TYPE_CHECKING:
-    from kbguard.verify import VerifyReport
+from kbguard.verify import FINDINGS, VerifyReport
 
 LAST_SUCCESS = "kbguard_verify_last_success_timestamp_seconds"
 
 
 def render_metrics(kb: str, report: VerifyReport | None, *, started: float,
                    last_success: float | None, error: str | None = None) -> str:
-    from kbguard.verify import FINDINGS
-
     label = f'kb="{_escape(kb)}"'
     lines: list[str] = []
 

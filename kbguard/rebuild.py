@@ -17,7 +17,6 @@ confirmed after the store has flushed it, so no point is ever in the store unrec
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -30,16 +29,18 @@ from typing import Any
 
 from kbguard.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
-from kbguard.embed import get_embedder
 from kbguard.errors import KbguardError, ParseError, ProviderUnavailable, StoreDamaged, StoreError
 from kbguard.faults import crash_point
+from kbguard.kb import (DocPlan, empty_corpus_message, parse_settings, plan_documents,
+                        point_payload, store_for, vector_specs)
 from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest
 from kbguard.progress import SILENT, Progress
 from kbguard.providers import Usage, chain_for
-from kbguard.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
-from kbguard.store import Point, Store, VectorSpec, open_store
-from kbguard.versioning import dvc_view
+from kbguard.scan import ScannedFile, require_corpus, scan_corpus
+from kbguard.store import Point, Store
+from kbguard.dvc_corpus import dvc_view
+from kbguard.lost_manifest import lost_manifest
 
 DOC_COMMIT_EVERY = 32          # parsed documents per manifest transaction
 INLINE_PARSE_BELOW = 6         # fewer documents than this are parsed without worker processes
@@ -73,22 +74,12 @@ class RebuildReport:
         return {**asdict(self), "complete": self.complete}
 
 
-def store_for(cfg: Config) -> Store:
-    """The configured store of a KB (not yet opened: adapters open lazily)."""
-    return open_store(cfg.store_backend, path=cfg.store_path, url=cfg.store_url,
-                      collection=cfg.collection, api_key_env=cfg.store_api_key_env)
-
-
-def vector_specs(cfg: Config) -> list[VectorSpec]:
-    return [VectorSpec(s.name, s.dim, "cosine") for s in cfg.spaces]
-
-
 def rebuild(cfg: Config, *, full: bool = False, progress: Progress = SILENT) -> RebuildReport:
     """Run an incremental (or, with ``full``, a from-scratch) rebuild of one KB."""
     # what would fail every document is refused before the lock or the manifest is written
     require_corpus(cfg.corpus)
     for space in cfg.spaces:
-        get_embedder(space)
+        chain_for(space)
     with kb_lock(cfg.manifest, "rebuild"):
         if not full and not cfg.manifest.exists():
             _refuse_lost_manifest(cfg)
@@ -100,7 +91,6 @@ def _refuse_lost_manifest(cfg: Config) -> None:
     """Without its manifest a rebuild knows no cached vector and embeds the whole corpus: when
     the store or a snapshot survives, that is a lost manifest, and the answer is a restore.
     ``--full`` says the user wants the full rebuild all the same."""
-    from kbguard.recovery import lost_manifest
 
     try:
         with store_for(cfg) as store:
@@ -119,52 +109,6 @@ def _refuse_lost_manifest(cfg: Config) -> None:
     lost = lost_manifest(cfg, store_points=points)
     if lost is not None:
         raise lost
-
-
-def empty_corpus_message(cfg: Config) -> str:
-    """What to say when no file of the corpus matches the config's globs."""
-    excluded = f", minus corpus.exclude ({', '.join(cfg.exclude)})" if cfg.exclude else ""
-    return (f"No file in {cfg.corpus} matches corpus.include ({', '.join(cfg.include)})"
-            f"{excluded}: there is nothing to index. Check the [corpus] globs in {cfg.path}, "
-            "then run `kbguard rebuild`.")
-
-
-@dataclass
-class _DocPlan:
-    added: list[ScannedFile]
-    changed: list[ScannedFile]
-    refused: list[ScannedFile]
-    removed: list[str]
-    unchanged: list[ScannedFile]
-    restat: list[ScannedFile]     # unchanged content, new size/mtime: refresh the stat cache
-    still_failed: list[ScannedFile]  # failed before, same bytes: it would fail the same way
-
-
-def plan_documents(scan: ScanResult, known: dict[str, DocumentRow]) -> _DocPlan:
-    """Sort scanned files by what a rebuild must do with them.
-
-    A document that failed is parsed again only once its bytes change (a parser gives the same
-    answer for the same bytes); one that failed for a passing cause, such as vanishing mid-run,
-    has no recorded hash and so is parsed again on the next run. It counts as added if it was
-    never indexed, else as changed.
-    """
-    plan = _DocPlan([], [], [], sorted(set(known) - set(scan.files)), [], [], [])
-    for path in sorted(scan.files):
-        f = scan.files[path]
-        prev = known.get(path)
-        if f.error:
-            plan.refused.append(f)
-        elif prev is not None and prev.status == "failed" and prev.file_hash == f.file_hash:
-            plan.still_failed.append(f)
-        elif prev is None or prev.indexed_hash is None:
-            plan.added.append(f)
-        elif prev.status == "ok" and prev.indexed_hash == f.file_hash:
-            plan.unchanged.append(f)
-            if (prev.size, prev.mtime_ns, prev.file_hash) != (f.size, f.mtime_ns, f.file_hash):
-                plan.restat.append(f)
-        else:
-            plan.changed.append(f)
-    return plan
 
 
 # -- parsing in worker processes ------------------------------------------------------------
@@ -193,7 +137,7 @@ def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None
                 f"file is {size / 2**20:.1f} MB, over corpus.max_file_mb "
                 f"({job.max_bytes / 2**20:g} MB); raise the limit or exclude the file"), None
         parsed = parse_document(full, dict(job.read_as))
-        embedder = get_embedder(job.space)
+        embedder = chain_for(job.space)
         cap = min(job.max_tokens, embedder.max_input_tokens)
         chunks = chunk_elements(parsed.elements, kb=job.kb, path=job.path, max_tokens=cap,
                                 count_tokens=embedder.count_tokens)
@@ -298,7 +242,7 @@ class _Rebuild:
 
     # -- documents ---------------------------------------------------------------------------
 
-    def _apply_documents(self, plan: _DocPlan, known: dict[str, DocumentRow]) -> dict[str, int]:
+    def _apply_documents(self, plan: DocPlan, known: dict[str, DocumentRow]) -> dict[str, int]:
         manifest = self.manifest
         with manifest.transaction():
             for path in plan.removed:
@@ -492,21 +436,3 @@ def _call_size(space: SpaceConfig) -> int:
     ``max_batch_texts`` at once, so it is handed that many (a local model, its batch)."""
     api = [e.concurrency * e.max_batch_texts for e in space.chain if e.type == "openai"]
     return max([space.batch_size, *api])
-
-
-def parse_settings(cfg: Config) -> str:
-    """What decides a document's chunks besides its bytes; a change re-chunks every document."""
-    from kbguard.parse import PARSER_VERSION
-
-    space = cfg.spaces[0]  # its tokenizer measures the chunk cap
-    return json.dumps({"parser": PARSER_VERSION, "max_tokens": cfg.max_tokens,
-                       "read_as": cfg.read_as,
-                       "max_file_mb": cfg.max_file_mb,
-                       "tokenizer": f"{space.provider}:{space.model}"}, sort_keys=True)
-
-
-def point_payload(kb: str, path: str, content_hash: str, occurrence: int, section: str,
-                  text: str) -> dict[str, Any]:
-    """The payload of a point: a function of its identity only, so a rebuild never rewrites it."""
-    return {"kb": kb, "path": path, "content_hash": content_hash, "occurrence": occurrence,
-            "section": section, "text": text}

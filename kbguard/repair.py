@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kbguard.config import Config
-from kbguard.recovery import missing_manifest
+from kbguard.lost_manifest import missing_manifest
 from kbguard.errors import RestoreNeeded
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, require_writable
 from kbguard.progress import SILENT, Progress
-from kbguard.store import Store
+from kbguard.store import Point, Store
 from kbguard.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
+from kbguard.providers import chain_for
+from kbguard.kb import point_payload, store_for, vector_specs
 
 
 @dataclass
@@ -78,10 +80,7 @@ def repair_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
 
 
 def _apply(cfg: Config, plan: RepairPlan, progress: Progress) -> dict[str, Any]:
-    from kbguard.embed import get_embedder
-    from kbguard.rebuild import store_for, vector_specs
-
-    embedded_before = {s: get_embedder(s).texts_embedded for s in cfg.spaces}
+    embedded_before = {s: chain_for(s).texts_embedded for s in cfg.spaces}
     actions: dict[str, Any] = {"cache_rows_replaced": 0, "cache_rows_dropped": 0,
                                "points_rewritten": 0, "orphans_deleted": 0,
                                "collection_recreated": False, "texts_embedded": 0}
@@ -103,7 +102,7 @@ def _apply(cfg: Config, plan: RepairPlan, progress: Progress) -> dict[str, Any]:
                 orphans = sorted(plan.delete)
                 manifest.delete_points(store, orphans, batch_size=cfg.upsert_batch)
                 actions["orphans_deleted"] = len(orphans)
-            actions["texts_embedded"] = sum(get_embedder(s).texts_embedded - n
+            actions["texts_embedded"] = sum(chain_for(s).texts_embedded - n
                                             for s, n in embedded_before.items())
             manifest.finish_run(run_id, "ok", actions)
         except BaseException as exc:
@@ -119,7 +118,6 @@ def _apply(cfg: Config, plan: RepairPlan, progress: Progress) -> dict[str, Any]:
 def _recache(cfg: Config, manifest: Manifest, plan: RepairPlan, actions: dict[str, Any],
              rewrite: set[str], run_id: int) -> None:
     """Replace damaged, missing and drifted cache rows with fresh embeddings."""
-    from kbguard.embed import get_embedder
 
     spaces = {s.space_id: s for s in cfg.spaces}
     by_space: dict[str, list[str]] = {}
@@ -137,7 +135,7 @@ def _recache(cfg: Config, manifest: Manifest, plan: RepairPlan, actions: dict[st
         if space is None:
             continue
         todo = [h for h in hashes if h in texts]
-        embedder = get_embedder(space)
+        embedder = chain_for(space)
         for lo in range(0, len(todo), space.batch_size):
             batch = todo[lo:lo + space.batch_size]
             vectors = embedder.embed_batch([texts[h] for h in batch])
@@ -151,9 +149,6 @@ def _recache(cfg: Config, manifest: Manifest, plan: RepairPlan, actions: dict[st
 def _rewrite(cfg: Config, manifest: Manifest, store: Store, ids: list[str], run_id: int,
              progress: Progress) -> int:
     """Write whole points from the manifest and the cache, embedding what the cache lacks."""
-    from kbguard.embed import get_embedder
-    from kbguard.rebuild import point_payload
-    from kbguard.store import Point
 
     names = ",".join(sorted(s.name for s in cfg.spaces))
     written = 0
@@ -169,7 +164,7 @@ def _rewrite(cfg: Config, manifest: Manifest, store: Store, ids: list[str], run_
             lacking = [h for h in hashes if h not in have]
             if lacking:
                 text_of = {r[2]: r[5] for r in rows}
-                fresh = get_embedder(space).embed_batch([text_of[h] for h in lacking])
+                fresh = chain_for(space).embed_batch([text_of[h] for h in lacking])
                 with manifest.transaction():
                     manifest.cache_vectors(space.space_id,
                                            list(zip(lacking, fresh, strict=True)), run_id)

@@ -55,6 +55,8 @@ from kbguard.snapshot import (
     verify_folder,
 )
 from kbguard.store import Store, VectorSpec
+from kbguard.kb import store_for
+from kbguard.rebuild import rebuild
 
 BUILDING, SWITCHING = "building", "switching"
 
@@ -119,7 +121,6 @@ def restore(cfg: Config, snapshot_id: str | None = None, *, latest: bool = False
             catch_up: bool = True, dvc_remote: str | None = None, batch_size: int = BATCH,
             progress: Progress = SILENT) -> RestoreReport:
     """Restore the KB from snapshot ``snapshot_id`` (or the newest intact one with ``latest``)."""
-    from kbguard.rebuild import rebuild, store_for
 
     if (snapshot_id is None) == (not latest):
         raise SnapshotError("Name one snapshot ID or pass --latest (not both). "

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from kbguard.config import Config, SpaceConfig
-from kbguard.embed import get_embedder
+from kbguard.providers import chain_for
 from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, StoreError,
                             StoreUnavailable)
 from kbguard.lock import check_unlocked
 from kbguard.manifest import Manifest
-from kbguard.rebuild import empty_corpus_message, store_for
-from kbguard.recovery import missing_manifest
+from kbguard.kb import empty_corpus_message, store_for
+from kbguard.lost_manifest import missing_manifest
 from kbguard.scan import walk_corpus
 
 SNIPPET_CHARS = 240
@@ -106,7 +106,7 @@ def _embed_query(space: SpaceConfig, query: str, timeout_s: float) -> np.ndarray
 
     def work() -> None:
         try:
-            box["vector"] = get_embedder(space).embed_batch([query])[0]
+            box["vector"] = chain_for(space).embed_batch([query])[0]
         except BaseException as exc:  # handed to the caller's thread below
             box["error"] = exc
 

@@ -45,7 +45,8 @@ from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest
 from kbguard.progress import SILENT, Progress
 from kbguard.store import Point
-from kbguard.versioning import find_dvc_root
+from kbguard.dvc_corpus import find_dvc_root
+from kbguard.kb import store_for
 
 FORMAT_VERSION = 1
 META_FILE = "snapshot.json"
@@ -305,7 +306,6 @@ def list_snapshots(cfg: Config) -> list[SnapshotEntry]:
 def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = False,
                     dvc_remote: str | None = None, progress: Progress = SILENT) -> CreateReport:
     """Write a snapshot of the KB's store and manifest; returns what was written."""
-    from kbguard.rebuild import store_for  # rebuild imports the embedders: load it only here
 
     if batch_size < 1:
         raise SnapshotError(f"batch_size must be positive, not {batch_size}.")

@@ -10,14 +10,14 @@ from kbguard.config import Config
 from kbguard.errors import KbguardError
 from kbguard.lock import check_unlocked, lock_holder
 from kbguard.manifest import Manifest
-from kbguard.rebuild import empty_corpus_message, plan_documents, store_for
-from kbguard.recovery import missing_manifest
+from kbguard.kb import empty_corpus_message, plan_documents, store_for
+from kbguard.lost_manifest import missing_manifest
 from kbguard.redact import redact_url
 from kbguard.scan import scan_corpus
 from kbguard.restore import pending_restore
 from kbguard.snapshot import list_snapshots
 from kbguard.verify import last_check
-from kbguard.versioning import dvc_view
+from kbguard.dvc_corpus import dvc_view
 
 
 @dataclass

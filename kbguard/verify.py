@@ -43,10 +43,15 @@ from kbguard.errors import (DiskFullError, KbguardError, ManifestError, Manifest
                             StoreError)
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, now, vector_checksum
-from kbguard.recovery import missing_manifest
+from kbguard.lost_manifest import missing_manifest
 from kbguard.redact import redact_url, scrub_data
 from kbguard.progress import SILENT, Progress
 from kbguard.store import PointArrays, Store
+from kbguard.scan import scan_corpus
+from kbguard.dvc_corpus import dvc_view
+from kbguard.kb import point_payload, store_for, vector_specs
+from kbguard.embed import normalize
+from kbguard.providers import chain_for
 
 BATCH = 1024                  # chunks per comparison batch: the memory bound of a check
 JOIN_BYTES = 64 << 20         # cached vectors DuckDB holds at once to join them to the chunks
@@ -401,8 +406,6 @@ def cache_findings(manifest: Manifest, damaged: dict[tuple[str, str], str]) -> C
 
 def check_corpus(cfg: Config, manifest: Manifest) -> CheckResult:
     """Documents added, removed or changed since the last build."""
-    from kbguard.scan import scan_corpus
-    from kbguard.versioning import dvc_view
 
     known = manifest.documents()
     try:
@@ -438,7 +441,6 @@ def check_store(cfg: Config, manifest: Manifest, opts: CheckOptions,
     The streamed checks are taken in batch by batch, so what was found before the manifest
     fails to read halfway is kept. A store that fails to read makes all of it unjudged.
     """
-    from kbguard.rebuild import store_for
 
     wanted = manifest.scalar("SELECT count(*) FROM chunks")
     found = CheckResult(manifest_points=wanted)
@@ -517,7 +519,6 @@ def all_missing(manifest: Manifest) -> Iterator[CheckResult]:
 
 def config_drift(cfg: Config, have: tuple) -> CheckResult:
     """The collection's vectors against the config's, per vector name."""
-    from kbguard.rebuild import vector_specs
 
     want = {s.name: s for s in vector_specs(cfg)}
     got = {s.name: s for s in have}
@@ -552,7 +553,6 @@ def compare_points(cfg: Config, manifest: Manifest, store: Store, spaces: list[S
     Yields each batch's findings (``points_checked``: the points the store holds) and the points
     of it to re-embed, the ones sampled (or all, with ``deep``) that passed every other check.
     """
-    from kbguard.rebuild import point_payload
 
     progress.stage("verify points", wanted)
     sample_ids = sample_points(manifest, opts)
@@ -799,14 +799,13 @@ def sample_points(manifest: Manifest, opts: CheckOptions) -> set[str]:
 
 def check_drift(points: list[ReembedPoint]) -> CheckResult:
     """Re-embed the texts of ``points`` and compare with their stored vectors."""
-    from kbguard.embed import get_embedder, normalize
 
     found = CheckResult()
     by_space: dict[SpaceConfig, list[ReembedPoint]] = {}
     for point in points:
         by_space.setdefault(point.space, []).append(point)
     for space, items in by_space.items():
-        fresh = get_embedder(space).embed_batch([p.text for p in items])
+        fresh = chain_for(space).embed_batch([p.text for p in items])
         fresh = normalize(np.asarray(fresh, dtype=np.float32))
         stored = normalize(np.stack([p.stored for p in items]))
         cos = (fresh.astype(np.float64) * stored).sum(axis=1)
@@ -825,12 +824,11 @@ def check_drift(points: list[ReembedPoint]) -> CheckResult:
 
 def check_canaries(cfg: Config, store: Store) -> CheckResult:
     """Each canary query must find its expected documents in its top k."""
-    from kbguard.embed import get_embedder
 
     found = CheckResult()
     for c in cfg.canaries:
         space = cfg.space(c.space) if c.space else cfg.spaces[0]
-        vec = get_embedder(space).embed_batch([c.query])[0]
+        vec = chain_for(space).embed_batch([c.query])[0]
         hits = store.query(space.name, vec, c.k)
         top_k = [str(h.payload.get("path")) for h in hits]
         missing = [p for p in c.expect if p not in top_k]
@@ -846,7 +844,6 @@ def _spec(s: Any) -> str:
 
 def _payload_diff(payload: dict[str, Any], path: str, h: str, occ: int, section: str,
                   text: str, kb: str) -> list[str]:
-    from kbguard.rebuild import point_payload
 
     want = point_payload(kb, path, h, occ, section, text)
     return sorted(k for k in set(want) | set(payload) if payload.get(k, object()) != want.get(k))

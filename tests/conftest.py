@@ -221,7 +221,7 @@ def clean_edited_build(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
 
 def store_contents(cfg: Config) -> dict[str, tuple[dict[str, bytes], dict]]:
     """Every point of the KB's store: id -> (vector bytes per name, payload)."""
-    from kbguard.rebuild import store_for
+    from kbguard.kb import store_for
 
     out: dict[str, tuple[dict[str, bytes], dict]] = {}
     with store_for(cfg) as store:

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_kb
 
 from kbguard.config import SpaceConfig, load_config
-from kbguard.embed import FakeEmbedder, SentenceTransformerEmbedder, get_embedder
+from kbguard.embed import FakeEmbedder, SentenceTransformerEmbedder, local_embedder
 from kbguard.errors import EmbedError, ProviderUnavailable
 
 FAKE = SpaceConfig(name="local", provider="fake", model="fake-hash", dim=64)
@@ -75,7 +75,7 @@ def test_minilm_embeds_offline_normalised_and_reproducibly(monkeypatch) -> None:
 @pytest.mark.model
 def test_minilm_with_a_wrong_dim_in_the_config_is_a_clear_error() -> None:
     with pytest.raises(EmbedError, match="dim = 128"):
-        get_embedder(SpaceConfig(name="bad", provider="sentence-transformers", model="all-MiniLM-L6-v2", dim=128)
+        local_embedder(SpaceConfig(name="bad", provider="sentence-transformers", model="all-MiniLM-L6-v2", dim=128)
                      ).embed_batch(["text"])
 
 

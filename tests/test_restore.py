@@ -17,7 +17,7 @@ from kbguard.manifest import Manifest
 from kbguard.restore import _verify_copy, pending_restore
 from kbguard.snapshot import read_meta, snapshot_folder
 from kbguard.store import Point
-from kbguard.rebuild import store_for
+from kbguard.kb import store_for
 
 
 def _snapshot(kb: KB) -> str:

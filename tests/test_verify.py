@@ -17,7 +17,7 @@ from benchmarks.synthetic import fill_synthetic
 from conftest import KB, long_markdown, make_kb, store_contents
 
 from kbguard.chaos import inject
-from kbguard.embed import get_embedder
+from kbguard.providers import chain_for
 from kbguard.manifest import Manifest
 from kbguard.verify import FINDINGS
 
@@ -40,7 +40,7 @@ def nonzero(report: dict) -> dict[str, int]:
 
 
 def embedded(kb: KB) -> int:
-    return sum(get_embedder(s).texts_embedded for s in kb.cfg.spaces)
+    return sum(chain_for(s).texts_embedded for s in kb.cfg.spaces)
 
 
 def repair(kb: KB, *args: str) -> dict:

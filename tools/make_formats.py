@@ -424,7 +424,7 @@ def txt_blocks(blocks: list, indent: str = "") -> list[str]:
                 while body and not body[0]:
                     body.pop(0)
                 body[0] = marker + body[0].lstrip()
-                lines.extend(body + [""])
+                lines.extend([*body, ""])
             lines.pop()
             out.extend(["", *[indent + line if line else "" for line in lines]])
             continue
@@ -449,7 +449,7 @@ def write_txt(blocks: list, source: str) -> str:
     while lines and not lines[0]:
         lines.pop(0)
     note = textwrap.wrap(SOURCE_NOTE.format(path=source), 79)
-    return "\n".join(lines + ["", *note]) + "\n"
+    return "\n".join([*lines, "", *note]) + "\n"
 
 
 # -- HTML -------------------------------------------------------------------------------------
@@ -591,14 +591,14 @@ def write_pdf(blocks: list, source: str) -> bytes:
         2: (f"<< /Type /Pages /Kids [{' '.join(f'{p} 0 R' for p in page_ids)}] "
             f"/Count {n_pages} >>").encode(),
     }
-    for number, (name, base) in enumerate(_FONTS.items(), 3):
+    for number, base in enumerate(_FONTS.values(), 3):
         objects[number] = (f"<< /Type /Font /Subtype /Type1 /BaseFont /{base} "
                            "/Encoding /WinAnsiEncoding >>").encode()
     title = next((plain(b.text) for b in blocks if isinstance(b, Heading)), "Django")
     objects[6] = (f"<< /Title {_pdf_string(title)} /Author (Django Software Foundation) "
                   "/Producer (kbguard samples/make_formats.py) >>").encode("latin-1")
     fonts = " ".join(f"/{name} {k} 0 R" for k, name in enumerate(_FONTS, 3))
-    for page_id, page in zip(page_ids, pages):
+    for page_id, page in zip(page_ids, pages, strict=True):
         content = ("\n".join(page) + "\n").encode("latin-1")
         objects[page_id] = (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {_PAGE_W} {_PAGE_H}] "
                             f"/Resources << /Font << {fonts} >> >> "

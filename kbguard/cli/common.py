@@ -19,6 +19,7 @@ from kbguard.config import DEFAULT_CONFIG, Config, load_config
 from kbguard.errors import KbguardError, LockedError
 from kbguard.progress import Progress
 from kbguard.redact import scrub
+from kbguard.snapshot import SnapshotCheck
 
 # Exit codes are an interface: documented in the README, never reused for something else.
 EXIT_OK = 0
@@ -48,7 +49,6 @@ def exit_code_for(outcome: BaseException | Any) -> int:
     """The exit code of a command's outcome: an error it raised or the verdict it returned.
 
     The one place exit codes are decided; the library returns verdicts and raises errors."""
-    from kbguard.snapshot import SnapshotCheck
 
     if isinstance(outcome, KeyboardInterrupt):
         return EXIT_INTERRUPTED

@@ -11,6 +11,10 @@ import typer
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
                                 emit_json, exit_code_for, guarded, load, one_line, stdout)
 from kbguard.errors import ConfigError, KbguardError
+from kbguard.prom import check_target, write_metrics
+from kbguard.repair import repair_kb
+from kbguard.verify import FINDINGS, verify_kb
+from kbguard.chaos import ACTIONS, inject
 
 
 def register(app: typer.Typer) -> None:
@@ -39,9 +43,6 @@ def verify_cmd(
 
     Exit 0 healthy, 1 findings, 2 could not check, 3 busy (another kbguard command holds the KB).
     """
-    from kbguard.prom import check_target, write_metrics
-    from kbguard.repair import repair_kb
-    from kbguard.verify import verify_kb
 
     cfg = load(config)
     progress = RichProgress(enabled=not quiet and not json_out)
@@ -113,8 +114,6 @@ def _print_report(report, title: str = "") -> None:
 
 
 def _fix(name: str) -> str:
-    from kbguard.verify import FINDINGS
-
     return FINDINGS[name]
 
 
@@ -133,7 +132,6 @@ def chaos_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Damage a KB on purpose, for drills and tests. Use it on a scratch copy only."""
-    from kbguard.chaos import ACTIONS, inject
 
     cfg = load(config)
     if action not in ACTIONS:

@@ -94,7 +94,7 @@ class Provider(Embedder):
         # longer than the limit in bytes need counting: the check costs next to nothing.
         suspects = [i for i, t in enumerate(texts) if len(t) > limit and len(t.encode()) > limit]
         counts = self.count_tokens([texts[i] for i in suspects]) if suspects else []
-        over = [(i, n) for i, n in zip(suspects, counts) if n > limit]
+        over = [(i, n) for i, n in zip(suspects, counts, strict=True) if n > limit]
         if over:
             i, n = over[0]
             raise TextTooLong(

@@ -126,7 +126,7 @@ class Store(ABC):
                     out.odd[name][row] = vec
         return out
 
-    def will_read_all(self) -> None:
+    def will_read_all(self) -> None:  # noqa: B027 - a hint, optional to act on
         """A hint that every point is about to be read; an adapter may read ahead. No-op here."""
 
     def space_needed(self, points: int, raw_bytes: int) -> tuple[Path, int] | None:

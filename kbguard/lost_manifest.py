@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from kbguard.config import Config
 from kbguard.errors import ManifestError
+from kbguard.snapshot import list_snapshots
 
 
 def store_on_disk(cfg: Config) -> bool:
@@ -41,7 +42,6 @@ def missing_manifest(cfg: Config, *, store_points: int | None = None,
 def lost_manifest(cfg: Config, *, store_points: int | None = None) -> ManifestError | None:
     """The error for a manifest file that is missing while a snapshot or the store of the KB
     survives (see ``missing_manifest``); None when nothing does: a KB never built."""
-    from kbguard.snapshot import list_snapshots
 
     where = f"No manifest at {cfg.manifest}"
     intact = [s for s in list_snapshots(cfg) if s.problem is None]
