@@ -25,7 +25,7 @@ from kbguard.manifest import Manifest, require_writable
 from kbguard.progress import SILENT, Progress
 from kbguard.store import Point, Store
 from kbguard.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
-from kbguard.providers import chain_for
+from kbguard.providers import chain_for, spent, spent_since
 from kbguard.kb import point_payload, store_for, vector_specs
 
 
@@ -72,7 +72,13 @@ def repair_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
             raise RestoreNeeded(
                 f"The manifest {cfg.manifest} cannot be read, and a repair works from it: this "
                 "is a restore. Run `kbguard restore --latest` to bring back the manifest.")
+        paid = spent(cfg.spaces)
         actions = _apply(cfg, plan, progress)
+        cost = spent_since(paid)
+        if cost:
+            with Manifest.open(cfg.manifest) as m, m.transaction():
+                for (space, provider), usage in cost.items():
+                    m.record_usage(before.run_id, "repair", space, provider, usage)
         # the re-check samples afresh: what was re-embedded is compared again
         after, _ = check_kb(cfg, opts, progress)
         record_check(cfg, after, kind="verify-after-repair")

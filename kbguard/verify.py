@@ -51,7 +51,7 @@ from kbguard.scan import scan_corpus
 from kbguard.dvc_corpus import dvc_view
 from kbguard.kb import point_payload, store_for, vector_specs
 from kbguard.embed import normalize
-from kbguard.providers import chain_for
+from kbguard.providers import chain_for, spent, spent_since
 
 BATCH = 1024                  # chunks per comparison batch: the memory bound of a check
 JOIN_BYTES = 64 << 20         # cached vectors DuckDB holds at once to join them to the chunks
@@ -133,6 +133,8 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     run_id: int | None = None
     spaces: dict[str, dict[str, Any]] = field(default_factory=dict)   # coverage and debt
+    # what the check's embedding cost, by (space, provider): recorded in the ledger
+    usage: dict[tuple[Any, str], Any] = field(default_factory=dict, repr=False)
 
     @property
     def total(self) -> int:
@@ -162,6 +164,8 @@ class VerifyReport:
             "total_findings": self.total, "run_id": self.run_id,
             "findings": {name: f.to_dict() for name, f in self.findings.items()},
             "errors": self.errors, "notes": self.notes, "spaces": self.spaces,
+            "cost": {"tokens": sum(u.tokens for u in self.usage.values()),
+                     "usd": round(sum(u.cost_usd for u in self.usage.values()), 6)},
         }
 
 
@@ -274,6 +278,7 @@ def check_kb(cfg: Config, opts: CheckOptions = CheckOptions(),
     """One read-only check: the report and the repair plan. The caller holds the KB lock."""
     t0 = time.perf_counter()
     checked_at = now().isoformat(timespec="seconds")
+    before = spent(cfg.spaces)  # sampled re-embedding and canary queries are billed too
     try:
         found = _run_checks(cfg, opts, progress)
     finally:
@@ -289,7 +294,8 @@ def check_kb(cfg: Config, opts: CheckOptions = CheckOptions(),
                           seconds=round(time.perf_counter() - t0, 3),
                           points_checked=found.points_checked, store_points=found.store_points,
                           manifest_points=found.manifest_points, sampled=found.sampled,
-                          errors=found.errors, notes=found.notes, spaces=found.spaces)
+                          errors=found.errors, notes=found.notes, spaces=found.spaces,
+                          usage=spent_since(before))
     return report, found.plan
 
 
@@ -874,6 +880,8 @@ def record_check(cfg: Config, report: VerifyReport, *, kind: str) -> None:
                     "VALUES (?, ?, ?, ?, ?) RETURNING run_id",
                     [kind, started, now(), status, json.dumps(scrub_data(summary))]
                 ).fetchone()[0]
+                for (space, provider), usage in report.usage.items():
+                    m.record_usage(run_id, kind, space, provider, usage)
                 m.con.executemany(
                     "INSERT INTO findings VALUES (?, ?, ?, ?)",
                     [[run_id, name, f.count, json.dumps(scrub_data(f.examples), default=str)]

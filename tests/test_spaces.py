@@ -207,3 +207,24 @@ def test_no_secret_in_any_file_kbguard_writes(tmp_path: Path, server: OpenAIServ
     for path in (kb.root / "state").rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_sampled_re_embedding_by_verify_is_in_the_ledger(tmp_path: Path,
+                                                          server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path, server.url, price=1000.0)
+    built = _rebuild(kb)
+    res = kb.cli("verify", "--deep", "--json")
+    report = json.loads(res.stdout)
+    assert res.code == 0, report
+    assert report["cost"]["tokens"] > 0
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        rows = m.con.execute("SELECT kind, space, sum(tokens), sum(cost_usd) FROM ledger "
+                             "GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+    kinds = {(kind, space): (tokens, usd) for kind, space, tokens, usd in rows}
+    assert kinds[("rebuild", "primary")][0] == built["cost"]["by_space"]["primary"]["tokens"]
+    assert kinds[("verify", "primary")][0] == report["cost"]["tokens"] - kinds.get(
+        ("verify", "local"), (0, 0))[0]
+    assert kinds[("verify", "primary")][1] == pytest.approx(
+        kinds[("verify", "primary")][0] * 1000.0 / 1e6)
+    spend = kb.cli_json("status")["spend"]["total"]
+    assert spend["usd"] == pytest.approx(sum(usd for _, usd in kinds.values()))

@@ -45,6 +45,8 @@ __all__ = [
     "Usage",
     "build_chain",
     "chain_for",
+    "spent",
+    "spent_since",
     "forget_chains",
     "build_provider",
     "parse_provider_settings",
@@ -99,6 +101,23 @@ def chain_for(space: Any) -> ProviderChain:
     if chain is None:
         chain = _CHAINS[space] = build_chain(space, space.chain)
     return chain
+
+
+def spent(spaces: Sequence[Any]) -> dict[tuple[Any, str], Usage]:
+    """What each provider of each space's chain has cost this process so far; the difference
+    of two readings is what the work between them cost."""
+    return {(space, p.name): p.usage_total for space in spaces for p in chain_for(space).providers}
+
+
+def spent_since(before: dict[tuple[Any, str], Usage]) -> dict[tuple[Any, str], Usage]:
+    """The usage since ``before`` (a ``spent`` reading), for the providers that did anything."""
+    now = spent([space for space, _ in before])
+    out = {}
+    for key, usage in now.items():
+        delta = usage - before.get(key, Usage())
+        if delta.texts or delta.requests:
+            out[key] = delta
+    return out
 
 
 def forget_chains() -> None:

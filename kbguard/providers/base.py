@@ -34,6 +34,11 @@ class Usage:
                      self.requests + other.requests, self.seconds + other.seconds,
                      self.cost_usd + other.cost_usd)
 
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.texts - other.texts, self.tokens - other.tokens,
+                     self.requests - other.requests, self.seconds - other.seconds,
+                     self.cost_usd - other.cost_usd)
+
     def as_dict(self) -> dict[str, Any]:
         return {"texts": self.texts, "tokens": self.tokens, "requests": self.requests,
                 "seconds": round(self.seconds, 6), "cost_usd": self.cost_usd}
