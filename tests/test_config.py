@@ -208,3 +208,24 @@ def test_init_with_an_api_writes_a_primary_and_a_local_standby(tmp_path: Path) -
                                    str(tmp_path / "other.toml"), "--provider", "openai",
                                    "--model", "my-embedder"])
     assert res.exit_code == 2 and "pass --dim N" in res.stderr
+
+
+def test_a_key_pasted_where_its_variable_name_belongs_is_never_repeated(tmp_path: Path) -> None:
+    key = "sk-live-9f8e7d6c5b4a"
+    path = _config(tmp_path, BASE.replace('provider = "fake"\ndim = 64\n', f"""\
+model = "text-embedding-3-small"
+dim = 64
+[[spaces.providers]]
+type = "openai"
+api_key_env = "{key}"
+api_kee = "{key}"
+base_url = "https://user:{key}@api.example/v1"
+"""))
+    res = CliRunner().invoke(app, ["rebuild", "--config", str(path)])
+    assert res.exit_code == 2
+    assert ("spaces.providers.api_key_env (in [[spaces]] #1, [[spaces.providers]] #1): must be "
+            "the NAME of an environment variable") in res.stderr
+    assert "unknown key spaces.providers.api_kee" in res.stderr
+    assert "spaces.providers.base_url" in res.stderr
+    assert key not in res.stderr + res.stdout
+    _nothing_written(tmp_path)
