@@ -26,7 +26,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from kbguard.errors import ConfigError, CorpusError
-from kbguard.providers.settings import (FakeProviderSettings, OpenAIProviderSettings,
+from kbguard.providers.settings import (EnvName, FakeProviderSettings, OpenAIProviderSettings,
                                         ProviderSettings, SentenceTransformersProviderSettings)
 from kbguard.durable import atomic_write_text
 from kbguard.providers.openai_api import OPENAI_MODELS
@@ -41,7 +41,6 @@ DEFAULT_MODEL = {"sentence-transformers": "all-MiniLM-L6-v2", "fake": "fake-hash
 BUNDLED_MODELS = frozenset({"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"})
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 # TOML arrays arrive as lists: a tuple field takes them (strict mode alone would refuse them)
@@ -168,7 +167,7 @@ class StoreTable(_Table):
     path: NonEmpty | None = None          # None: .kbguard/<kb>/store
     url: NonEmpty | None = None           # qdrant only: a server instead of a local path
     collection: Name | None = None        # None: the KB name
-    api_key_env: str | None = None        # the NAME of the variable holding the server's key
+    api_key_env: EnvName | None = None    # the NAME of the variable holding the server's key
 
     @model_validator(mode="before")
     @classmethod
@@ -179,15 +178,6 @@ class StoreTable(_Table):
                              "copied with it; put the key in an environment variable and name "
                              'it with store.api_key_env = "QDRANT_API_KEY"')
         return data
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _a_variable_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            # not echoed: a value that is no variable name may be the key itself
-            raise ValueError("must be the NAME of an environment variable (letters, digits "
-                             'and _, e.g. "QDRANT_API_KEY"), not the key')
-        return value
 
 
 class ManifestTable(_Table):

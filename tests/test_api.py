@@ -47,12 +47,17 @@ def test_a_kb_life_through_the_python_api(tmp_path: Path) -> None:
     assert kbguard.verify_kb(cfg).healthy
 
 
-def test_a_damaged_snapshot_is_a_verdict_not_an_error(tmp_path: Path) -> None:
+def _built(tmp_path: Path) -> kbguard.Config:
     corpus = tmp_path / "docs"
     corpus.mkdir()
     (corpus / "a.md").write_text(long_markdown("Alpha", sections=2))
     cfg = kbguard.init_config(corpus, tmp_path / "kb.toml", provider="fake")
     kbguard.rebuild_kb(cfg)
+    return cfg
+
+
+def test_a_damaged_snapshot_is_a_verdict_not_an_error(tmp_path: Path) -> None:
+    cfg = _built(tmp_path)
     snap = kbguard.create_snapshot(cfg)
     points = next(Path(snap.path).glob("points*.parquet"))
     points.write_bytes(points.read_bytes()[:-10] + b"0123456789")
@@ -87,11 +92,7 @@ def test_importing_kbguard_changes_no_global_state() -> None:
 def test_errors_carry_what_callers_act_on(tmp_path: Path) -> None:
     from kbguard.lock import kb_lock
 
-    corpus = tmp_path / "docs"
-    corpus.mkdir()
-    (corpus / "a.md").write_text(long_markdown("Alpha", sections=2))
-    cfg = kbguard.init_config(corpus, tmp_path / "kb.toml", provider="fake")
-    kbguard.rebuild_kb(cfg)
+    cfg = _built(tmp_path)
     with kb_lock(cfg.manifest, "snapshot create"):
         with pytest.raises(kbguard.LockedError) as err:
             kbguard.rebuild_kb(cfg)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,6 +33,18 @@ MAX_BATCH_TOKENS = 300_000
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
+def _variable_name(value: str) -> str:
+    if not _ENV_NAME.match(value):
+        # never echoed: a value that is no variable name may be the key itself
+        raise ValueError("must be the NAME of an environment variable (letters, digits, _), "
+                         "e.g. OPENAI_API_KEY, never the key itself")
+    return value
+
+
+#: where a config names the environment variable that holds a key
+EnvName = Annotated[str, AfterValidator(_variable_name)]
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -41,7 +54,7 @@ class OpenAIProviderSettings(_Entry):
 
     type: Literal["openai"] = "openai"
     base_url: str = "https://api.openai.com/v1"
-    api_key_env: str | None = None       # the NAME of an environment variable, never the key
+    api_key_env: EnvName | None = None   # the NAME of an environment variable, never the key
     api_key_file: Path | None = None     # a file holding the key, readable by its owner only
     model: str | None = None             # what the endpoint expects; defaults to the space's
     timeout_s: float = Field(30.0, gt=0, le=3600)
@@ -64,14 +77,6 @@ class OpenAIProviderSettings(_Entry):
         if parts.username or parts.password:
             raise ValueError("must not carry credentials; name them with api_key_env")
         return value.rstrip("/")
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.match(value):
-            raise ValueError("must be the NAME of an environment variable (letters, digits, _), "
-                             "e.g. OPENAI_API_KEY, never the key itself")
-        return value
 
     @model_validator(mode="after")
     def _one_key_source(self) -> OpenAIProviderSettings:
