@@ -77,14 +77,20 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
         with Manifest.open(cfg.manifest, read_only=True) as m:
             lacking = {s.name: m.chunks_lacking_vectors(s.space_id) for s in cfg.spaces}
         passed: list[dict[str, str]] = []
-        for sp in [asked, *(s for s in cfg.spaces if s is not asked)]:
+        order = [asked, *(s for s in cfg.spaces if s is not asked)]
+        for sp in order:
             if lacking[sp.name]:
                 passed.append({"space": sp.name, "reason": (
                     f"space {sp.name!r} is incomplete: {lacking[sp.name]} chunks have no "
                     "vector in it yet (the next `kbguard rebuild` fills them)")})
-                continue
+        complete = [sp for sp in order if not lacking[sp.name]]
+        for n, sp in enumerate(complete, 1):
+            # Cut the wait short only for a remote provider (a local model loading is no
+            # outage) and only when another space can answer instead.
+            remote = any(e.type == "openai" for e in sp.chain)
+            timeout = cfg.query_timeout_s if remote and n < len(complete) else None
             try:
-                vector = _embed_query(sp, query, cfg.query_timeout_s)
+                vector = _embed_query(sp, query, timeout)
             except EmbedError as exc:
                 passed.append({"space": sp.name, "reason": str(exc)})
                 continue
@@ -99,9 +105,12 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
         "space: see docs/providers.md).")
 
 
-def _embed_query(space: SpaceConfig, query: str, timeout_s: float) -> np.ndarray:
+def _embed_query(space: SpaceConfig, query: str, timeout_s: float | None) -> np.ndarray:
     """The query's vector in ``space``, or EmbedError when its providers fail or take longer
-    than ``timeout_s``: an answer from another space now beats this one later."""
+    than ``timeout_s`` (None: as long as they take): an answer from another space now beats
+    this one later."""
+    if timeout_s is None:
+        return chain_for(space).embed_batch([query])[0]
     box: dict[str, Any] = {}
 
     def work() -> None:

@@ -228,3 +228,23 @@ def test_sampled_re_embedding_by_verify_is_in_the_ledger(tmp_path: Path,
         kinds[("verify", "primary")][0] * 1000.0 / 1e6)
     spend = kb.cli_json("status")["spend"]["total"]
     assert spend["usd"] == pytest.approx(sum(usd for _, usd in kinds.values()))
+
+
+def test_a_local_model_is_waited_for_however_short_the_query_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # loading a local model is no outage: only a remote provider's wait is cut short
+    from kbguard.embed import FakeEmbedder
+
+    kb = make_kb(tmp_path, extra="[search]\nquery_timeout_s = 0.05\n")
+    assert kb.cli("rebuild").code == 0
+    providers.forget_chains()
+    slow = FakeEmbedder._embed
+
+    def loading(self: FakeEmbedder, texts: list[str]) -> np.ndarray:
+        time.sleep(0.3)  # a model that takes longer to load than the query timeout
+        return slow(self, texts)
+
+    monkeypatch.setattr(FakeEmbedder, "_embed", loading)
+    found = kb.cli_json("search", "Document 1 part 2 topic2")
+    assert (found["space"], found["degraded"]) == ("local", False)
+    assert found["results"][0]["path"] == "doc1.md"
