@@ -6,8 +6,12 @@ A snapshot is a folder ``<snapshot root>/<id>/`` holding
     documents.parquet   the manifest tables a restore needs to rebuild the KB from: documents,
     chunks.parquet      chunks (with their text) and the embedding cache
     embeddings.parquet
+    shard/              an Edge store's own shard folder, copied while the shard was closed
+                        (Edge snapshots only): a restore into an Edge store of the same
+                        engine version copies it back at disk speed instead of rebuilding
     snapshot.json       format version, KB, time, corpus revision, config, counts, and the
-                        sha256 and size of every other file; it carries its own checksum
+                        sha256 and size of every other file (the shard's files under
+                        ``shard``, with the engine version); it carries its own checksum
 
 It is written into ``<root>/.tmp-<id>`` and renamed into place after everything is on disk, so
 a folder with a snapshot's name is always complete. Nothing read back is trusted: the metadata
@@ -18,6 +22,7 @@ file must match its sha256 before a single row is read, and no file is ever unpi
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -47,6 +52,7 @@ from kbguard.progress import SILENT, Progress
 from kbguard.store import Point
 from kbguard.dvc_corpus import find_dvc_root
 from kbguard.kb import store_for
+from kbguard.store.edge import EdgeStore
 
 FORMAT_VERSION = 1
 META_FILE = "snapshot.json"
@@ -59,6 +65,9 @@ _TMP_PREFIX = ".tmp-"
 _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HASH_BLOCK = 1 << 20
+SHARD_DIR = "shard"            # the shard's files, in the snapshot and in snapshot.json
+ENGINE = "qdrant-edge-py"      # the package whose version decides whether shard files load
+_ZEROS = bytes(_HASH_BLOCK)
 _AGAIN = "run `kbguard snapshot create` again (the unfinished snapshot was deleted)"
 
 
@@ -183,13 +192,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_folder(folder: Path) -> dict[str, Any]:
+def verify_folder(folder: Path, *, shard: bool = True) -> dict[str, Any]:
     """Check a snapshot folder completely; returns its metadata body.
 
     Raises SnapshotDamaged naming the first file whose size or sha256 differs, or that is
-    missing, and SnapshotError for a snapshot that is unsafe to read.
+    missing, and SnapshotError for a snapshot that is unsafe to read. ``shard=False`` leaves
+    the shard files' contents unchecked (restore checks them as it copies them, and falls
+    back to the Parquet files when one is damaged), but not their names.
     """
     body = read_meta(folder)
+    shard_files = shard_entries(folder, body)
     files = body.get("files")
     if not isinstance(files, dict) or set(files) != set(DATA_FILES):
         raise SnapshotDamaged(
@@ -221,7 +233,130 @@ def verify_folder(folder: Path) -> dict[str, Any]:
                 f"Snapshot {folder.name}: {name} holds {rows} rows, its metadata says "
                 f"{entry.get('rows')}. Use another snapshot.", snapshot_id=folder.name, file=name
             )
+    if shard:
+        for rel, (path, entry) in shard_files.items():
+            if (not path.is_file() or path.stat().st_size != entry.get("bytes")
+                    or sha256_file(path) != entry.get("sha256")):
+                raise SnapshotDamaged(
+                    f"Snapshot {folder.name} is damaged: {SHARD_DIR}/{rel} is missing or does "
+                    "not match its sha256. A restore still works from its Parquet files; or "
+                    "use another snapshot.", snapshot_id=folder.name, file=f"{SHARD_DIR}/{rel}")
     return body
+
+
+def engine_version() -> str | None:
+    """The installed Qdrant Edge bindings' version: shard files load only into the same one."""
+    try:
+        return importlib.metadata.version(ENGINE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def shard_entries(folder: Path, body: dict[str, Any]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """The shard files a snapshot lists (relative path -> its path here and its entry); none
+    for a snapshot without them. Every name is checked to stay inside ``folder/shard``."""
+    shard = body.get("shard")
+    if shard is None:
+        return {}
+    files = shard.get("files") if isinstance(shard, dict) else None
+    if not isinstance(files, dict) or not isinstance(shard.get("dirs", []), list):
+        raise SnapshotDamaged(f"Snapshot {folder.name} lists its shard files wrongly. Use "
+                              "another snapshot.", snapshot_id=folder.name, file=META_FILE)
+    base = folder / SHARD_DIR
+    out = {}
+    for rel in [*files, *shard.get("dirs", [])]:
+        path = _safe_rel(folder, base, rel)
+        if rel in files:
+            out[rel] = (path, files[rel])
+    return out
+
+
+def shard_dirs(folder: Path, body: dict[str, Any]) -> list[str]:
+    return [d for d in body["shard"].get("dirs", [])
+            if _safe_rel(folder, folder / SHARD_DIR, d)]
+
+
+def _safe_rel(folder: Path, base: Path, rel: Any) -> Path:
+    """``base/rel`` for a relative path of plain names; SnapshotError for anything else."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or not all(_FILE_NAME.match(p) for p in parts):
+        raise SnapshotError(
+            f"Snapshot {folder.name} lists a shard file named {rel!r}, which is not a plain "
+            "path inside the snapshot. kbguard refuses it; do not use this snapshot.")
+    path = base.joinpath(*parts)
+    for p in [path, *path.parents]:
+        if p == base:
+            break
+        if p.is_symlink():
+            raise SnapshotError(
+                f"Snapshot {folder.name}: {SHARD_DIR}/{rel} is a link. kbguard refuses it; "
+                "do not use this snapshot.")
+    return path
+
+
+def copy_hashed(src: Path, dst: Path, want: str | None = None) -> tuple[str, int]:
+    """Copy one file and return its sha256 and size, in one read of it.
+
+    The engine preallocates its files sparse (32 MiB mostly holes): holes stay holes in the
+    copy and are hashed as the zeros they read as. With ``want``, a copy whose sha256
+    differs raises SnapshotDamaged (the caller deletes it)."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fd = fin.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # only a hole is left
+                start = size
+            end = os.lseek(fd, start, os.SEEK_HOLE) if start < size else size
+            while pos < start:  # the hole before this data
+                n = min(start - pos, _HASH_BLOCK)
+                h.update(_ZEROS[:n] if n < _HASH_BLOCK else _ZEROS)
+                pos += n
+            fin.seek(start)
+            fout.seek(start)
+            while pos < end:
+                block = fin.read(min(end - pos, _HASH_BLOCK))
+                if not block:
+                    break  # the file shrank: the sha256 check says so
+                h.update(block)
+                fout.write(block)
+                pos += len(block)
+            if pos < end:
+                break
+        fout.truncate(pos)
+        fout.flush()
+        os.fsync(fout.fileno())
+    digest = h.hexdigest()
+    if want is not None and digest != want:
+        raise SnapshotDamaged(f"{src} does not match its sha256", file=str(src))
+    return digest, pos
+
+
+def _copy_shard(src: Path, dst: Path) -> dict[str, Any]:
+    """Copy a closed shard folder into ``dst``; returns its entry for snapshot.json."""
+    files: dict[str, Any] = {}
+    dirs: list[str] = []
+    for here, subdirs, names in os.walk(src):
+        rel_here = Path(here).relative_to(src)
+        subdirs.sort()
+        for d in subdirs:
+            rel = (rel_here / d).as_posix()
+            (dst / rel).mkdir(parents=True)
+            dirs.append(rel)
+        for name in sorted(names):
+            rel = (rel_here / name).as_posix()
+            if (Path(here) / name).is_symlink():
+                raise SnapshotError(f"The Edge store at {src} holds a link, {rel}; kbguard "
+                                    "does not copy links. Remove it, or rebuild the store.")
+            digest, size = copy_hashed(Path(here) / name, dst / rel)
+            files[rel] = {"sha256": digest, "bytes": size}
+    for rel in [*dirs, "."]:
+        fsync_path(dst / rel)
+    return {"engine": ENGINE, "engine_version": engine_version(), "files": files,
+            "dirs": dirs}
 
 
 @dataclass
@@ -293,7 +428,9 @@ def list_snapshots(cfg: Config) -> list[SnapshotEntry]:
                 body = read_meta(root / sid)
                 snap.created_at = body.get("created_at")
                 snap.points = body.get("counts", {}).get("points")
-                snap.bytes = sum(int(f.get("bytes", 0)) for f in body.get("files", {}).values())
+                snap.bytes = sum(int(f.get("bytes", 0)) for f in [
+                    *body.get("files", {}).values(),
+                    *(body.get("shard") or {}).get("files", {}).values()])
             except SnapshotError as exc:
                 snap.problem = str(exc)
         out.append(snap)
@@ -351,6 +488,12 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 progress.stage("snapshot points", info.points)
                 points = _write_points(tmp / POINTS_FILE, store.scroll(batch_size=batch_size),
                                        specs, progress)
+                shard = None
+                if isinstance(store, EdgeStore):
+                    progress.stage("snapshot shard files")
+                    (tmp / SHARD_DIR).mkdir()
+                    with store.closed_and_held() as shard_path:
+                        shard = _copy_shard(shard_path, tmp / SHARD_DIR)
             crash_point("snapshot-write")
             with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest:
                 counts = manifest.row_counts(TABLES)
@@ -387,6 +530,8 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 "counts": counts,
                 "files": files,
             }
+            if shard is not None:
+                body["shard"] = shard
             (tmp / META_FILE).write_bytes(render_meta(body))
             for name in (*DATA_FILES, META_FILE):
                 fsync_path(tmp / name)
@@ -399,6 +544,8 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                                 resume=_AGAIN) from exc
             raise
         total = sum(f["bytes"] for f in files.values()) + (final / META_FILE).stat().st_size
+        if shard is not None:
+            total += sum(f["bytes"] for f in shard["files"].values())
         dvc = _dvc_add_and_push(cfg, final, dvc_remote) if dvc_push else None
     seconds = time.perf_counter() - started
     return CreateReport(id=sid, path=str(final), points=points, counts=counts, bytes=total,
