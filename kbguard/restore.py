@@ -303,6 +303,8 @@ def _restore_into(cfg: Config, live: Store, sid: str, folder: Path, body: dict[s
     try:
         why_not = _shard_refusal(cfg, live, body)
         if why_not is None:
+            assert isinstance(stage, EdgeStore)  # _shard_refusal made sure
+            base = stage.path
             try:
                 points = _restore_shard(cfg, stage, staged, sid, folder, body, batch_size,
                                         stages, progress)
@@ -310,7 +312,7 @@ def _restore_into(cfg: Config, live: Store, sid: str, folder: Path, body: dict[s
             except (SnapshotError, StoreError) as exc:
                 # the shard copy is thrown away; the Parquet files were checked already
                 stage.close()
-                shutil.rmtree(stage.path, ignore_errors=True)
+                shutil.rmtree(base, ignore_errors=True)
                 _remove(staged)
                 why = (f"the snapshot's shard files could not be used ({exc}); restored from "
                        "its Parquet files instead")

@@ -101,6 +101,7 @@ class CreateReport:
     points_per_s: float
     dvc: dict[str, str] | None = None
     notes: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -448,6 +449,7 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
         raise SnapshotError(f"batch_size must be positive, not {batch_size}.")
     started = time.perf_counter()
     notes: list[str] = []
+    stages: dict[str, float] = {}
     if not cfg.manifest.exists():  # before the lock, which would create the manifest's folder
         raise SnapshotError(
             f"There is no manifest at {cfg.manifest}, so there is nothing to snapshot. "
@@ -486,14 +488,18 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                              f"write snapshot {sid} ({info.points:,} points) into {root}",
                              resume=_AGAIN)
                 progress.stage("snapshot points", info.points)
+                t = time.perf_counter()
                 points = _write_points(tmp / POINTS_FILE, store.scroll(batch_size=batch_size),
                                        specs, progress)
+                stages["points parquet"] = time.perf_counter() - t
                 shard = None
                 if isinstance(store, EdgeStore):
                     progress.stage("snapshot shard files")
+                    t = time.perf_counter()
                     (tmp / SHARD_DIR).mkdir()
                     with store.closed_and_held() as shard_path:
                         shard = _copy_shard(shard_path, tmp / SHARD_DIR)
+                    stages["shard files"] = time.perf_counter() - t
             crash_point("snapshot-write")
             with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest:
                 counts = manifest.row_counts(TABLES)
@@ -501,13 +507,16 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 missing = manifest.unwritten_chunk_count()
                 run = manifest.last_run(kind="rebuild%", status="ok")
                 progress.stage("snapshot manifest")
+                t = time.perf_counter()
                 for table in TABLES:
                     manifest.export_table(table, tmp / f"{table}.parquet")
+                stages["manifest tables"] = time.perf_counter() - t
             if pending or missing:
                 notes.append(f"the last rebuild did not finish: {missing} chunks are not in the "
                              "store; a restore of this snapshot catches them up")
             counts["points"] = points
             files = {}
+            t = time.perf_counter()
             for name in DATA_FILES:
                 path = tmp / name
                 files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size,
@@ -537,6 +546,7 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 fsync_path(tmp / name)
             os.rename(tmp, final)
             fsync_path(root)
+            stages["checksums and sync"] = time.perf_counter() - t
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, OSError) and is_disk_full(exc):
@@ -551,7 +561,8 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
     return CreateReport(id=sid, path=str(final), points=points, counts=counts, bytes=total,
                         seconds=round(seconds, 3),
                         points_per_s=round(points / seconds, 1) if seconds else 0.0,
-                        dvc=dvc, notes=notes)
+                        dvc=dvc, notes=notes,
+                        stages={k: round(v, 3) for k, v in stages.items()})
 
 
 def _write_points(path: Path, pages: Iterator[list[Point]], specs: list[Any],
