@@ -92,7 +92,8 @@ def build_kb(cfg, n: int, seed: int = 0) -> None:
         docs = (n + PER_DOC - 1) // PER_DOC
         with m.transaction():
             m.con.execute(
-                "INSERT INTO documents SELECT 'docs/doc' || lpad(i::VARCHAR, 5, '0') || '.md', "
+                "INSERT INTO documents (path, file_hash, size, mtime_ns, indexed_hash, status, "
+                "error, chunks, updated_at) SELECT 'docs/doc' || lpad(i::VARCHAR, 5, '0') || '.md', "
                 "md5(i::VARCHAR), 4096, 0, md5(i::VARCHAR), 'ok', NULL, ?, now() "
                 "FROM range(?) t(i)", [PER_DOC, docs])
 

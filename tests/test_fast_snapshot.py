@@ -88,6 +88,8 @@ def test_restore_copies_the_shard_files_when_the_engine_versions_match(built_kb)
     kb.cli_json("rebuild")
     assert store_contents(kb.cfg) != original
 
+    res = kb.cli("restore", sid, "--yes", "--no-catch-up")
+    assert res.code == 0 and "  from       shard files\n" in res.stdout, res.stderr
     report = kb.cli_json("restore", sid, "--yes", "--no-catch-up")
     assert report["method"] == "shard files" and report["notes"] == []
     assert "copy shard files" in report["stages"] and "build" not in report["stages"]
@@ -166,8 +168,9 @@ def test_a_snapshot_without_shard_files_stays_valid(built_kb) -> None:
     sid, folder = _snapshot(kb)
     _rewrite_meta(folder, lambda body: body.pop("shard"))
     assert kb.cli_json("snapshot", "verify", sid)["ok"] is True
-    report = kb.cli_json("restore", sid, "--yes", "--no-catch-up")
-    assert report["method"] == "parquet" and report["notes"] == []
+    res = kb.cli("restore", sid, "--yes", "--no-catch-up")
+    assert res.code == 0, res.stderr
+    assert "  from       parquet\n" in res.stdout and "note" not in res.stdout
     assert store_contents(kb.cfg) == original
 
 
