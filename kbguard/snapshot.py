@@ -30,6 +30,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -467,7 +468,7 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 raise disk_full(root, f"write snapshot {sid} into {root}", resume=_AGAIN) from exc
             raise
         try:
-            with store_for(cfg) as store:
+            with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest, store_for(cfg) as store:
                 info = store.describe()
                 if not info.exists:
                     raise SnapshotError(
@@ -487,30 +488,35 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 require_free(tmp, 2 * 4 * info.points * sum(have.values()) + (1 << 20),
                              f"write snapshot {sid} ({info.points:,} points) into {root}",
                              resume=_AGAIN)
-                progress.stage("snapshot points", info.points)
-                t = time.perf_counter()
-                points = _write_points(tmp / POINTS_FILE, store.scroll(batch_size=batch_size),
-                                       specs, progress)
-                stages["points parquet"] = time.perf_counter() - t
-                shard = None
-                if isinstance(store, EdgeStore):
-                    progress.stage("snapshot shard files")
+                # DuckDB writes the manifest tables in a thread while this one reads the
+                # store: DuckDB runs without the GIL, reading the store needs it.
+                exporter = _TableExporter(manifest, tmp)
+                exporter.start()
+                try:
+                    progress.stage("snapshot points", info.points)
                     t = time.perf_counter()
-                    (tmp / SHARD_DIR).mkdir()
-                    with store.closed_and_held() as shard_path:
-                        shard = _copy_shard(shard_path, tmp / SHARD_DIR)
-                    stages["shard files"] = time.perf_counter() - t
-            crash_point("snapshot-write")
-            with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest:
+                    points = _write_points(tmp / POINTS_FILE,
+                                           store.scroll(batch_size=batch_size), specs, progress)
+                    stages["points parquet"] = time.perf_counter() - t
+                    shard = None
+                    if isinstance(store, EdgeStore):
+                        progress.stage("snapshot shard files")
+                        t = time.perf_counter()
+                        (tmp / SHARD_DIR).mkdir()
+                        with store.closed_and_held() as shard_path:
+                            shard = _copy_shard(shard_path, tmp / SHARD_DIR)
+                        stages["shard files"] = time.perf_counter() - t
+                finally:
+                    t = time.perf_counter()
+                    exporter.join()  # never close the manifest under a thread still using it
+                    stages["manifest tables (after the points)"] = time.perf_counter() - t
+                if exporter.error is not None:
+                    raise exporter.error
+                crash_point("snapshot-write")
                 counts = manifest.row_counts(TABLES)
                 pending = manifest.pending_point_count()
                 missing = manifest.unwritten_chunk_count()
                 run = manifest.last_run(kind="rebuild%", status="ok")
-                progress.stage("snapshot manifest")
-                t = time.perf_counter()
-                for table in TABLES:
-                    manifest.export_table(table, tmp / f"{table}.parquet")
-                stages["manifest tables"] = time.perf_counter() - t
             if pending or missing:
                 notes.append(f"the last rebuild did not finish: {missing} chunks are not in the "
                              "store; a restore of this snapshot catches them up")
@@ -563,6 +569,22 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                         points_per_s=round(points / seconds, 1) if seconds else 0.0,
                         dvc=dvc, notes=notes,
                         stages={k: round(v, 3) for k, v in stages.items()})
+
+
+class _TableExporter(threading.Thread):
+    """Writes the manifest tables a restore needs into the snapshot folder."""
+
+    def __init__(self, manifest: Manifest, folder: Path):
+        super().__init__(name="kbguard-snapshot-tables", daemon=True)
+        self.manifest, self.folder = manifest, folder
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for table in TABLES:
+                self.manifest.export_table(table, self.folder / f"{table}.parquet")
+        except Exception as exc:  # handed to the snapshotting thread, which raises it
+            self.error = exc
 
 
 def _write_points(path: Path, pages: Iterator[list[Point]], specs: list[Any],
