@@ -65,6 +65,21 @@ def test_an_edge_snapshot_lists_every_shard_file_with_its_sha256(built_kb) -> No
     assert kb.cli_json("snapshot", "verify", sid)["ok"] is True
 
 
+def test_a_shard_file_a_snapshot_cannot_list_leaves_the_snapshot_parquet_only(built_kb) -> None:
+    kb = built_kb()
+    original = store_contents(kb.cfg)
+    (kb.cfg.store_path / ".stray").write_text("not the engine's")
+    report = kb.cli_json("snapshot", "create")
+    assert report["notes"] == [
+        "this snapshot holds no shard files (the shard holds a file named '.stray', which a "
+        "snapshot cannot list); a restore rebuilds the store from its Parquet files"]
+    folder = snapshot_folder(kb.cfg, report["id"])
+    assert "shard" not in read_meta(folder) and not (folder / SHARD_DIR).exists()
+    restored = kb.cli_json("restore", report["id"], "--yes", "--no-catch-up")
+    assert restored["method"] == "parquet" and restored["notes"] == []
+    assert store_contents(kb.cfg) == original
+
+
 def test_snapshot_verify_catches_a_damaged_shard_file(built_kb) -> None:
     kb = built_kb()
     sid, folder = _snapshot(kb)
