@@ -339,6 +339,18 @@ def copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
     return h.hexdigest(), pos
 
 
+def _allocated(folder: Path) -> int:
+    """The bytes a folder's files take on disk (holes not counted)."""
+    total = 0
+    for here, _, names in os.walk(folder):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(here, name)).st_blocks * 512
+            except OSError:
+                pass  # gone meanwhile: the copy reports what matters
+    return total
+
+
 class _ShardUnfit(Exception):
     """The shard folder holds something a snapshot cannot carry: the snapshot goes without
     shard files (its Parquet files hold everything)."""
@@ -498,11 +510,15 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 specs = sorted(info.vectors, key=lambda v: v.name)
                 # Float32 vectors do not compress: the points file holds each once, the
                 # embedding cache about as many again. Refuse now rather than half-way.
-                require_free(tmp, 2 * 4 * info.points * sum(have.values()) + (1 << 20),
+                # An Edge snapshot also holds the shard's files: as many blocks as they take.
+                shard_room = (_allocated(store.path) if isinstance(store, EdgeStore) else 0)
+                require_free(tmp, 2 * 4 * info.points * sum(have.values()) + (1 << 20)
+                             + shard_room,
                              f"write snapshot {sid} ({info.points:,} points) into {root}",
                              resume=_AGAIN)
                 # DuckDB writes the manifest tables in a thread while this one reads the
                 # store: DuckDB runs without the GIL, reading the store needs it.
+                progress.stage("snapshot manifest")
                 exporter = _TableExporter(manifest, tmp)
                 exporter.start()
                 try:
