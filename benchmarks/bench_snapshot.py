@@ -7,8 +7,11 @@ times, through the library:
     snapshot   `create_snapshot`: scroll the store into Parquet, export the manifest tables,
                sha256 every file, rename into place
     restore    `restore(..., catch_up=False)` after the store and manifest are deleted: check
-               the snapshot's checksums, build the staging shard and manifest, read every point
-               back and compare it with the snapshot, switch over
+               the snapshot's checksums, copy the shard files into a staging shard (each
+               checked against its sha256) and build the manifest, read every point back and
+               compare it with the snapshot, switch over
+    parquet    the same restore made to take the portable path (as for another engine
+               version): the staging shard rebuilt point by point from points.parquet
 
 and checks that the restored store holds every point; each run starts from the KB the
 previous restore left. There is no corpus behind the synthetic
@@ -42,6 +45,7 @@ sys.path.insert(0, str(HERE.parent))
 from kbguard.config import load_config  # noqa: E402
 from kbguard.manifest import Manifest, vector_bytes, vector_checksum  # noqa: E402
 from kbguard.kb import point_payload, store_for, vector_specs  # noqa: E402
+import kbguard.restore as restore_mod  # noqa: E402
 from kbguard.restore import restore  # noqa: E402
 from kbguard.snapshot import create_snapshot  # noqa: E402
 from kbguard.store import Point  # noqa: E402
@@ -88,7 +92,8 @@ def build_kb(cfg, n: int, seed: int = 0) -> None:
         docs = (n + PER_DOC - 1) // PER_DOC
         with m.transaction():
             m.con.execute(
-                "INSERT INTO documents SELECT 'docs/doc' || lpad(i::VARCHAR, 5, '0') || '.md', "
+                "INSERT INTO documents (path, file_hash, size, mtime_ns, indexed_hash, status, "
+                "error, chunks, updated_at) SELECT 'docs/doc' || lpad(i::VARCHAR, 5, '0') || '.md', "
                 "md5(i::VARCHAR), 4096, 0, md5(i::VARCHAR), 'ok', NULL, ?, now() "
                 "FROM range(?) t(i)", [PER_DOC, docs])
 
@@ -104,11 +109,26 @@ def one_run(cfg, n: int) -> dict:
     snap = create_snapshot(cfg)
     snapshot_s = time.perf_counter() - t
 
+    # today's path first: the snapshot's Parquet files rebuilt point by point (the shard
+    # files are declared unusable by pretending another engine version is installed)
+    shutil.rmtree(cfg.store_path)
+    cfg.manifest.unlink()
+    real_version = restore_mod.engine_version
+    restore_mod.engine_version = lambda: "another"
+    try:
+        t = time.perf_counter()
+        rep_pq = restore(cfg, snap.id, catch_up=False)
+        parquet_s = time.perf_counter() - t
+    finally:
+        restore_mod.engine_version = real_version
+    assert rep_pq.method == "parquet", rep_pq
+
     shutil.rmtree(cfg.store_path)
     cfg.manifest.unlink()
     t = time.perf_counter()
     rep = restore(cfg, snap.id, catch_up=False)
     restore_s = time.perf_counter() - t
+    assert rep.method == "shard files", rep.notes
     with store_for(cfg) as store:
         assert store.count() == n, "the restored store lacks points"
     files = json.loads((Path(snap.path) / "snapshot.json").read_text())["snapshot"]["files"]
@@ -118,7 +138,11 @@ def one_run(cfg, n: int) -> dict:
         "snapshot_s": round(snapshot_s, 2), "snapshot_points_per_s": round(n / snapshot_s),
         "snapshot_bytes": snap.bytes, "snapshot_files": {k: v["bytes"] for k, v in files.items()},
         "restore_s": round(restore_s, 2), "restore_points_per_s": round(n / restore_s),
-        "restore_stages": rep.stages, "load_avg_1m": round(os.getloadavg()[0], 2),
+        "restore_stages": rep.stages, "snapshot_stages": snap.stages,
+        "restore_parquet_s": round(parquet_s, 2),
+        "restore_parquet_points_per_s": round(n / parquet_s),
+        "restore_parquet_stages": rep_pq.stages,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -145,14 +169,21 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     med = {k: statistics.median(r[k] for r in runs)
            for k in ("snapshot_s", "snapshot_points_per_s", "restore_s",
-                     "restore_points_per_s", "snapshot_bytes", "store_bytes")}
+                     "restore_points_per_s", "restore_parquet_s",
+                     "restore_parquet_points_per_s", "snapshot_bytes", "store_bytes")}
     stages = {k: statistics.median(r["restore_stages"][k] for r in runs)
               for k in runs[0]["restore_stages"]}
+    snap_stages = {k: statistics.median(r["snapshot_stages"][k] for r in runs)
+                   for k in runs[0]["snapshot_stages"]}
+    pq_stages = {k: statistics.median(r["restore_parquet_stages"][k] for r in runs)
+                 for k in runs[0]["restore_parquet_stages"]}
     load = os.getloadavg()
     record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
               "python": platform.python_version(), "load_after_last_run": load,
-              "median": med, "restore_stages_median": stages, "runs": runs}
+              "median": med, "restore_stages_median": stages,
+              "snapshot_stages_median": snap_stages,
+              "restore_parquet_stages_median": pq_stages, "runs": runs}
     out = HERE / "runs"
     out.mkdir(exist_ok=True)
     name = f"snapshot-{record['date'].replace(':', '')}.json"
@@ -163,7 +194,12 @@ def main() -> None:
           "points/s) |")
     print(f"| restore (check, build, verify, switch) | {med['restore_s']:.1f} s "
           f"({med['restore_points_per_s']:,.0f} points/s) |")
+    print("| snapshot stages | " + ", ".join(f"{k} {v:.2f} s" for k, v in snap_stages.items())
+          + " |")
     print("| restore stages | " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()) + " |")
+    print(f"| restore from Parquet (another engine version) | {med['restore_parquet_s']:.1f} s "
+          f"({med['restore_parquet_points_per_s']:,.0f} points/s) |")
+    print("| its stages | " + ", ".join(f"{k} {v:.2f} s" for k, v in pq_stages.items()) + " |")
     print(f"| snapshot size on disk | {med['snapshot_bytes'] / mb:.0f} MiB (store folder "
           f"{med['store_bytes'] / mb:.0f} MiB) |")
     print(f"\nraw: benchmarks/runs/{name}; load average {load}")

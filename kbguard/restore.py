@@ -6,7 +6,10 @@ The order is what makes a restore safe to kill at any moment:
    before anything is written;
 2. write the journal ``<manifest>.restore.json`` (phase ``building``), then build the snapshot
    into a *staging* store beside the live one (an Edge shard folder ``<store>.staging-<tag>``,
-   a Qdrant collection ``<name>--<tag>``) and a staging manifest ``<manifest>.restore-<tag>``;
+   a Qdrant collection ``<name>--<tag>``) and a staging manifest ``<manifest>.restore-<tag>``.
+   An Edge snapshot restored into an Edge store of the same engine version has its shard
+   files copied (each checked against its sha256 as it is copied); anything else, and any
+   shard file or read-back that does not match, is rebuilt point by point from Parquet;
 3. verify the staging store point by point against the snapshot, and the staging manifest's
    row counts;
 4. set the journal's phase to ``switching`` — the commit point, one atomic rename;
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,9 +39,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kbguard.config import Config
-from kbguard.disk import disk_full, existing_ancestor, free_bytes
-from kbguard.errors import (DiskFullError, KbguardError, ManifestError, SnapshotError,
-                            StoreDamaged, StoreError)
+from kbguard.disk import disk_full, existing_ancestor, free_bytes, is_disk_full
+from kbguard.errors import (DiskFullError, KbguardError, ManifestError, SnapshotDamaged,
+                            SnapshotError, StoreDamaged, StoreError)
 from kbguard.faults import crash_point
 from kbguard.durable import atomic_write_text, fsync_path
 from kbguard.lock import kb_lock
@@ -45,16 +49,23 @@ from kbguard.manifest import Manifest, now
 from kbguard.progress import SILENT, Progress
 from kbguard.snapshot import (
     BATCH,
+    ENGINE,
     POINTS_FILE,
+    SHARD_DIR,
     TABLES,
     VECTOR_PREFIX,
+    copy_hashed,
+    engine_version,
     list_snapshots,
     pull_snapshot,
     read_points,
+    shard_dirs,
+    shard_entries,
     snapshot_folder,
     verify_folder,
 )
 from kbguard.store import Store, VectorSpec
+from kbguard.store.edge import EdgeStore
 from kbguard.kb import store_for
 from kbguard.rebuild import rebuild
 
@@ -72,6 +83,9 @@ class RestoreReport:
     stages: dict[str, float]
     notes: list[str] = field(default_factory=list)
     catch_up: dict[str, Any] | None = None
+    # "shard files": the snapshot's Edge shard copied in; "parquet": rebuilt point by point;
+    # "finished": an interrupted restore of this snapshot was completed
+    method: str = "parquet"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,15 +151,16 @@ def restore(cfg: Config, snapshot_id: str | None = None, *, latest: bool = False
             _check_fits(cfg, sid, body)
             if finished == sid:
                 points = int(body["counts"]["points"])  # that restore is this one: it is done
+                method = "finished"
             else:
                 _check_room(cfg, live, sid, folder, body)
-                points = _restore_into(cfg, live, sid, folder, body, batch_size, stages,
-                                       notes, progress)
+                points, method = _restore_into(cfg, live, sid, folder, body, batch_size,
+                                               stages, notes, progress)
     seconds = time.perf_counter() - started
     report = RestoreReport(
         kb=cfg.kb, snapshot=sid, backend=cfg.store_backend, points=points,
         seconds=round(seconds, 3), points_per_s=round(points / seconds, 1) if seconds else 0.0,
-        stages={k: round(v, 3) for k, v in stages.items()}, notes=notes)
+        stages={k: round(v, 3) for k, v in stages.items()}, notes=notes, method=method)
     if catch_up:
         try:
             report.catch_up = rebuild(cfg, progress=progress).to_dict()
@@ -176,7 +191,9 @@ def _choose(cfg: Config, snapshot_id: str | None, dvc_remote: str | None, notes:
                 progress.note(f"snapshot {sid} is not here: pulling it with DVC")
                 folder = pull_snapshot(cfg, sid, dvc_remote)
             progress.stage(f"check {sid}")
-            body = verify_folder(folder)
+            # the shard files are checked as they are copied: a damaged one is a reason to
+            # restore from Parquet, not to refuse the snapshot
+            body = verify_folder(folder, shard=False)
         except SnapshotError as exc:
             if snapshot_id is not None:
                 raise
@@ -275,20 +292,41 @@ def _clear_leftovers(live: Store, notes: list[str]) -> None:
 
 def _restore_into(cfg: Config, live: Store, sid: str, folder: Path, body: dict[str, Any],
                   batch_size: int, stages: dict[str, float], notes: list[str],
-                  progress: Progress) -> int:
+                  progress: Progress) -> tuple[int, str]:
     _clear_leftovers(live, notes)  # no journal: anything staged or set aside is a dead restore's
     tag = secrets.token_hex(4)
     staged = _staged_manifest(cfg, tag)
     stage = live.staging(tag)
     _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": BUILDING,
                          "started_at": now().isoformat(timespec="seconds")})
+    method = "parquet"
     try:
-        t = time.perf_counter()
-        points = _build(cfg, stage, staged, sid, folder, body, batch_size, progress)
-        stages["build"] = time.perf_counter() - t
-        t = time.perf_counter()
-        _verify_copy(stage, folder, body, batch_size, progress)
-        stages["verify"] = time.perf_counter() - t
+        why_not = _shard_refusal(cfg, live, body)
+        if why_not is None:
+            assert isinstance(stage, EdgeStore)  # _shard_refusal made sure
+            base = stage.path
+            try:
+                points = _restore_shard(cfg, stage, staged, sid, folder, body, batch_size,
+                                        stages, progress)
+                method = "shard files"
+            except (SnapshotError, StoreError) as exc:
+                # the shard copy is thrown away; the Parquet files were checked already
+                stage.close()
+                shutil.rmtree(base, ignore_errors=True)
+                _remove(staged)
+                why = (f"the snapshot's shard files could not be used ({exc}); restored from "
+                       "its Parquet files instead")
+                notes.append(why)
+                progress.note(why)
+        elif body.get("shard") is not None:
+            notes.append(f"restored from the snapshot's Parquet files: {why_not}")
+        if method == "parquet":
+            t = time.perf_counter()
+            points = _build(cfg, stage, staged, sid, folder, body, batch_size, progress)
+            stages["build"] = time.perf_counter() - t
+            t = time.perf_counter()
+            _verify_copy(stage, folder, body, batch_size, progress)
+            stages["verify"] = time.perf_counter() - t
         stage.close()
     except BaseException:
         # Not switched: the KB is untouched. Clear the partial copy (a SIGKILL skips this;
@@ -306,6 +344,76 @@ def _restore_into(cfg: Config, live: Store, sid: str, folder: Path, body: dict[s
     crash_point("restore-commit")
     _switch(cfg, live, tag)
     stages["switch"] = time.perf_counter() - t
+    return points, method
+
+
+def _shard_refusal(cfg: Config, live: Store, body: dict[str, Any]) -> str | None:
+    """Why the snapshot's shard files cannot be copied in; None when they can."""
+    shard = body.get("shard")
+    if shard is None:
+        return "the snapshot holds no shard files"
+    if not isinstance(live, EdgeStore):
+        return (f"the KB's store is {cfg.store_backend}, and the shard files are a Qdrant Edge "
+                "store's")
+    mine, theirs = engine_version(), shard.get("engine_version")
+    if mine is None or theirs != mine:
+        return (f"the shard files are from {ENGINE} {theirs}, and this is {ENGINE} {mine}; "
+                "a shard loads only into the engine version that wrote it")
+    return None
+
+
+def _restore_shard(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
+                   body: dict[str, Any], batch_size: int, stages: dict[str, float],
+                   progress: Progress) -> int:
+    """Copy the snapshot's shard files into the staging folder, each checked against its
+    sha256 as it is copied, then read every point back against points.parquet (the same
+    check a rebuilt copy gets). SnapshotDamaged or StoreError: not usable, fall back."""
+    assert isinstance(stage, EdgeStore)
+    base = stage.path
+    specs = {v["name"]: (int(v["dim"]), v["distance"]) for v in body["config"]["vectors"]}
+
+    def fill() -> int:
+        t = time.perf_counter()
+        entries = shard_entries(folder, body)
+        base.mkdir()
+        for rel in shard_dirs(folder, body):
+            (base / rel).mkdir(parents=True, exist_ok=True)
+        progress.stage("restore shard files", len(entries))
+        for rel, (src, entry) in entries.items():
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                digest, size = copy_hashed(src, base / rel)
+            except FileNotFoundError as exc:
+                raise SnapshotDamaged(f"{SHARD_DIR}/{rel} is missing", snapshot_id=sid,
+                                      file=f"{SHARD_DIR}/{rel}") from exc
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise disk_full(base, f"restore snapshot {sid} into {base}",
+                                    resume="run the restore again; the KB was not "
+                                           "touched") from exc
+                raise
+            if digest != entry.get("sha256") or size != entry.get("bytes"):
+                raise SnapshotDamaged(f"{SHARD_DIR}/{rel} does not match its sha256",
+                                      snapshot_id=sid, file=f"{SHARD_DIR}/{rel}")
+            crash_point("restore-build")
+            progress.advance(1)
+        for rel in [*shard_dirs(folder, body), "."]:
+            fsync_path(base / rel)
+        stages["copy shard files"] = time.perf_counter() - t
+        # The check runs here, while DuckDB loads the manifest tables in its thread: the
+        # check needs the GIL, DuckDB does not.
+        t2 = time.perf_counter()
+        _verify_copy(stage, folder, body, batch_size, progress)
+        have = {v.name: (v.dim, v.distance) for v in stage.describe().vectors}
+        if have != specs:
+            _mismatch(stage, f"its vectors are {have}, the snapshot's {specs}")
+        stages["verify"] = time.perf_counter() - t2
+        return int(body["counts"]["points"])  # _verify_copy counted what the shard holds
+
+    t = time.perf_counter()
+    points = _build(cfg, stage, staged, sid, folder, body, batch_size, progress, fill=fill)
+    stages["manifest (after the check)"] = time.perf_counter() - t - sum(
+        stages[k] for k in ("copy shard files", "verify"))
     return points
 
 
@@ -346,29 +454,37 @@ def _finish_interrupted(cfg: Config, live: Store, notes: list[str]) -> str | Non
 # -- building and checking the copy -----------------------------------------------------------
 
 def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
-           body: dict[str, Any], batch_size: int, progress: Progress) -> int:
+           body: dict[str, Any], batch_size: int, progress: Progress,
+           fill: Any = None) -> int:
+    """Build the staging manifest from the snapshot's tables and the staging store from its
+    points, or with ``fill()`` (which returns the number of points) instead."""
     specs = [VectorSpec(v["name"], int(v["dim"]), v["distance"])
              for v in body["config"]["vectors"]]
     stage.drop()
-    stage.create(specs)
+    if fill is None:
+        stage.create(specs)
     _remove(staged)
     with Manifest.open(staged, kb=cfg.kb) as manifest:
         run_id = manifest.start_run("restore")
         # DuckDB loads the manifest tables on a connection of its own in a thread while this
         # one writes the points: DuckDB runs without the GIL, the point writes need it.
-        loader = _TableLoader(manifest, folder)
+        names = sorted(v["name"] for v in body["config"]["vectors"])
+        loader = _TableLoader(manifest, folder, {name: VECTOR_PREFIX + name for name in names})
         loader.start()
         try:
-            progress.stage("restore points", int(body["counts"]["points"]))
-            n = 0
-            for batch in read_points(folder, body, batch_size):
-                points = batch.points()
-                # no flush per batch: a killed build is thrown away, never resumed
-                stage.upsert(points)
-                n += len(points)
-                crash_point("restore-build")
-                progress.advance(len(points))
-            stage.flush()
+            if fill is not None:
+                n = fill()
+            else:
+                progress.stage("restore points", int(body["counts"]["points"]))
+                n = 0
+                for batch in read_points(folder, body, batch_size):
+                    points = batch.points()
+                    # no flush per batch: a killed build is thrown away, never resumed
+                    stage.upsert(points)
+                    n += len(points)
+                    crash_point("restore-build")
+                    progress.advance(len(points))
+                stage.flush()
         finally:
             loader.join()  # never close the manifest under a thread still writing into it
         if isinstance(loader.error, DiskFullError):
@@ -379,9 +495,6 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
             reason = loader.error.__cause__ or loader.error
             raise ManifestError(f"Loading the snapshot's tables into the new manifest failed: "
                                 f"{reason}. The KB was not switched.") from loader.error
-        names = sorted(v["name"] for v in body["config"]["vectors"])
-        manifest.record_restored_points(folder / POINTS_FILE,
-                                        {name: VECTOR_PREFIX + name for name in names})
         counts = body["counts"]
         got = manifest.row_counts(TABLES)
         got["points"] = n
@@ -398,16 +511,18 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
 
 class _TableLoader(threading.Thread):
     """Loads documents, chunks and the embedding cache from the snapshot into the staging
-    manifest, in one transaction on a connection of its own."""
+    manifest, in one transaction on a connection of its own, then the store state of the
+    snapshot's points (the restoring thread does not use the manifest meanwhile)."""
 
-    def __init__(self, manifest: Manifest, folder: Path):
+    def __init__(self, manifest: Manifest, folder: Path, vector_columns: dict[str, str]):
         super().__init__(name="kbguard-restore-tables", daemon=True)
-        self.manifest, self.folder = manifest, folder
+        self.manifest, self.folder, self.columns = manifest, folder, vector_columns
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             self.manifest.import_tables({t: self.folder / f"{t}.parquet" for t in TABLES})
+            self.manifest.record_restored_points(self.folder / POINTS_FILE, self.columns)
         except Exception as exc:  # handed to the restoring thread, which raises it
             self.error = exc
 

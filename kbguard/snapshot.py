@@ -6,8 +6,12 @@ A snapshot is a folder ``<snapshot root>/<id>/`` holding
     documents.parquet   the manifest tables a restore needs to rebuild the KB from: documents,
     chunks.parquet      chunks (with their text) and the embedding cache
     embeddings.parquet
+    shard/              an Edge store's own shard folder, copied while the shard was closed
+                        (Edge snapshots only): a restore into an Edge store of the same
+                        engine version copies it back at disk speed instead of rebuilding
     snapshot.json       format version, KB, time, corpus revision, config, counts, and the
-                        sha256 and size of every other file; it carries its own checksum
+                        sha256 and size of every other file (the shard's files under
+                        ``shard``, with the engine version); it carries its own checksum
 
 It is written into ``<root>/.tmp-<id>`` and renamed into place after everything is on disk, so
 a folder with a snapshot's name is always complete. Nothing read back is trusted: the metadata
@@ -17,7 +21,9 @@ file must match its sha256 before a single row is read, and no file is ever unpi
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -25,6 +31,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -47,6 +54,7 @@ from kbguard.progress import SILENT, Progress
 from kbguard.store import Point
 from kbguard.dvc_corpus import find_dvc_root
 from kbguard.kb import store_for
+from kbguard.store.edge import EdgeStore
 
 FORMAT_VERSION = 1
 META_FILE = "snapshot.json"
@@ -59,6 +67,9 @@ _TMP_PREFIX = ".tmp-"
 _ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _HASH_BLOCK = 1 << 20
+SHARD_DIR = "shard"            # the shard's files, in the snapshot and in snapshot.json
+ENGINE = "qdrant-edge-py"      # the package whose version decides whether shard files load
+_ZEROS = bytes(_HASH_BLOCK)
 _AGAIN = "run `kbguard snapshot create` again (the unfinished snapshot was deleted)"
 
 
@@ -92,6 +103,7 @@ class CreateReport:
     points_per_s: float
     dvc: dict[str, str] | None = None
     notes: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,13 +195,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_folder(folder: Path) -> dict[str, Any]:
+def verify_folder(folder: Path, *, shard: bool = True) -> dict[str, Any]:
     """Check a snapshot folder completely; returns its metadata body.
 
     Raises SnapshotDamaged naming the first file whose size or sha256 differs, or that is
-    missing, and SnapshotError for a snapshot that is unsafe to read.
+    missing, and SnapshotError for a snapshot that is unsafe to read. ``shard=False`` leaves
+    the shard files' contents unchecked (restore checks them as it copies them, and falls
+    back to the Parquet files when one is damaged), but not their names.
     """
     body = read_meta(folder)
+    shard_files = shard_entries(folder, body)
     files = body.get("files")
     if not isinstance(files, dict) or set(files) != set(DATA_FILES):
         raise SnapshotDamaged(
@@ -221,7 +236,154 @@ def verify_folder(folder: Path) -> dict[str, Any]:
                 f"Snapshot {folder.name}: {name} holds {rows} rows, its metadata says "
                 f"{entry.get('rows')}. Use another snapshot.", snapshot_id=folder.name, file=name
             )
+    if shard:
+        for rel, (path, entry) in shard_files.items():
+            if (not path.is_file() or path.stat().st_size != entry.get("bytes")
+                    or sha256_file(path) != entry.get("sha256")):
+                raise SnapshotDamaged(
+                    f"Snapshot {folder.name} is damaged: {SHARD_DIR}/{rel} is missing or does "
+                    "not match its sha256. A restore still works from its Parquet files; or "
+                    "use another snapshot.", snapshot_id=folder.name, file=f"{SHARD_DIR}/{rel}")
     return body
+
+
+def engine_version() -> str | None:
+    """The installed Qdrant Edge bindings' version: shard files load only into the same one."""
+    try:
+        return importlib.metadata.version(ENGINE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def shard_entries(folder: Path, body: dict[str, Any]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """The shard files a snapshot lists (relative path -> its path here and its entry); none
+    for a snapshot without them. Every name is checked to stay inside ``folder/shard``."""
+    shard = body.get("shard")
+    if shard is None:
+        return {}
+    files = shard.get("files") if isinstance(shard, dict) else None
+    if not isinstance(files, dict) or not isinstance(shard.get("dirs", []), list):
+        raise SnapshotDamaged(f"Snapshot {folder.name} lists its shard files wrongly. Use "
+                              "another snapshot.", snapshot_id=folder.name, file=META_FILE)
+    base = folder / SHARD_DIR
+    out = {}
+    for rel in [*files, *shard.get("dirs", [])]:
+        path = _safe_rel(folder, base, rel)
+        if rel in files:
+            out[rel] = (path, files[rel])
+    return out
+
+
+def shard_dirs(folder: Path, body: dict[str, Any]) -> list[str]:
+    return [d for d in body["shard"].get("dirs", [])
+            if _safe_rel(folder, folder / SHARD_DIR, d)]
+
+
+def _safe_rel(folder: Path, base: Path, rel: Any) -> Path:
+    """``base/rel`` for a relative path of plain names; SnapshotError for anything else."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or not all(_FILE_NAME.match(p) for p in parts):
+        raise SnapshotError(
+            f"Snapshot {folder.name} lists a shard file named {rel!r}, which is not a plain "
+            "path inside the snapshot. kbguard refuses it; do not use this snapshot.")
+    path = base.joinpath(*parts)
+    for p in [path, *path.parents]:
+        if p == base:
+            break
+        if p.is_symlink():
+            raise SnapshotError(
+                f"Snapshot {folder.name}: {SHARD_DIR}/{rel} is a link. kbguard refuses it; "
+                "do not use this snapshot.")
+    return path
+
+
+def copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
+    """Copy one file and return its sha256 and size, in one read of it.
+
+    The engine preallocates its files sparse (32 MiB mostly holes): holes stay holes in the
+    copy and are hashed as the zeros they read as."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fd = fin.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    start = end = size      # only a hole is left
+                elif exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                    start, end = pos, size  # no hole support here: all of it is data
+                else:
+                    raise
+            while pos < start:  # the hole before this data
+                n = min(start - pos, _HASH_BLOCK)
+                h.update(_ZEROS[:n] if n < _HASH_BLOCK else _ZEROS)
+                pos += n
+            fin.seek(start)
+            fout.seek(start)
+            while pos < end:
+                block = fin.read(min(end - pos, _HASH_BLOCK))
+                if not block:
+                    break  # the file shrank: the sha256 check says so
+                h.update(block)
+                fout.write(block)
+                pos += len(block)
+            if pos < end:
+                break
+        fout.truncate(pos)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return h.hexdigest(), pos
+
+
+def _allocated(folder: Path) -> int:
+    """The bytes a folder's files take on disk (holes not counted)."""
+    total = 0
+    for here, _, names in os.walk(folder):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(here, name)).st_blocks * 512
+            except OSError:
+                pass  # gone meanwhile: the copy reports what matters
+    return total
+
+
+class _ShardUnfit(Exception):
+    """The shard folder holds something a snapshot cannot carry: the snapshot goes without
+    shard files (its Parquet files hold everything)."""
+
+
+def _copy_shard(src: Path, dst: Path) -> dict[str, Any]:
+    """Copy a closed shard folder into ``dst``; returns its entry for snapshot.json."""
+    files: dict[str, Any] = {}
+    dirs: list[str] = []
+    for here, subdirs, names in os.walk(src):
+        rel_here = Path(here).relative_to(src)
+        subdirs.sort()
+        for d in subdirs:
+            rel = (rel_here / d).as_posix()
+            if not _FILE_NAME.match(d):
+                raise _ShardUnfit(f"the shard holds a folder named {rel!r}, which a snapshot "
+                                  "cannot list")
+            (dst / rel).mkdir(parents=True)
+            dirs.append(rel)
+        for name in sorted(names):
+            rel = (rel_here / name).as_posix()
+            if not _FILE_NAME.match(name):
+                raise _ShardUnfit(f"the shard holds a file named {rel!r}, which a snapshot "
+                                  "cannot list")
+            if (Path(here) / name).is_symlink():
+                raise SnapshotError(f"The Edge store at {src} holds a link, {rel}; kbguard "
+                                    "does not copy links. Remove it, or rebuild the store.")
+            digest, size = copy_hashed(Path(here) / name, dst / rel)
+            files[rel] = {"sha256": digest, "bytes": size}
+    for rel in [*dirs, "."]:
+        fsync_path(dst / rel)
+    return {"engine": ENGINE, "engine_version": engine_version(), "files": files,
+            "dirs": dirs}
 
 
 @dataclass
@@ -293,7 +455,9 @@ def list_snapshots(cfg: Config) -> list[SnapshotEntry]:
                 body = read_meta(root / sid)
                 snap.created_at = body.get("created_at")
                 snap.points = body.get("counts", {}).get("points")
-                snap.bytes = sum(int(f.get("bytes", 0)) for f in body.get("files", {}).values())
+                snap.bytes = sum(int(f.get("bytes", 0)) for f in [
+                    *body.get("files", {}).values(),
+                    *(body.get("shard") or {}).get("files", {}).values()])
             except SnapshotError as exc:
                 snap.problem = str(exc)
         out.append(snap)
@@ -311,6 +475,7 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
         raise SnapshotError(f"batch_size must be positive, not {batch_size}.")
     started = time.perf_counter()
     notes: list[str] = []
+    stages: dict[str, float] = {}
     if not cfg.manifest.exists():  # before the lock, which would create the manifest's folder
         raise SnapshotError(
             f"There is no manifest at {cfg.manifest}, so there is nothing to snapshot. "
@@ -328,7 +493,7 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 raise disk_full(root, f"write snapshot {sid} into {root}", resume=_AGAIN) from exc
             raise
         try:
-            with store_for(cfg) as store:
+            with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest, store_for(cfg) as store:
                 info = store.describe()
                 if not info.exists:
                     raise SnapshotError(
@@ -345,26 +510,53 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 specs = sorted(info.vectors, key=lambda v: v.name)
                 # Float32 vectors do not compress: the points file holds each once, the
                 # embedding cache about as many again. Refuse now rather than half-way.
-                require_free(tmp, 2 * 4 * info.points * sum(have.values()) + (1 << 20),
+                # An Edge snapshot also holds the shard's files: as many blocks as they take.
+                shard_room = (_allocated(store.path) if isinstance(store, EdgeStore) else 0)
+                require_free(tmp, 2 * 4 * info.points * sum(have.values()) + (1 << 20)
+                             + shard_room,
                              f"write snapshot {sid} ({info.points:,} points) into {root}",
                              resume=_AGAIN)
-                progress.stage("snapshot points", info.points)
-                points = _write_points(tmp / POINTS_FILE, store.scroll(batch_size=batch_size),
-                                       specs, progress)
-            crash_point("snapshot-write")
-            with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest:
+                # DuckDB writes the manifest tables in a thread while this one reads the
+                # store: DuckDB runs without the GIL, reading the store needs it.
+                progress.stage("snapshot manifest")
+                exporter = _TableExporter(manifest, tmp)
+                exporter.start()
+                try:
+                    progress.stage("snapshot points", info.points)
+                    t = time.perf_counter()
+                    points = _write_points(tmp / POINTS_FILE,
+                                           store.scroll(batch_size=batch_size), specs, progress)
+                    stages["points parquet"] = time.perf_counter() - t
+                    shard = None
+                    if isinstance(store, EdgeStore):
+                        progress.stage("snapshot shard files")
+                        t = time.perf_counter()
+                        (tmp / SHARD_DIR).mkdir()
+                        try:
+                            with store.closed_and_held() as shard_path:
+                                shard = _copy_shard(shard_path, tmp / SHARD_DIR)
+                        except _ShardUnfit as exc:
+                            shutil.rmtree(tmp / SHARD_DIR)
+                            notes.append(f"this snapshot holds no shard files ({exc}); a "
+                                         "restore rebuilds the store from its Parquet files")
+                        stages["shard files"] = time.perf_counter() - t
+                finally:
+                    t = time.perf_counter()
+                    exporter.join()  # never close the manifest under a thread still using it
+                    stages["manifest tables (after the points)"] = time.perf_counter() - t
+                if exporter.error is not None:
+                    raise exporter.error
+                crash_point("snapshot-write")
                 counts = manifest.row_counts(TABLES)
                 pending = manifest.pending_point_count()
                 missing = manifest.unwritten_chunk_count()
                 run = manifest.last_run(kind="rebuild%", status="ok")
-                progress.stage("snapshot manifest")
-                for table in TABLES:
-                    manifest.export_table(table, tmp / f"{table}.parquet")
             if pending or missing:
                 notes.append(f"the last rebuild did not finish: {missing} chunks are not in the "
                              "store; a restore of this snapshot catches them up")
             counts["points"] = points
             files = {}
+            t = time.perf_counter()
             for name in DATA_FILES:
                 path = tmp / name
                 files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size,
@@ -387,11 +579,14 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 "counts": counts,
                 "files": files,
             }
+            if shard is not None:
+                body["shard"] = shard
             (tmp / META_FILE).write_bytes(render_meta(body))
             for name in (*DATA_FILES, META_FILE):
                 fsync_path(tmp / name)
             os.rename(tmp, final)
             fsync_path(root)
+            stages["checksums and sync"] = time.perf_counter() - t
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, OSError) and is_disk_full(exc):
@@ -399,12 +594,31 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                                 resume=_AGAIN) from exc
             raise
         total = sum(f["bytes"] for f in files.values()) + (final / META_FILE).stat().st_size
+        if shard is not None:
+            total += sum(f["bytes"] for f in shard["files"].values())
         dvc = _dvc_add_and_push(cfg, final, dvc_remote) if dvc_push else None
     seconds = time.perf_counter() - started
     return CreateReport(id=sid, path=str(final), points=points, counts=counts, bytes=total,
                         seconds=round(seconds, 3),
                         points_per_s=round(points / seconds, 1) if seconds else 0.0,
-                        dvc=dvc, notes=notes)
+                        dvc=dvc, notes=notes,
+                        stages={k: round(v, 3) for k, v in stages.items()})
+
+
+class _TableExporter(threading.Thread):
+    """Writes the manifest tables a restore needs into the snapshot folder."""
+
+    def __init__(self, manifest: Manifest, folder: Path):
+        super().__init__(name="kbguard-snapshot-tables", daemon=True)
+        self.manifest, self.folder = manifest, folder
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for table in TABLES:
+                self.manifest.export_table(table, self.folder / f"{table}.parquet")
+        except Exception as exc:  # handed to the snapshotting thread, which raises it
+            self.error = exc
 
 
 def _write_points(path: Path, pages: Iterator[list[Point]], specs: list[Any],

@@ -30,7 +30,8 @@ def test_create_writes_parquet_files_and_checked_metadata(built: KB) -> None:
     sid = res.stdout.strip()                       # stdout is the id and nothing else
     assert built.cli_json("status")["latest_snapshot"]["id"] == sid
     folder = snapshot_folder(built.cfg, sid)
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*DATA_FILES, META_FILE])
+    # an Edge KB's snapshot also carries the shard's own files (tests/test_fast_snapshot.py)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*DATA_FILES, META_FILE, "shard"])
     body = read_meta(folder)
     assert body["kb"] == "testkb" and body["id"] == sid
     assert body["config"]["vectors"] == [{"name": "local", "dim": 64, "distance": "cosine"}]

@@ -184,6 +184,7 @@ def restore_cmd(
     stdout.print(f"Restored KB '{report.kb}' from snapshot {report.snapshot}: {report.points} "
                  f"points into the {report.backend} store in {report.seconds:.1f} s "
                  f"({report.points_per_s:.0f} points/s)")
+    stdout.print(f"  from       {report.method}")
     for note in report.notes:
         stdout.print(f"  note       {note}")
     if report.catch_up:

@@ -403,6 +403,15 @@ class EdgeStore(Store):
         with self._translate("closing"):
             shard.close()
 
+    @contextmanager
+    def closed_and_held(self) -> Iterator[Path]:
+        """Flush and close the shard, then hold the lock its openers take, so the folder
+        (yielded) stays exactly as it is while it is read: no other process can open the
+        shard and write into it. The shard reopens on the next call that needs it."""
+        self.close()
+        with self._wal_lock():
+            yield self.path
+
     # -- replacing the shard folder --------------------------------------------------------
     #
     # A replacement is built in a sibling folder, then two renames switch it in:
