@@ -74,21 +74,21 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
                 "Run `kbguard rebuild`: it writes the store again from the embedding cache.")
         if not info.points:
             raise _nothing_to_search(cfg)
-        with Manifest.open(cfg.manifest, read_only=True) as m:
-            lacking = {s.name: m.chunks_lacking_vectors(s.space_id) for s in cfg.spaces}
-        passed: list[dict[str, str]] = []
         order = [asked, *(s for s in cfg.spaces if s is not asked)]
+        lacking = _lacking(cfg, order)
+        passed: list[dict[str, str]] = []
         for sp in order:
             if lacking[sp.name]:
                 passed.append({"space": sp.name, "reason": (
                     f"space {sp.name!r} is incomplete: {lacking[sp.name]} chunks have no "
                     "vector in it yet (the next `kbguard rebuild` fills them)")})
-        complete = [sp for sp in order if not lacking[sp.name]]
-        for n, sp in enumerate(complete, 1):
+        # complete spaces first; an incomplete one still beats no answer at all
+        candidates = sorted(order, key=lambda sp: bool(lacking[sp.name]))
+        for n, sp in enumerate(candidates, 1):
             # Cut the wait short only for a remote provider (a local model loading is no
             # outage) and only when another space can answer instead.
             remote = any(e.type == "openai" for e in sp.chain)
-            timeout = cfg.query_timeout_s if remote and n < len(complete) else None
+            timeout = cfg.query_timeout_s if remote and n < len(candidates) else None
             try:
                 vector = _embed_query(sp, query, timeout)
             except EmbedError as exc:
@@ -103,6 +103,15 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
         + "; ".join(p["reason"] for p in passed)
         + ". Search works again once a space's providers are back (or add a local standby "
         "space: see docs/providers.md).")
+
+
+def _lacking(cfg: Config, spaces: list[SpaceConfig]) -> dict[str, int]:
+    """Chunks without a vector, per space. With one space there is nothing to choose, so the
+    manifest is not asked (the count is an anti-join over every chunk)."""
+    if len(spaces) == 1:
+        return {spaces[0].name: 0}
+    with Manifest.open(cfg.manifest, read_only=True) as m:
+        return {s.name: m.chunks_lacking_vectors(s.space_id) for s in spaces}
 
 
 def _embed_query(space: SpaceConfig, query: str, timeout_s: float | None) -> np.ndarray:

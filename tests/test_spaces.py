@@ -248,3 +248,21 @@ def test_a_local_model_is_waited_for_however_short_the_query_timeout(
     found = kb.cli_json("search", "Document 1 part 2 topic2")
     assert (found["space"], found["degraded"]) == ("local", False)
     assert found["results"][0]["path"] == "doc1.md"
+
+
+def test_a_single_space_in_debt_still_answers_from_what_it_has(
+        tmp_path: Path, server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path, server.url, per_request=4)
+    text = kb.config_path.read_text()
+    kb.config_path.write_text(text[:text.index('[[spaces]]\nname = "local"')]
+                              + text[text.index("[search]"):])
+    server.fail("slow", times=2, seconds=0)  # the first call (two requests) is served ...
+    server.fail("status", times=10_000, code=503)  # ... then the API is down
+    report = _rebuild(kb, code=4)
+    assert 0 < report["spaces"]["primary"]["coverage"] < 1
+    written = report["chunks"]["written"]
+    assert 0 < written < report["chunks"]["total"]  # a point with no vector at all waits
+    server.clear_faults()
+    providers.forget_chains()
+    found = kb.cli_json("search", "Document 1 part 2 topic2")
+    assert found["space"] == "primary" and found["results"]
