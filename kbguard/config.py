@@ -198,6 +198,12 @@ class SearchTable(_Table):
     query_timeout_s: Annotated[float, Field(gt=0, le=600)] = 5.0
 
 
+class RecoveryTable(_Table):
+    # recovery time objectives that `kbguard drill` measures against
+    rto_single_failure_s: Annotated[float, Field(gt=0, le=10_000_000)] = 900.0
+    rto_full_rebuild_s: Annotated[float, Field(gt=0, le=10_000_000)] = 3600.0
+
+
 class Canary(_Table):
     """A query whose expected documents must be among the top ``k`` results (`kbguard verify`)."""
 
@@ -227,6 +233,7 @@ class ConfigFile(_Table):
     snapshots: SnapshotsTable = SnapshotsTable()
     rebuild: RebuildTable = RebuildTable()
     search: SearchTable = SearchTable()
+    recovery: RecoveryTable = RecoveryTable()
     canaries: Annotated[tuple[Canary, ...], Field(strict=False)] = ()
 
     @model_validator(mode="after")
@@ -271,6 +278,8 @@ class Config:
     canaries: tuple[Canary, ...]
     store_api_key_env: str | None   # the NAME of the variable holding the server's API key
     query_timeout_s: float
+    rto_single_failure_s: float = 900.0    # one component lost or damaged: store, manifest, API
+    rto_full_rebuild_s: float = 3600.0     # everything but git and the DVC remote lost
 
     @property
     def root(self) -> Path:
@@ -346,6 +355,8 @@ def parse_config(path: Path, data: dict[str, Any]) -> Config:
         canaries=raw.canaries,
         store_api_key_env=store.api_key_env,
         query_timeout_s=raw.search.query_timeout_s,
+        rto_single_failure_s=raw.recovery.rto_single_failure_s,
+        rto_full_rebuild_s=raw.recovery.rto_full_rebuild_s,
     )
 
 
@@ -562,7 +573,7 @@ def render_config(*, kb: str, corpus: Path, config_dir: Path, provider: str = "s
         corpus_s = Path(os.path.relpath(corpus.resolve(), config_dir.resolve())).as_posix()
     except ValueError:
         corpus_s = corpus.resolve().as_posix()
-    corpus_t, rebuild_d = CorpusTable(path="."), RebuildTable()
+    corpus_t, rebuild_d, recovery_d = CorpusTable(path="."), RebuildTable(), RecoveryTable()
     include = ", ".join(f'"{g}"' for g in corpus_t.include)
     if provider == "openai":
         spaces = _api_spaces(model or "text-embedding-3-small", base_url, dim)
@@ -606,6 +617,10 @@ root = ".kbguard/{kb}/snapshots"
 [rebuild]
 upsert_batch = {rebuild_d.upsert_batch}
 parse_workers = {rebuild_d.parse_workers}
+
+[recovery]                  # objectives `kbguard drill` measures recovery against, in seconds
+rto_single_failure_s = {recovery_d.rto_single_failure_s:g}
+rto_full_rebuild_s = {recovery_d.rto_full_rebuild_s:g}
 """
 
 

@@ -610,6 +610,31 @@ class Manifest:
                 "by_space": {r[0]: {"tokens": int(r[1]), "usd": round(float(r[2]), 6),
                                     "texts": int(r[3])} for r in rows}}
 
+    # -- drills ------------------------------------------------------------------------------
+
+    def record_drill(self, drill: Mapping[str, Any]) -> int:
+        """Add one drill's outcome (the keys are the ``drills`` columns but ``drill_id``)."""
+        row = {**drill, "steps": json.dumps(scrub_data(drill.get("steps") or []))}
+        cols = [c for c in _DRILL_COLUMNS if c in row]
+        with self.transaction():
+            return int(self._db.execute(
+                f"INSERT INTO drills ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                "RETURNING drill_id", [row[c] for c in cols]).fetchone()[0])
+
+    def drill_history(self, scenario: str | None = None) -> list[dict[str, Any]]:
+        """Every recorded drill, oldest first (of one scenario, if given)."""
+        where, args = ("WHERE scenario = ?", [scenario]) if scenario else ("", [])
+        cur = self._db.execute(
+            f"SELECT drill_id, {', '.join(_DRILL_COLUMNS)} FROM drills {where} "
+            "ORDER BY started_at, drill_id", args)
+        keys = ["drill_id", *_DRILL_COLUMNS]
+        out = []
+        for values in cur.fetchall():
+            row = dict(zip(keys, values, strict=True))
+            row["steps"] = json.loads(row["steps"]) if row["steps"] else []
+            out.append(row)
+        return out
+
     def chunks_lacking_vectors(self, space_id: str) -> int:
         """Chunks whose text has no cached vector in ``space_id`` (a space whose providers
         were down has some): what its coverage misses."""
@@ -635,6 +660,10 @@ class Manifest:
             "points_pending": self.pending_point_count(),
         }
 
+
+_DRILL_COLUMNS = ("scenario", "started_at", "finished_at", "status", "healthy", "detection_s",
+                  "recovery_s", "objective_s", "requests", "texts", "tokens", "cost_usd",
+                  "git_commit", "dvc_hash", "message", "steps")
 
 _TABLES = ("documents", "chunks", "embeddings", "store_state")
 

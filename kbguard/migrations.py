@@ -116,9 +116,38 @@ CREATE TABLE ledger (
 );
 """
 
+M005_DRILLS = """
+-- One row per rehearsed failure (`kbguard drill`), run on a scratch copy of this KB.
+-- status: passed | failed (recovery failed or the KB did not end healthy) | missed (healthy, but
+-- slower than its objective) | not-possible (the KB lacks what the drill needs; message says what).
+-- detection_s: from the damage to the command that notices it; recovery_s: from the first
+-- recovery command to a healthy verify. requests/texts/tokens/cost_usd: the embedding it cost.
+CREATE SEQUENCE drill_ids START 1;
+CREATE TABLE drills (
+    drill_id    BIGINT PRIMARY KEY DEFAULT nextval('drill_ids'),
+    scenario    VARCHAR NOT NULL,
+    started_at  TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ NOT NULL,
+    status      VARCHAR NOT NULL,
+    healthy     BOOLEAN NOT NULL,
+    detection_s DOUBLE,
+    recovery_s  DOUBLE,
+    objective_s DOUBLE,
+    requests    BIGINT NOT NULL DEFAULT 0,
+    texts       BIGINT NOT NULL DEFAULT 0,
+    tokens      BIGINT NOT NULL DEFAULT 0,
+    cost_usd    DOUBLE NOT NULL DEFAULT 0,
+    git_commit  VARCHAR,
+    dvc_hash    VARCHAR,
+    message     VARCHAR,
+    steps       JSON
+);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "core", M001_CORE),
     (2, "checks", M002_CHECKS),
     (3, "encodings", M003_ENCODINGS),
     (4, "providers", M004_PROVIDERS),
+    (5, "drills", M005_DRILLS),
 ]
