@@ -610,6 +610,71 @@ class Manifest:
                 "by_space": {r[0]: {"tokens": int(r[1]), "usd": round(float(r[2]), 6),
                                     "texts": int(r[3])} for r in rows}}
 
+    # -- estimates: what a rebuild would do, read without writing (temporary tables only) ----
+
+    def stage_future_chunks(self, replaced: Sequence[str],
+                            new: Sequence[tuple[str, str, str]]) -> None:
+        """The temporary table future_chunks: the chunks as they will be after a rebuild that
+        replaces the chunks of the documents ``replaced`` with ``new`` (point_id, content_hash,
+        text). A read-only manifest allows this: temporary tables live in memory."""
+        self._db.execute(
+            "CREATE OR REPLACE TEMP TABLE future_chunks AS SELECT point_id, content_hash, text "
+            "FROM chunks WHERE path NOT IN (SELECT unnest(?::VARCHAR[]))", [list(replaced)])
+        if new:
+            cols = list(zip(*new, strict=True))
+            self._insert_batch("INSERT INTO future_chunks SELECT * FROM _batch", pa.table(
+                {"point_id": cols[0], "content_hash": cols[1], "text": cols[2]}))
+
+    def future_texts(self, space_id: str | None = None, cache: Path | None = None
+                     ) -> list[tuple[str, str]]:
+        """(content_hash, text) of each distinct text of future_chunks: all of them, or those
+        the embedding cache lacks in ``space_id`` (``cache``: a snapshot's embeddings.parquet
+        instead of this manifest's cache)."""
+        if space_id is None:
+            return self._db.execute("SELECT content_hash, min(text) FROM future_chunks "
+                                    "GROUP BY content_hash ORDER BY content_hash").fetchall()
+        source = f"read_parquet({_literal(str(cache))})" if cache else "embeddings"
+        return self._db.execute(
+            "SELECT content_hash, min(text) FROM future_chunks WHERE content_hash NOT IN "
+            f"(SELECT content_hash FROM {source} WHERE space_id = ?) "
+            "GROUP BY content_hash ORDER BY content_hash", [space_id]).fetchall()
+
+    def future_store_work(self, vectors: str, points: Path | None = None) -> tuple[int, int]:
+        """(points to write, points to delete) for the store to hold future_chunks with the
+        vectors ``vectors`` (comma-joined names), from this store state, or from a snapshot's
+        ``points`` file (what a restore of it confirms)."""
+        if points is None:
+            held = ("SELECT point_id FROM store_state WHERE confirmed AND vectors = ?", [vectors])
+            known = "SELECT point_id FROM store_state"
+        else:
+            known = f"SELECT id AS point_id FROM read_parquet({_literal(str(points))})"
+            held = (known, [])
+        write = self._count(
+            f"SELECT count(*) FROM future_chunks WHERE point_id NOT IN ({held[0]})", held[1])
+        delete = self._count(f"SELECT count(DISTINCT point_id) FROM ({known}) WHERE point_id "
+                             "NOT IN (SELECT point_id FROM future_chunks)")
+        return write, delete
+
+    def recent_runs(self, kinds: Sequence[str], limit: int = 20) -> list[dict[str, Any]]:
+        """The newest successful runs of ``kinds``, newest first, with their summaries."""
+        rows = self._db.execute(
+            "SELECT run_id, kind, started_at, finished_at, summary FROM runs WHERE status = 'ok' "
+            "AND kind IN (SELECT unnest(?::VARCHAR[])) ORDER BY run_id DESC LIMIT ?",
+            [list(kinds), limit]).fetchall()
+        return [{"run_id": r[0], "kind": r[1], "started_at": r[2], "finished_at": r[3],
+                 "summary": json.loads(r[4]) if r[4] else {}} for r in rows]
+
+    def embed_history(self, limit: int = 2000) -> list[dict[str, Any]]:
+        """The newest ledger rows (one per embedding call of a run), newest first: the measured
+        throughput of each space's providers on this machine."""
+        rows = self._db.execute(
+            "SELECT run_id, kind, space_id, provider, texts, tokens, requests, seconds, "
+            "cost_usd, recorded_at FROM ledger ORDER BY recorded_at DESC LIMIT ?",
+            [limit]).fetchall()
+        keys = ("run_id", "kind", "space_id", "provider", "texts", "tokens", "requests",
+                "seconds", "cost_usd", "recorded_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
     # -- drills ------------------------------------------------------------------------------
 
     def record_drill(self, drill: Mapping[str, Any]) -> int:

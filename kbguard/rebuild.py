@@ -37,7 +37,7 @@ from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest
 from kbguard.progress import SILENT, Progress
 from kbguard.providers import Usage, chain_for
-from kbguard.scan import ScannedFile, require_corpus, scan_corpus
+from kbguard.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
 from kbguard.store import Point, Store
 from kbguard.dvc_corpus import dvc_view
 from kbguard.lost_manifest import lost_manifest
@@ -111,6 +111,40 @@ def _refuse_lost_manifest(cfg: Config) -> None:
         raise lost
 
 
+@dataclass
+class RebuildPlan:
+    """What a rebuild will do with each document, before it does anything."""
+
+    scan: ScanResult
+    plan: DocPlan
+    settings: str                 # the parsing/chunking settings the chunks will be made with
+    notes: list[str]
+
+
+def plan_rebuild(cfg: Config, known: dict[str, DocumentRow], stored_settings: str | None
+                 ) -> RebuildPlan:
+    """Scan the corpus and sort its documents against the manifest's ``known`` ones; with new
+    parse settings (``stored_settings`` are the chunks' own), every document is parsed again.
+    Reads only: ``rebuild`` and ``rebuild --estimate`` share it."""
+    notes: list[str] = []
+    view = dvc_view(cfg.corpus)
+    scan = scan_corpus(cfg.corpus, cfg.include, cfg.exclude, known,
+                       dvc_hashes=view.hashes if view else None)
+    if view and view.git_rev:
+        notes.append(f"corpus git revision {view.git_rev}")
+    plan = plan_documents(scan, known)
+    if not scan.files:
+        notes.append(empty_corpus_message(cfg))
+    settings = parse_settings(cfg)
+    if stored_settings not in (None, settings) and (plan.unchanged or plan.still_failed):
+        notes.append("the parser or the parsing/chunking settings changed: every document is "
+                     "parsed again (unchanged chunks keep their embeddings)")
+        plan.changed.extend(plan.unchanged + plan.still_failed)
+        plan.changed.sort(key=lambda f: f.path)
+        plan.unchanged, plan.restat, plan.still_failed = [], [], []
+    return RebuildPlan(scan, plan, settings, notes)
+
+
 # -- parsing in worker processes ------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -122,6 +156,13 @@ class _ParseJob:
     max_bytes: int
     space: SpaceConfig
     read_as: tuple[tuple[str, str], ...] = ()
+
+
+def parse_jobs(cfg: Config, files: list[ScannedFile]) -> list[_ParseJob]:
+    """One parse job per file, with the KB's parsing and chunking settings."""
+    read_as = tuple(sorted(cfg.read_as.items()))
+    return [_ParseJob(cfg.kb, str(cfg.corpus), f.path, cfg.max_tokens,
+                      int(cfg.max_file_mb * 2**20), cfg.spaces[0], read_as) for f in files]
 
 
 def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None, str | None]:
@@ -154,7 +195,7 @@ def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None
         return job.path, None, f"unexpected {type(exc).__name__} while parsing: {exc}", None
 
 
-def _parse_all(jobs: list[_ParseJob], workers: int
+def parse_all(jobs: list[_ParseJob], workers: int
                ) -> Iterator[tuple[str, list[Chunk] | None, str | None, str | None]]:
     if workers <= 1 or len(jobs) < INLINE_PARSE_BELOW:
         for job in jobs:
@@ -184,24 +225,10 @@ class _Rebuild:
             t = time.perf_counter()
             self.progress.stage("scan")
             known = self.manifest.documents()
-            view = dvc_view(self.cfg.corpus)
-            scan = scan_corpus(self.cfg.corpus, self.cfg.include, self.cfg.exclude, known,
-                               dvc_hashes=view.hashes if view else None)
+            planned = plan_rebuild(self.cfg, known, self.manifest.get_meta("parse_settings"))
+            scan, plan, settings = planned.scan, planned.plan, planned.settings
             corpus_rev = scan.fingerprint()
-            if view and view.git_rev:
-                self.notes.append(f"corpus git revision {view.git_rev}")
-            plan = plan_documents(scan, known)
-            if not scan.files:
-                self.notes.append(empty_corpus_message(self.cfg))
-            settings = parse_settings(self.cfg)
-            if (self.manifest.get_meta("parse_settings") not in (None, settings)
-                    and (plan.unchanged or plan.still_failed)):
-                self.notes.append("the parser or the parsing/chunking settings changed: every "
-                                  "document is parsed again (unchanged chunks keep their "
-                                  "embeddings)")
-                plan.changed.extend(plan.unchanged + plan.still_failed)
-                plan.changed.sort(key=lambda f: f.path)
-                plan.unchanged, plan.restat, plan.still_failed = [], [], []
+            self.notes.extend(planned.notes)
             self.stages["scan"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -257,12 +284,9 @@ class _Rebuild:
         todo = plan.added + plan.changed
         failed = len(plan.refused) + len(plan.still_failed)
         by_path = {f.path: f for f in todo}
-        read_as = tuple(sorted(self.cfg.read_as.items()))
-        jobs = [_ParseJob(self.cfg.kb, str(self.cfg.corpus), f.path, self.cfg.max_tokens,
-                          int(self.cfg.max_file_mb * 2**20), self.cfg.spaces[0], read_as)
-                for f in todo]
+        jobs = parse_jobs(self.cfg, todo)
         self.progress.stage("parse", len(jobs))
-        results = _parse_all(jobs, self.cfg.parse_workers)
+        results = parse_all(jobs, self.cfg.parse_workers)
         while True:
             # DOC_COMMIT_EVERY documents a transaction; the last one may hold none
             recorded = 0

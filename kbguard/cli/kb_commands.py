@@ -11,6 +11,8 @@ from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOp
                                 emit_json, exit_code_for, guarded, load, one_line, stderr,
                                 stdout)
 from kbguard.config import PROVIDERS, init_config
+from kbguard.errors import KbguardError
+from kbguard.estimate import estimate
 from kbguard.rebuild import rebuild
 from kbguard.search import search
 from kbguard.status import kb_status
@@ -58,11 +60,26 @@ def rebuild_cmd(
     full: Annotated[bool, typer.Option(
         "--full", help="Recreate the store from scratch (vectors still come from the cache).")
     ] = False,
+    estimate_only: Annotated[bool, typer.Option(
+        "--estimate", help="Write nothing: print the texts, tokens, cost and time of the next "
+        "rebuild and of each recovery scenario.")] = False,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="With --estimate: embed a small sample with every provider (an API "
+        "provider bills it) and write a scratch store, for rates with no history yet.")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Index what changed in the corpus: parse, chunk, embed only uncached texts, write the store."""
+    """Index what changed in the corpus: parse, chunk, embed only uncached texts, write the store.
+
+    With --estimate, nothing is written and no lock is taken: the time and the bill of each
+    scenario (incremental, store_lost, full_reembed, restore_latest, primary_down)."""
     cfg = load(config)
+    if calibrate and not estimate_only:
+        raise KbguardError("--calibrate goes with --estimate: `kbguard rebuild --estimate "
+                           "--calibrate`.")
+    if estimate_only:
+        _estimate(cfg, full, calibrate, json_out, quiet)
+        return
     report = rebuild(cfg, full=full, progress=RichProgress(enabled=not quiet and not json_out))
     if json_out:
         emit_json(report.to_dict())
@@ -84,6 +101,41 @@ def rebuild_cmd(
     for f in report.failures:
         stdout.print(f"  failed     {one_line(f['path'])}: {one_line(f['error'])}")
     raise typer.Exit(exit_code_for(report))
+
+
+def _estimate(cfg: Any, full: bool, calibrate: bool, json_out: bool, quiet: bool) -> None:
+    est = estimate(cfg, calibrate=calibrate,
+                   progress=RichProgress(enabled=not quiet and not json_out))
+    if json_out:
+        emit_json(est.to_dict())
+        return
+    d = est.documents
+    stdout.print(f"Estimate for KB '{est.kb}' (nothing written; took {est.seconds:.1f} s)")
+    stdout.print(f"  documents  {d['added']} added, {d['changed']} changed, {d['removed']} "
+                 f"removed, {d['unchanged']} unchanged, {d['failing']} failing")
+    stdout.print(f"  {'scenario':<15} {'texts':>9} {'tokens':>12} {'cost USD':>10} {'time':>10}")
+    order = ("full_reembed", "incremental") if full else ("incremental", "full_reembed")
+    for name in (*order, "store_lost", "restore_latest", "primary_down"):
+        sc = est.scenarios[name]
+        secs = "unknown" if sc.seconds is None else _duration(sc.seconds)
+        stdout.print(f"  {name:<15} {sc.texts:>9,} {sc.tokens:>12,} {sc.cost_usd:>10.4f} "
+                     f"{secs:>10}")
+    for name, sc in est.scenarios.items():
+        stdout.print(f"  basis      {name}: {one_line(sc.basis)}")
+        for note in sc.notes:
+            stdout.print(f"  note       {name}: {one_line(note)}")
+    for provider, got in est.calibration.items():
+        stdout.print(f"  calibrated {provider}: {got}")
+    for note in est.notes:
+        stdout.print(f"  note       {one_line(note)}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @guarded

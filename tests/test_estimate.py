@@ -1,0 +1,188 @@
+"""`kbguard rebuild --estimate`: exact texts and tokens, nothing written, every scenario."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from kbguard.lock import kb_lock
+from tests.conftest import KB, edit_corpus, make_kb
+from tests.openai_server import OpenAIServer
+from tests.test_spaces import api_kb, server  # noqa: F401  (the server fixture)
+
+KEYS = {"texts", "tokens", "cost_usd", "seconds", "basis"}
+SCENARIOS = {"incremental", "store_lost", "full_reembed", "restore_latest", "primary_down"}
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _estimate(kb: KB, *args: str) -> dict:
+    res = kb.cli("rebuild", "--estimate", "--json", *args)
+    assert res.code == 0, (res.stdout, res.stderr, res.exception)
+    return json.loads(res.stdout)
+
+
+def _rebuild(kb: KB) -> dict:
+    res = kb.cli("rebuild", "--json")
+    assert res.code in (0, 4), (res.stdout, res.stderr, res.exception)
+    return json.loads(res.stdout)
+
+
+def _two_spaces(kb: KB) -> None:
+    """A second fake space whose tokenizer counts differently (another model name)."""
+    text = kb.config_path.read_text()
+    kb.config_path.write_text(text.replace("[store]", (
+        '[[spaces]]\nname = "standby"\nprovider = "fake"\nmodel = "fake-other"\ndim = 16\n\n'
+        "[store]"), 1))
+
+
+def test_incremental_texts_and_tokens_are_what_the_next_rebuild_embeds(built_kb) -> None:
+    kb = built_kb(docs=4)
+    edit_corpus(kb, extra_docs=2)
+    kb.write("dup.md", (kb.corpus / "doc0.md").read_text())   # every text already cached
+    kb.write("empty.md", "   \n")                              # fails: no text
+    before = _files(kb.root / "state")
+
+    est = _estimate(kb)
+
+    assert _files(kb.root / "state") == before     # nothing written, not even a lock file
+    assert set(est["scenarios"]) == SCENARIOS
+    for sc in est["scenarios"].values():
+        assert KEYS <= set(sc)
+    assert est["documents"]["added"] == 5 and est["documents"]["changed"] == 1
+    assert est["documents"]["removed"] == 1
+    inc = est["scenarios"]["incremental"]
+    assert inc["texts"] > 0 and inc["seconds"] is not None
+
+    report = _rebuild(kb)
+    assert inc["texts"] == report["spaces"]["local"]["texts"] == report["chunks"]["embedded"]
+    assert inc["tokens"] == report["cost"]["tokens"]
+    assert inc["points"] == {"write": report["chunks"]["written"],
+                             "delete": report["chunks"]["deleted"]}
+    # and once it has run, there is nothing left to do
+    again = _estimate(kb)["scenarios"]["incremental"]
+    assert (again["texts"], again["tokens"], again["points"]["write"]) == (0, 0, 0)
+
+
+def test_each_space_is_counted_with_its_own_tokenizer(built_kb) -> None:
+    kb = built_kb()
+    _two_spaces(kb)
+    edit_corpus(kb)
+    est = _estimate(kb)["scenarios"]
+    report = kb.cli_json("rebuild", "--full")     # a new space needs the store recreated
+    for name in ("local", "standby"):
+        assert est["incremental"]["spaces"][name]["texts"] == report["spaces"][name]["texts"]
+        assert (est["incremental"]["spaces"][name]["tokens"]
+                == report["cost"]["by_space"][name]["tokens"])
+    # the standby had nothing cached: it embeds every text, the old space only the new ones
+    assert (est["incremental"]["spaces"]["standby"]["texts"]
+            > est["incremental"]["spaces"]["local"]["texts"])
+    # primary down: the standby embeds its share, the primary's new texts are its debt
+    down = est["primary_down"]
+    assert down["spaces"]["local"]["debt"] == report["spaces"]["local"]["texts"]
+    assert down["texts"] == report["spaces"]["standby"]["texts"]
+
+
+def test_full_reembed_and_store_lost_cover_the_whole_kb(built_kb) -> None:
+    kb = built_kb()
+    est = _estimate(kb)["scenarios"]
+    full = kb.cli_json("rebuild", "--full")
+    assert full["chunks"]["embedded"] == 0       # --full keeps the cache
+    texts = len({c for c in _chunk_hashes(kb)})
+    assert est["full_reembed"]["texts"] == texts
+    assert est["full_reembed"]["spaces"]["local"]["providers"]["fake:fake-hash"]["texts"] == texts
+    assert est["store_lost"]["texts"] == 0
+    assert est["store_lost"]["points"]["write"] == full["chunks"]["written"]
+    # a KB rebuilt once has history: every figure but the snapshot's is measured
+    for name in ("incremental", "store_lost", "full_reembed"):
+        assert est[name]["seconds"] is not None, est[name]["basis"]
+    assert est["restore_latest"]["seconds"] is None
+    assert "kbguard snapshot create" in est["restore_latest"]["basis"]
+    assert est["primary_down"]["seconds"] is None
+    assert "standby" in est["primary_down"]["basis"]
+
+
+def _chunk_hashes(kb: KB) -> list[str]:
+    from kbguard.manifest import Manifest
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        return [r[0] for r in m.con.execute("SELECT content_hash FROM chunks").fetchall()]
+
+
+def test_restore_latest_counts_the_catch_up_after_the_snapshot(built_kb) -> None:
+    kb = built_kb()
+    assert kb.cli("snapshot", "create", "--json").code == 0
+    edit_corpus(kb, extra_docs=1)
+    caught_up = _rebuild(kb)["chunks"]["embedded"]
+    assert caught_up > 0
+    est = _estimate(kb)["scenarios"]["restore_latest"]
+    assert est["texts"] == caught_up        # the snapshot's cache lacks what came after it
+    assert est["points"]["restore"] > 0
+
+    restored = kb.cli("restore", "--latest", "--yes", "--json")
+    assert restored.code == 0, restored.stdout + restored.stderr
+    catch_up = json.loads(restored.stdout)["catch_up"]
+    assert catch_up["chunks"]["embedded"] == est["texts"]
+    assert catch_up["chunks"]["written"] == est["points"]["write"]
+
+
+def test_a_kb_never_built_is_estimated_without_creating_anything(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path, docs=3)
+    est = _estimate(kb)
+    assert not (tmp_path / "state").exists()
+    inc = est["scenarios"]["incremental"]
+    assert inc["seconds"] is None and "--calibrate" in inc["basis"]
+    report = _rebuild(kb)
+    assert inc["texts"] == report["chunks"]["embedded"]
+    assert inc["tokens"] == report["cost"]["tokens"]
+
+
+def test_calibrate_measures_what_has_no_history(tmp_path: Path) -> None:
+    kb = make_kb(tmp_path / "kb", docs=2)
+    est = _estimate(kb, "--calibrate")
+    assert not (kb.root / "state").exists()
+    assert est["calibration"]["fake:fake-hash"]["texts"] > 0
+    assert est["calibration"]["store"]["points"] > 0
+    inc = est["scenarios"]["incremental"]
+    assert inc["seconds"] is not None and "calibrated now" in inc["basis"]
+
+
+def test_api_cost_is_the_price_times_the_tokens(tmp_path: Path, server: OpenAIServer) -> None:  # noqa: F811
+    server.report_usage = False     # then the ledger counts with cl100k, as the estimate does
+    kb = api_kb(tmp_path, server.url, price=0.5)
+    est = _estimate(kb)["scenarios"]["incremental"]
+    assert not server.embedding_requests     # estimating calls no API
+    primary = est["spaces"]["primary"]
+    assert primary["provider"].startswith("openai")
+    assert primary["cost_usd"] == pytest.approx(primary["tokens"] * 0.5 / 1_000_000)
+    report = _rebuild(kb)
+    assert primary["tokens"] == report["cost"]["by_space"]["primary"]["tokens"]
+    assert est["cost_usd"] == pytest.approx(report["cost"]["usd"], rel=1e-6)
+
+
+def test_estimate_takes_no_lock_but_waits_for_none(built_kb) -> None:
+    kb = built_kb()
+    with kb_lock(kb.cfg.manifest, "rebuild"):
+        res = kb.cli("rebuild", "--estimate")
+    assert res.code == 3
+    assert "rebuild" in res.stderr
+
+
+def test_calibrate_alone_is_a_usage_error(built_kb) -> None:
+    kb = built_kb()
+    res = kb.cli("rebuild", "--calibrate")
+    assert res.code == 2 and "--estimate" in res.stderr
+
+
+def test_the_text_output_names_every_scenario(built_kb) -> None:
+    kb = built_kb()
+    res = kb.cli("rebuild", "--estimate")
+    assert res.code == 0, res.stderr
+    for name in SCENARIOS:
+        assert name in res.stdout
+    assert "nothing written" in res.stdout
