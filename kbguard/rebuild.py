@@ -63,6 +63,9 @@ class RebuildReport:
     spaces: dict[str, dict[str, Any]] = field(default_factory=dict)
     # what this run's embedding cost: tokens, usd, by_space
     cost: dict[str, Any] = field(default_factory=dict)
+    # per space and provider: texts, tokens, requests, seconds (the calls' own time): how fast
+    # each provider embedded here, which `rebuild --estimate` predicts from
+    throughput: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -213,6 +216,7 @@ class _Rebuild:
         self.stages: dict[str, float] = {}
         self.used: dict[str, dict[str, int]] = {}        # space -> provider -> texts embedded
         self.usage: dict[str, Usage] = {}                # space -> what its embedding cost
+        self.by_provider: dict[tuple[str, str], Usage] = {}   # (space, provider) -> the same
         self.failovers: dict[str, str] = {}              # provider passed over -> why
         self.notes: list[str] = []
         self.failures: list[dict[str, str]] = []
@@ -254,6 +258,7 @@ class _Rebuild:
                 seconds=round(time.perf_counter() - started, 3), hash_source=scan.hash_source,
                 corpus_rev=corpus_rev, notes=self.notes,
                 spaces=self._space_report(total), cost=self._cost(),
+                throughput=self._throughput(),
             )
             self.manifest.finish_run(run_id, "ok", report.to_dict(), corpus_rev)
             return report
@@ -361,6 +366,8 @@ class _Rebuild:
                         manifest.record_usage(run_id, "rebuild", space, got.provider, got.usage)
                     used[got.provider] = used.get(got.provider, 0) + len(rows)
                     self.usage[space.name] = self.usage.get(space.name, Usage()) + got.usage
+                    key = (space.name, got.provider)
+                    self.by_provider[key] = self.by_provider.get(key, Usage()) + got.usage
                     for skipped in got.failovers:
                         self.failovers.setdefault(skipped.provider, skipped.reason)
                     total += len(rows)
@@ -391,6 +398,15 @@ class _Rebuild:
         return {"tokens": sum(u.tokens for u in self.usage.values()),
                 "usd": round(sum(u.cost_usd for u in self.usage.values()), 6),
                 "by_space": by_space}
+
+    def _throughput(self) -> dict[str, dict[str, dict[str, Any]]]:
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for (space, provider), u in sorted(self.by_provider.items()):
+            out.setdefault(space, {})[provider] = {
+                "texts": u.texts, "tokens": u.tokens, "requests": u.requests,
+                "seconds": round(u.seconds, 3),
+                "texts_per_s": round(u.texts / u.seconds, 1) if u.seconds else None}
+        return out
 
     # -- store -------------------------------------------------------------------------------
 

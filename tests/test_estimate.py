@@ -76,6 +76,11 @@ def test_each_space_is_counted_with_its_own_tokenizer(built_kb) -> None:
     edit_corpus(kb)
     est = _estimate(kb)["scenarios"]
     report = kb.cli_json("rebuild", "--full")     # a new space needs the store recreated
+    # the run records each provider's throughput, which later estimates predict from
+    assert report["throughput"]["standby"]["fake:fake-other"]["texts"] == \
+        report["spaces"]["standby"]["texts"]
+    assert report["throughput"]["local"]["fake:fake-hash"]["tokens"] == \
+        report["cost"]["by_space"]["local"]["tokens"]
     for name in ("local", "standby"):
         assert est["incremental"]["spaces"][name]["texts"] == report["spaces"][name]["texts"]
         assert (est["incremental"]["spaces"][name]["tokens"]
