@@ -76,7 +76,8 @@ def one_run(work: Path, provider: str) -> dict:
         out[name] = {"estimated_s": sc["seconds"], "measured_s": seconds,
                      "estimated_texts": sc["texts"], "estimated_tokens": sc["tokens"],
                      "measured_texts": measured["chunks"]["embedded"],
-                     "measured_tokens": measured["cost"]["tokens"], "basis": sc["basis"]}
+                     "measured_tokens": measured["cost"]["tokens"], "basis": sc["basis"],
+                     "estimated_stages": sc["stages"], "measured_stages": measured["stages"]}
 
     est, _ = estimate(cfg, "--calibrate")
     report, _ = kbguard(cfg, "rebuild", "--quiet")

@@ -164,7 +164,9 @@ class _Estimate:
         scenarios["full_reembed"] = self._scenario(
             {s.name: every for s in cfg.spaces}, scan_s, parse_all_s, all_points, 0,
             f"scan measured now; {parse_basis}", every_provider=True)
-        scenarios["restore_latest"] = self._restore_latest(scan_s, documents["total"], known)
+        files = {path: f.file_hash for path, f in planned.scan.files.items()}
+        per_doc = parse_s / len(todo) if todo else None
+        scenarios["restore_latest"] = self._restore_latest(scan_s, files, per_doc)
         scenarios["primary_down"] = self._primary_down(todo_by_space, scan_s, parse_s,
                                                        points_now, deletes_now, measured)
         return EstimateReport(cfg.kb, scenarios, documents, self.calibration, 0.0, self.notes)
@@ -218,7 +220,8 @@ class _Estimate:
         out.basis = "; ".join(bases)
         return out
 
-    def _restore_latest(self, scan_s: float, documents: int, known: dict[str, Any]) -> Scenario:
+    def _restore_latest(self, scan_s: float, files: dict[str, str | None],
+                        per_doc: float | None) -> Scenario:
         snaps = [s for s in list_snapshots(self.cfg) if s.local and s.problem is None]
         if not snaps:
             dvc_only = [s for s in list_snapshots(self.cfg) if s.dvc and not s.local]
@@ -237,8 +240,12 @@ class _Estimate:
                 for s in self.cfg.spaces}
         names = ",".join(sorted(s.name for s in self.cfg.spaces))
         writes, deletes = self.manifest.future_store_work(names, points=state)
-        changed = self._changed_since(snap.path / "documents.parquet", known)
-        parse_s, parse_basis = self._parse_estimate(changed)
+        changed = self._changed_since(snap.path / "documents.parquet", files)
+        if per_doc is not None:   # documents parsed just now: their measured pace
+            parse_s: float | None = round(per_doc * changed, 3)
+            parse_basis = f"parse at the pace measured now ({1 / per_doc:.1f} documents/s)"
+        else:
+            parse_s, parse_basis = self._parse_estimate(changed)
         out = self._scenario(todo, scan_s, parse_s, writes, deletes,
                              f"catch-up after snapshot {snap.id} ({snap.created_at}): "
                              f"{changed} documents changed since; {parse_basis}")
@@ -391,13 +398,13 @@ class _Estimate:
                 for r in self.runs if r["summary"].get("stages")][:HISTORY_RUNS]
         return max(0.0, statistics.median(rest)) if rest else 0.0
 
-    def _changed_since(self, documents: Path, known: dict[str, Any]) -> int:
-        """Documents whose indexed version differs from the snapshot's (or that it lacks)."""
+    def _changed_since(self, documents: Path, files: dict[str, str | None]) -> int:
+        """Corpus documents the catch-up after restoring a snapshot parses: those whose bytes
+        differ from the version the snapshot indexed, or that it lacks."""
         rows = self.manifest.con.execute(
             f"SELECT path, indexed_hash FROM read_parquet('{_quote(documents)}')").fetchall()
         then = dict(rows)
-        now = {path: doc.indexed_hash for path, doc in known.items()}
-        return sum(1 for path in set(then) | set(now) if then.get(path) != now.get(path))
+        return sum(1 for path, file_hash in files.items() if then.get(path) != file_hash)
 
     # -- calibration --------------------------------------------------------------------------
 

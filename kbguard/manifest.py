@@ -675,6 +675,44 @@ class Manifest:
                 "seconds", "cost_usd", "recorded_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
+    # -- history -----------------------------------------------------------------------------
+
+    def import_history(self, other: Path) -> str | None:
+        """Copy the history of the manifest at ``other`` (runs, verify findings, the ledger,
+        drills) into this one, which must have none yet: a restored manifest keeps the record
+        of what happened to the KB. Returns why nothing was copied, or None."""
+        if not other.is_file():
+            return "no live manifest to keep the history of"
+        try:
+            self._db.execute(f"ATTACH {_literal(str(other))} AS live (READ_ONLY)")
+        except (duckdb.Error, KbguardError) as exc:
+            return f"the live manifest could not be read ({exc})"
+        try:
+            with self.transaction():
+                for table in HISTORY_TABLES:
+                    cols = [r[0] for r in self._db.execute(
+                        "SELECT column_name FROM duckdb_columns() WHERE database_name = "
+                        "current_database() AND table_name = ? ORDER BY column_index",
+                        [table]).fetchall()]
+                    have = {r[0] for r in self._db.execute(
+                        "SELECT column_name FROM duckdb_columns() WHERE database_name = 'live' "
+                        "AND table_name = ?", [table]).fetchall()}
+                    shared = ", ".join(_identifier(c) for c in cols if c in have)
+                    if shared:
+                        self._db.execute(f"INSERT INTO {table} ({shared}) "
+                                         f"SELECT {shared} FROM live.{table}")
+                # the sequences must continue after the ids just copied
+                for seq, table, key in (("run_ids", "runs", "run_id"),
+                                        ("drill_ids", "drills", "drill_id")):
+                    top = self._count(f"SELECT coalesce(max({key}), 0) FROM {table}")
+                    if top:
+                        self._db.execute(f"SELECT max(nextval('{seq}')) FROM range(?)", [top])
+        except (duckdb.Error, KbguardError) as exc:
+            return f"the live manifest's history could not be copied ({exc})"
+        finally:
+            self._db.execute("DETACH live")
+        return None
+
     # -- drills ------------------------------------------------------------------------------
 
     def record_drill(self, drill: Mapping[str, Any]) -> int:
@@ -726,6 +764,7 @@ class Manifest:
         }
 
 
+HISTORY_TABLES = ("runs", "findings", "ledger", "drills")
 _DRILL_COLUMNS = ("scenario", "started_at", "finished_at", "status", "healthy", "detection_s",
                   "recovery_s", "objective_s", "requests", "texts", "tokens", "cost_usd",
                   "git_commit", "dvc_hash", "message", "steps")

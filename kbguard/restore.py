@@ -465,6 +465,10 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
         stage.create(specs)
     _remove(staged)
     with Manifest.open(staged, kb=cfg.kb) as manifest:
+        # the snapshot holds what the KB contains, the live manifest what happened to it
+        lost = manifest.import_history(cfg.manifest)
+        if lost and cfg.manifest.exists():
+            progress.note(f"the KB's run, check, spend and drill history is not kept: {lost}")
         run_id = manifest.start_run("restore")
         # DuckDB loads the manifest tables on a connection of its own in a thread while this
         # one writes the points: DuckDB runs without the GIL, the point writes need it.

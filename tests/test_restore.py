@@ -289,3 +289,44 @@ def test_restore_latest_without_any_snapshot_says_what_to_do(built_kb) -> None:
     kb = built_kb()
     res = kb.cli("restore", "--latest")
     assert res.code == 2 and "no snapshot" in res.stderr and "rebuild --full" in res.stderr
+
+
+def test_a_restore_keeps_the_history_of_the_kb(built_kb) -> None:
+    """The snapshot holds what the KB contains; runs, checks, spend and drills are the live
+    manifest's, and a restore must not forget them (the estimates and the runbook read them)."""
+    from datetime import datetime, timezone
+
+    kb = built_kb()
+    sid = _snapshot(kb)
+    assert kb.cli("verify").code == 0
+    at = datetime(2026, 11, 29, 10, 0, tzinfo=timezone.utc)
+    with Manifest.open(kb.cfg.manifest) as m:
+        m.record_drill({"scenario": "store-lost", "started_at": at, "finished_at": at,
+                        "status": "passed", "healthy": True, "recovery_s": 2.0})
+        before = m.con.execute("SELECT run_id, kind FROM runs ORDER BY run_id").fetchall()
+        ledger = m.con.execute("SELECT count(*) FROM ledger").fetchone()[0]
+    assert ledger > 0 and [k for _, k in before] == ["rebuild", "verify"]
+    res = kb.cli("restore", sid, "--yes", "--json")
+    assert res.code == 0, res.stdout + res.stderr
+    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
+        runs = m.con.execute("SELECT run_id, kind FROM runs ORDER BY run_id").fetchall()
+        assert runs[:len(before)] == before
+        assert [k for _, k in runs[len(before):]] == ["restore", "rebuild"]   # + its catch-up
+        assert m.con.execute("SELECT count(*) FROM ledger").fetchone()[0] == ledger
+        assert [d["scenario"] for d in m.drill_history()] == ["store-lost"]
+        assert m.con.execute("SELECT count(*) FROM findings").fetchone()[0] > 0
+    # and the ids go on from there
+    kb.cli_json("rebuild")
+    with Manifest.open(kb.cfg.manifest) as m:
+        assert m.con.execute("SELECT max(run_id) FROM runs").fetchone()[0] == runs[-1][0] + 1
+        assert m.record_drill({"scenario": "x", "started_at": at, "finished_at": at,
+                               "status": "passed", "healthy": True}) == 2
+
+
+def test_a_restore_over_an_unreadable_manifest_still_restores(built_kb) -> None:
+    kb = built_kb()
+    sid = _snapshot(kb)
+    kb.cfg.manifest.write_bytes(b"not a duckdb file" * 100)
+    res = kb.cli("restore", sid, "--yes", "--json")
+    assert res.code == 0, res.stdout + res.stderr
+    assert kb.cli("verify").code == 0
