@@ -22,9 +22,11 @@ from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, 
                             ManifestError, ParseError, ProviderUnavailable, RestoreNeeded,
                             RestorePending, SnapshotDamaged, SnapshotError, StoreError,
                             StoreUnavailable)
+from kbguard.estimate import EstimateReport, Scenario, estimate as estimate_rebuild
 from kbguard.rebuild import RebuildReport, rebuild as rebuild_kb
 from kbguard.repair import RepairReport, repair_kb
 from kbguard.restore import RestoreReport, restore as restore_snapshot
+from kbguard.runbook import render_runbook
 from kbguard.search import SearchHit, SearchResult, search as search_kb
 from kbguard.snapshot import (CreateReport, PruneReport, SnapshotCheck, SnapshotEntry,
                               create_snapshot, list_snapshots, prune_snapshots, verify_snapshot)
@@ -40,6 +42,7 @@ __all__ = [
     "create_snapshot", "list_snapshots", "verify_snapshot", "prune_snapshots",
     "CreateReport", "SnapshotEntry", "SnapshotCheck", "PruneReport",
     "restore_snapshot", "RestoreReport",
+    "estimate_rebuild", "EstimateReport", "Scenario", "render_runbook",
     "KbguardError", "ConfigError", "CorpusError", "LockedError", "ManifestError", "ParseError",
     "EmbedError", "ProviderUnavailable", "StoreError", "StoreUnavailable", "SnapshotError",
     "SnapshotDamaged", "RestoreNeeded", "RestorePending",
