@@ -20,3 +20,12 @@ class Progress:
 
 
 SILENT = Progress()
+
+
+def human_duration(seconds: float) -> str:
+    """12.3 s, 4.5 min, 2.1 h: a duration as an operator reads it."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -21,6 +21,7 @@ from kbguard.config import Config
 from kbguard.dvc_corpus import find_dvc_root
 from kbguard.estimate import EstimateReport, Scenario, estimate
 from kbguard.manifest import Manifest
+from kbguard.progress import human_duration
 from kbguard.verify import STORE_CLASSES
 
 
@@ -58,15 +59,15 @@ def render_runbook(cfg: Config, *, estimates: EstimateReport | None = None,
            "the drills recorded in the manifest and an estimate made then. Durations are the "
            "newest drill's; a failure never drilled says so. Run `kbguard drill "
            f"{flag}` to measure them, and write this file again.", "",
-           f"Objectives (`[recovery]`): one failure {_dur(cfg.rto_single_failure_s)}, "
-           f"everything lost {_dur(cfg.rto_full_rebuild_s)}.", "",
+           f"Objectives (`[recovery]`): one failure {human_duration(cfg.rto_single_failure_s)}, "
+           f"everything lost {human_duration(cfg.rto_full_rebuild_s)}.", "",
            "| failure | last drill | recovery | objective | estimated cost now |",
            "|---|---|---|---|---|"]
     for f in FAILURES:
         d = drills.get(f.drill)
         objective = cfg.rto_full_rebuild_s if f.full else cfg.rto_single_failure_s
         sc = estimates.scenarios[f.estimate]
-        out.append(f"| {f.title} | {_when(d)} | {_recovery(d)} | {_dur(objective)} | "
+        out.append(f"| {f.title} | {_when(d)} | {_recovery(d)} | {human_duration(objective)} | "
                    f"{_cost_cell(f, sc)} |")
     out.append("")
     for f in FAILURES:
@@ -167,11 +168,11 @@ def _drill_line(d: dict[str, Any], objective: float) -> str:
     when = _when(d)
     if d["status"] == "not-possible":
         return f"not possible on {when}: {d.get('message') or 'see the drill'}"
-    parts = [f"recovery {_dur(d['recovery_s'])}" if d.get("recovery_s") is not None else
+    parts = [f"recovery {human_duration(d['recovery_s'])}" if d.get("recovery_s") is not None else
              "recovery not reached"]
     if d.get("detection_s") is not None:
-        parts.append(f"detection {_dur(d['detection_s'])}")
-    parts.append(f"objective {_dur(d.get('objective_s') or objective)}")
+        parts.append(f"detection {human_duration(d['detection_s'])}")
+    parts.append(f"objective {human_duration(d.get('objective_s') or objective)}")
     cost = (f"{d.get('texts', 0):,} texts, {d.get('tokens', 0):,} tokens, "
             f"${d.get('cost_usd', 0.0):.4f}")
     verdict = {"passed": "passed", "missed": "MISSED its objective",
@@ -203,7 +204,7 @@ def _recovery(d: dict[str, Any] | None) -> str:
         return "not possible"
     r = d.get("recovery_s")
     mark = {"missed": " (missed)", "failed": " (failed)"}.get(d["status"], "")
-    return (_dur(r) if r is not None else "not reached") + mark
+    return (human_duration(r) if r is not None else "not reached") + mark
 
 
 def _when(d: dict[str, Any] | None) -> str:
@@ -215,15 +216,7 @@ def _when(d: dict[str, Any] | None) -> str:
 
 
 def _secs(seconds: float | None) -> str:
-    return "time unknown" if seconds is None else f"about {_dur(seconds)}"
-
-
-def _dur(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    return "time unknown" if seconds is None else f"about {human_duration(seconds)}"
 
 
 def _shown_path(path: Path) -> str:

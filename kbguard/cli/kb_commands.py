@@ -13,6 +13,7 @@ from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOp
 from kbguard.config import PROVIDERS, init_config
 from kbguard.errors import KbguardError
 from kbguard.estimate import estimate
+from kbguard.progress import human_duration
 from kbguard.rebuild import rebuild
 from kbguard.search import search
 from kbguard.status import kb_status
@@ -117,7 +118,7 @@ def _estimate(cfg: Any, full: bool, calibrate: bool, json_out: bool, quiet: bool
     order = ("full_reembed", "incremental") if full else ("incremental", "full_reembed")
     for name in (*order, "store_lost", "restore_latest", "primary_down"):
         sc = est.scenarios[name]
-        secs = "unknown" if sc.seconds is None else _duration(sc.seconds)
+        secs = "unknown" if sc.seconds is None else human_duration(sc.seconds)
         stdout.print(f"  {name:<15} {sc.texts:>9,} {sc.tokens:>12,} {sc.cost_usd:>10.4f} "
                      f"{secs:>10}")
     for name, sc in est.scenarios.items():
@@ -128,14 +129,6 @@ def _estimate(cfg: Any, full: bool, calibrate: bool, json_out: bool, quiet: bool
         stdout.print(f"  calibrated {provider}: {got}")
     for note in est.notes:
         stdout.print(f"  note       {one_line(note)}")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 @guarded
