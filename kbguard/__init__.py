@@ -24,6 +24,7 @@ from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, 
                             StoreUnavailable)
 from kbguard.rebuild import RebuildReport, rebuild as rebuild_kb
 from kbguard.repair import RepairReport, repair_kb
+from kbguard.report import ReportResult, write_report
 from kbguard.restore import RestoreReport, restore as restore_snapshot
 from kbguard.search import SearchHit, SearchResult, search as search_kb
 from kbguard.snapshot import (CreateReport, PruneReport, SnapshotCheck, SnapshotEntry,
@@ -39,7 +40,7 @@ __all__ = [
     "verify_kb", "VerifyReport", "Verdict", "repair_kb", "RepairReport",
     "create_snapshot", "list_snapshots", "verify_snapshot", "prune_snapshots",
     "CreateReport", "SnapshotEntry", "SnapshotCheck", "PruneReport",
-    "restore_snapshot", "RestoreReport",
+    "restore_snapshot", "RestoreReport", "write_report", "ReportResult",
     "KbguardError", "ConfigError", "CorpusError", "LockedError", "ManifestError", "ParseError",
     "EmbedError", "ProviderUnavailable", "StoreError", "StoreUnavailable", "SnapshotError",
     "SnapshotDamaged", "RestoreNeeded", "RestorePending",
