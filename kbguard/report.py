@@ -187,7 +187,6 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1100px;
        color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; }
-.chart { width: 100%; height: 380px; }
 p.empty { padding: 1em; background: #f4f4f4; border-left: 4px solid #999; }
 table { border-collapse: collapse; margin-top: 0.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
