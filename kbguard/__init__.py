@@ -25,6 +25,7 @@ from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, 
 from kbguard.estimate import EstimateReport, Scenario, estimate as estimate_rebuild
 from kbguard.rebuild import RebuildReport, rebuild as rebuild_kb
 from kbguard.repair import RepairReport, repair_kb
+from kbguard.report import ReportResult, write_report
 from kbguard.restore import RestoreReport, restore as restore_snapshot
 from kbguard.runbook import render_runbook
 from kbguard.search import SearchHit, SearchResult, search as search_kb
@@ -43,6 +44,7 @@ __all__ = [
     "CreateReport", "SnapshotEntry", "SnapshotCheck", "PruneReport",
     "restore_snapshot", "RestoreReport",
     "estimate_rebuild", "EstimateReport", "Scenario", "render_runbook",
+    "write_report", "ReportResult",
     "KbguardError", "ConfigError", "CorpusError", "LockedError", "ManifestError", "ParseError",
     "EmbedError", "ProviderUnavailable", "StoreError", "StoreUnavailable", "SnapshotError",
     "SnapshotDamaged", "RestoreNeeded", "RestorePending",

@@ -763,6 +763,52 @@ class Manifest:
             "points_pending": self.pending_point_count(),
         }
 
+    # -- history for the report -------------------------------------------------------------
+
+    def check_history(self) -> list[dict[str, Any]]:
+        """Every finished check (runs of kind verify*), oldest first: run_id, kind, started_at,
+        status, points_checked and ``findings``, the count of every finding class recorded."""
+        rows = self._db.execute(
+            "SELECT r.run_id, r.kind, r.started_at, r.status, r.summary->>'points_checked', "
+            "f.finding, f.count FROM runs r LEFT JOIN findings f USING (run_id) "
+            "WHERE r.kind LIKE 'verify%' AND r.status <> 'running' "
+            "ORDER BY r.started_at, r.run_id, f.finding").fetchall()
+        out: dict[int, dict[str, Any]] = {}
+        for run_id, kind, started_at, status, points, finding, count in rows:
+            check = out.setdefault(run_id, {
+                "run_id": run_id, "kind": kind, "started_at": started_at, "status": status,
+                "points_checked": int(points) if points is not None else None, "findings": {}})
+            if finding is not None:
+                check["findings"][finding] = int(count)
+        return list(out.values())
+
+    def monthly_spend(self) -> list[dict[str, Any]]:
+        """The ledger summed by calendar month (UTC, ``YYYY-MM``), space and provider."""
+        rows = self._db.execute(
+            "SELECT strftime(timezone('UTC', recorded_at), '%Y-%m') AS month, space, provider, "
+            "sum(texts), sum(tokens), sum(requests), sum(cost_usd) FROM ledger "
+            "GROUP BY ALL ORDER BY month, space, provider").fetchall()
+        return [{"month": m, "space": s, "provider": p, "texts": int(t), "tokens": int(k),
+                 "requests": int(r), "cost_usd": round(float(c), 6)}
+                for m, s, p, t, k, r, c in rows]
+
+    def size_history(self) -> list[dict[str, Any]]:
+        """What the KB held after each successful rebuild, oldest first: run_id, kind,
+        finished_at, ``documents`` (indexed: added, changed or unchanged) and ``chunks``."""
+        rows = self._db.execute(
+            "SELECT run_id, kind, finished_at, summary->'documents', summary->'chunks' "
+            "FROM runs WHERE kind IN ('rebuild', 'rebuild-full') AND status = 'ok' "
+            "ORDER BY finished_at, run_id").fetchall()
+        out = []
+        for run_id, kind, finished_at, documents, chunks in rows:
+            docs = json.loads(documents) if documents else {}
+            total = (json.loads(chunks) if chunks else {}).get("total")
+            out.append({"run_id": run_id, "kind": kind, "finished_at": finished_at,
+                        "documents": sum(int(docs.get(k, 0))
+                                         for k in ("added", "changed", "unchanged")),
+                        "chunks": int(total) if total is not None else None})
+        return out
+
 
 HISTORY_TABLES = ("runs", "findings", "ledger", "drills")
 _DRILL_COLUMNS = ("scenario", "started_at", "finished_at", "status", "healthy", "detection_s",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from kbguard.cli import kb_commands, runbook_commands, snapshot_commands, verify_commands
+from kbguard.cli import (kb_commands, report_commands, runbook_commands, snapshot_commands,
+                         verify_commands)
 
 app = typer.Typer(
     name="kbguard",
@@ -17,6 +18,7 @@ kb_commands.register(app)
 snapshot_commands.register(app)
 verify_commands.register(app)
 runbook_commands.register(app)
+report_commands.register(app)
 
 
 def run() -> None:
