@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kbguard.cli import kb_commands, snapshot_commands, verify_commands
+from kbguard.cli import drill_commands, kb_commands, snapshot_commands, verify_commands
 
 app = typer.Typer(
     name="kbguard",
@@ -16,6 +16,7 @@ app = typer.Typer(
 kb_commands.register(app)
 snapshot_commands.register(app)
 verify_commands.register(app)
+drill_commands.register(app)
 
 
 def run() -> None:
