@@ -221,6 +221,8 @@ def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress) -> 
         result.healthy = True
     except _StepFailed as exc:
         result.message = f"{scenario} failed: {exc}"
+    except LockedError:
+        raise   # the live KB was busy when its copy was to be made: not a failed recovery
     except (KbguardError, OSError) as exc:
         result.message = f"{scenario} failed: {exc}"
     result.detection_s = run.seconds("detect")

@@ -247,3 +247,14 @@ def test_scratch_copies_are_kept_where_asked(tmp_path: Path, built_kb) -> None:
     config = (scratch / "store-corruption" / "kbguard-drill.toml").read_text()
     assert f'path = "{scratch / "store-corruption" / "store"}"' in config
     assert str(kb.cfg.manifest) not in config
+
+
+def test_a_busy_live_kb_is_not_copied_half_way(tmp_path: Path, built_kb) -> None:
+    from kbguard.lock import kb_lock
+
+    kb = built_kb()
+    with kb_lock(kb.cfg.manifest, "rebuild"):
+        res = kb.cli("drill", "store-lost")
+    assert res.code == 3, (res.stdout, res.stderr)
+    assert "This KB is busy: `kbguard rebuild`" in res.stderr
+    assert history(kb) == []
