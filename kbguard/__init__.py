@@ -18,6 +18,7 @@ needs it, such as the parsers.
 from __future__ import annotations
 
 from kbguard.config import Config, init_config, load_config
+from kbguard.drill import DrillReport, DrillResult, DrillStep, drill_kb
 from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, LockedError,
                             ManifestError, ParseError, ProviderUnavailable, RestoreNeeded,
                             RestorePending, SnapshotDamaged, SnapshotError, StoreError,
@@ -45,6 +46,7 @@ __all__ = [
     "restore_snapshot", "RestoreReport",
     "estimate_rebuild", "EstimateReport", "Scenario", "render_runbook",
     "write_report", "ReportResult",
+    "drill_kb", "DrillReport", "DrillResult", "DrillStep",
     "KbguardError", "ConfigError", "CorpusError", "LockedError", "ManifestError", "ParseError",
     "EmbedError", "ProviderUnavailable", "StoreError", "StoreUnavailable", "SnapshotError",
     "SnapshotDamaged", "RestoreNeeded", "RestorePending",

@@ -6,6 +6,8 @@ here are interchangeable: switching a corpus to DVC never re-parses a file.
 
 from __future__ import annotations
 
+import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,3 +57,41 @@ def dvc_view(corpus: Path) -> DvcView | None:
         return DvcView(hashes, git_rev)
     except Exception:  # DVC is an accelerator here, never a requirement: fall back to hashing
         return None
+
+
+def tracking_file(path: Path) -> Path | None:
+    """The ``.dvc`` file that tracks ``path`` or a folder above it in its DVC repository."""
+    path = path.resolve()
+    root = find_dvc_root(path)
+    if root is None:
+        return None
+    for p in (path, *path.parents):
+        if p == root:
+            return None
+        candidate = p.with_name(p.name + ".dvc")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_MD5 = re.compile(r"^\s*-?\s*md5:\s*([0-9a-f]{32}(?:\.dir)?)\s*$", re.MULTILINE)
+
+
+def corpus_revision(corpus: Path) -> tuple[str | None, str | None]:
+    """(git commit, DVC hash) of the corpus: the commit checked out in the git repository that
+    holds it, and the md5 its ``.dvc`` file records; None for what does not apply."""
+    corpus = corpus.resolve()
+    try:
+        done = subprocess.run(["git", "-C", str(corpus), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=30)
+        commit = done.stdout.strip() if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    dvc_file = tracking_file(corpus)
+    found = None
+    if dvc_file is not None:
+        try:
+            found = _MD5.search(dvc_file.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            found = None
+    return commit or None, found.group(1) if found else None

@@ -713,6 +713,16 @@ class Manifest:
             self._db.execute("DETACH live")
         return None
 
+    def usage_since(self, since: datetime) -> dict[str, Any]:
+        """Requests, texts, tokens and USD the ledger holds from ``since`` on, all runs and
+        spaces together: what a stretch of commands (a drill's) cost in embedding."""
+        row = self._db.execute(
+            "SELECT coalesce(sum(requests), 0), coalesce(sum(texts), 0), "
+            "coalesce(sum(tokens), 0), coalesce(sum(cost_usd), 0) FROM ledger "
+            "WHERE recorded_at >= ?", [since]).fetchone()
+        return {"requests": int(row[0]), "texts": int(row[1]), "tokens": int(row[2]),
+                "cost_usd": round(float(row[3]), 6)}
+
     # -- drills ------------------------------------------------------------------------------
 
     def record_drill(self, drill: Mapping[str, Any]) -> int:

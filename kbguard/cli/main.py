@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from kbguard.cli import (kb_commands, report_commands, runbook_commands, snapshot_commands,
-                         verify_commands)
+from kbguard.cli import (drill_commands, kb_commands, report_commands, runbook_commands,
+                         snapshot_commands, verify_commands)
 
 app = typer.Typer(
     name="kbguard",
@@ -19,6 +19,7 @@ snapshot_commands.register(app)
 verify_commands.register(app)
 runbook_commands.register(app)
 report_commands.register(app)
+drill_commands.register(app)
 
 
 def run() -> None:
