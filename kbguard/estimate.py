@@ -210,6 +210,13 @@ class _Estimate:
         elif store is None and writes + deletes:
             bases.append("no measured store write yet: run a rebuild, or --calibrate")
         overhead = self._overhead()
+        # a stage costs something even with nothing to do (its manifest queries): the median of
+        # that stage in runs where it had no work
+        if parse_s is not None:
+            parse_s += self._idle("parse", lambda d: d.get("documents", {}).get("added", 0)
+                                  + d.get("documents", {}).get("changed", 0))
+        if embed_s is not None:
+            embed_s += self._idle("embed", lambda d: d.get("chunks", {}).get("embedded", 0))
         out.stages = {"scan": round(scan_s, 3),
                       "parse": None if parse_s is None else round(parse_s, 3),
                       "embed": None if embed_s is None else round(embed_s, 3),
@@ -391,6 +398,11 @@ class _Estimate:
             return None
         return _Rate(spent / points, 0.0,
                      f"restore: {points / spent:,.0f} points/s over restores {_ids(runs)}")
+
+    def _idle(self, stage: str, work: Any) -> float:
+        idle = [r["summary"]["stages"].get(stage, 0.0) for r in self.runs
+                if r["summary"].get("stages") and not work(r["summary"])][:HISTORY_RUNS]
+        return statistics.median(idle) if idle else 0.0
 
     def _overhead(self) -> float:
         """What a run spends outside its stages (opening the manifest, the report)."""
