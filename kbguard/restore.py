@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import secrets
 import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,7 @@ from kbguard.progress import SILENT, Progress
 from kbguard.snapshot import (
     BATCH,
     ENGINE,
+    PointBatch,
     POINTS_FILE,
     SHARD_DIR,
     TABLES,
@@ -537,7 +540,7 @@ def _verify_copy(stage: Store, folder: Path, body: dict[str, Any], batch_size: i
     dims = {v["name"]: int(v["dim"]) for v in body["config"]["vectors"]}
     progress.stage("verify copy", int(body["counts"]["points"]))
     n = 0
-    for batch in read_points(folder, body, batch_size):
+    for batch, wanted in _read_ahead(read_points(folder, body, batch_size)):
         got = stage.retrieve_arrays(batch.ids, dims)
         row_of = {pid: i for i, pid in enumerate(got.ids)}
         missing = [pid for pid in batch.ids if pid not in row_of]
@@ -560,13 +563,58 @@ def _verify_copy(stage: Store, folder: Path, body: dict[str, Any], batch_size: i
             bad = np.flatnonzero((rows != want).any(axis=1) & present)
             if bad.size:
                 _mismatch(stage, f"vector {name!r} of point {batch.ids[bad[0]]} differs")
-        for pid, i, text in zip(batch.ids, order, batch.payloads, strict=True):
-            if got.payloads[i] != json.loads(text):
-                _mismatch(stage, f"the payload of point {pid} differs")
+        stored_payloads = [got.payloads[i] for i in order.tolist()]
+        if stored_payloads != wanted:
+            for pid, have, want in zip(batch.ids, stored_payloads, wanted, strict=True):
+                if have != want:
+                    _mismatch(stage, f"the payload of point {pid} differs")
         n += len(batch.ids)
         progress.advance(len(batch.ids))
     if stage.count() != n:
         _mismatch(stage, f"it holds {stage.count()} points, the snapshot {n}")
+
+
+def _read_ahead(batches: Iterator[PointBatch]) -> Iterator[tuple[PointBatch, list[Any]]]:
+    """The snapshot's batches with their payloads decoded, read one batch ahead in a thread:
+    Parquet decoding runs without the GIL while the engine is read. The payloads of a batch
+    are decoded in one call, as one JSON array (each is one JSON value: checked by count)."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():  # the consumer may have stopped reading: never block
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                wanted = json.loads("[" + ",".join(batch.payloads) + "]")
+                if len(wanted) != len(batch.ids):
+                    raise ValueError("a payload is not one JSON value")
+                if not put((batch, wanted)):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the reading thread, which raises it
+            put(exc)
+
+    reader = threading.Thread(target=produce, name="kbguard-restore-read", daemon=True)
+    reader.start()
+    try:
+        while (item := ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                if isinstance(item, ValueError):
+                    raise SnapshotDamaged(f"{POINTS_FILE} holds a payload that is not JSON "
+                                          f"({item})", file=POINTS_FILE) from item
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _mismatch(stage: Store, what: str) -> None:
