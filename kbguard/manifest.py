@@ -775,6 +775,64 @@ class Manifest:
 
     # -- history for the report -------------------------------------------------------------
 
+    # -- the store's points as the manifest records them (snapshots of an Edge store) --------
+
+    def unrecorded_points(self, names: Sequence[str]) -> str | None:
+        """Why the store state cannot say exactly which points the store holds and what each
+        carries (pending writes, a point no chunk describes, a vector of another space, a
+        point recorded twice); None when it can. ``names`` are the store's vector names."""
+        con = self._db.cursor()  # the snapshot's tables are exported on this one meanwhile
+        try:
+            row = con.execute(
+                "SELECT (SELECT count(*) FROM store_state WHERE NOT confirmed), "
+                "(SELECT count(*) FROM store_state s WHERE NOT EXISTS "
+                "  (SELECT 1 FROM chunks c WHERE c.point_id = s.point_id)), "
+                "(SELECT count(*) - count(DISTINCT point_id) FROM store_state), "
+                "(SELECT count(*) - count(DISTINCT point_id) FROM chunks), "
+                "(SELECT count(*) FROM store_state, unnest(string_split(vectors, ',')) t(name) "
+                "  WHERE NOT list_contains(?::VARCHAR[], name))", [list(names)]).fetchone()
+        finally:
+            con.close()
+        pending, undescribed, twice, chunk_twice, foreign = (int(v) for v in row)
+        if pending:
+            return f"{pending} point writes are not confirmed"
+        if undescribed:
+            return f"{undescribed} points in the store state have no chunk"
+        if twice or chunk_twice:
+            return "a point is recorded twice"
+        if foreign:
+            return f"{foreign} recorded vectors are of no space the store has"
+        return None
+
+    def recorded_points(self, kb: str, spaces: Sequence[tuple[str, str]], batch_size: int
+                        ) -> Iterator[pa.RecordBatch]:
+        """Every confirmed point, as its payload and cached vectors make it, on a connection of
+        its own: ``id``, ``payload`` (JSON) and, for the i-th (vector name, space id) of
+        ``spaces``, ``named{i}`` (the point was written with it), ``vector{i}`` and
+        ``checksum{i}`` (its cache row's, null where there is none)."""
+        cols, joins, args = [], [], []
+        for i, (name, _) in enumerate(spaces):
+            cols.append(f"list_contains(string_split(s.vectors, ','), ?) AS named{i}, "
+                        f"e{i}.vector AS vector{i}, e{i}.checksum AS checksum{i}")
+            args.append(name)
+            joins.append(f"LEFT JOIN embeddings e{i} ON e{i}.space_id = ? "
+                         f"AND e{i}.content_hash = c.content_hash")
+        query = ("SELECT c.point_id AS id, json_object('content_hash', c.content_hash, "
+                 "'kb', ?, 'occurrence', c.occurrence, 'path', c.path, 'section', c.section, "
+                 f"'text', c.text) AS payload, {', '.join(cols)} FROM store_state s "
+                 f"JOIN chunks c ON c.point_id = s.point_id {' '.join(joins)} "
+                 "WHERE s.confirmed")
+        con = self._db.cursor()
+        try:
+            # a relation streams to Arrow without the extra copy a DB-API result makes
+            yield from con.sql(query, params=[kb, *args, *(sid for _, sid in spaces)]
+                               ).to_arrow_reader(batch_size)
+        except duckdb.Error as exc:
+            raise _statement_error(exc, self.path, query) from exc
+        finally:
+            con.close()
+
+
     def check_history(self) -> list[dict[str, Any]]:
         """Every finished check (runs of kind verify*), oldest first: run_id, kind, started_at,
         status, points_checked and ``findings``, the count of every finding class recorded."""

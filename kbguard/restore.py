@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import secrets
 import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,7 @@ from kbguard.progress import SILENT, Progress
 from kbguard.snapshot import (
     BATCH,
     ENGINE,
+    PointBatch,
     POINTS_FILE,
     SHARD_DIR,
     TABLES,
@@ -442,6 +445,7 @@ def _finish_interrupted(cfg: Config, live: Store, notes: list[str]) -> str | Non
     if journal["phase"] == BUILDING:
         _clear_leftovers(live, notes)  # the staging copy, however far its build got
         _remove(_staged_manifest(cfg, tag))
+        shutil.rmtree(_import_folder(cfg, tag), ignore_errors=True)
         journal_path(cfg).unlink()
         notes.append(f"an interrupted restore of snapshot {sid} had not switched over; its "
                      "partial copy was deleted")
@@ -451,16 +455,223 @@ def _finish_interrupted(cfg: Config, live: Store, notes: list[str]) -> str | Non
     return str(sid)
 
 
+# -- a Qdrant server's shard snapshot -----------------------------------------------------------
+
+_PAYLOAD_KEYS = {"kb", "path", "content_hash", "occurrence", "section", "text"}
+
+
+def _import_folder(cfg: Config, tag: str) -> Path:
+    """Where the tables made from a Qdrant snapshot's points wait for the staging manifest."""
+    return cfg.manifest.with_name(f"{cfg.manifest.name}.restore-{tag}.import")
+
+
+def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: bool = True,
+                                 batch_size: int = BATCH,
+                                 progress: Progress = SILENT) -> RestoreReport:
+    """Bring a Qdrant server collection's shard snapshot (``.../shards/0/snapshot``) into the
+    KB's embedded Edge store, as a restore: unpacked into a staging shard beside the live one,
+    its vectors checked against the config's spaces, the manifest rebuilt from the points'
+    payloads (which a kbguard KB writes: path, content hash, text), every point read back,
+    then switched in atomically. The catch-up rebuild then re-reads the corpus's documents."""
+    if cfg.store_backend != "edge":
+        raise SnapshotError(
+            f"--from-qdrant-snapshot brings a snapshot into an embedded Qdrant Edge store, and "
+            f"this KB's store is {cfg.store_backend}. Restore it on the server instead, or set "
+            "store.backend = \"edge\".")
+    if not snapshot_file.is_file():
+        raise SnapshotError(f"There is no snapshot file {snapshot_file}. Download the shard "
+                            "snapshot from the server first (GET /collections/NAME/shards/0/"
+                            "snapshot).")
+    started = time.perf_counter()
+    notes: list[str] = []
+    stages: dict[str, float] = {}
+    sid = f"qdrant:{snapshot_file.name}"
+    with kb_lock(cfg.manifest, "restore"):
+        with store_for(cfg) as live:
+            _finish_interrupted(cfg, live, notes)
+            _clear_leftovers(live, notes)
+            tag = secrets.token_hex(4)
+            staged = _staged_manifest(cfg, tag)
+            stage = live.staging(tag)
+            folder = _import_folder(cfg, tag)
+            _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": BUILDING,
+                                 "started_at": now().isoformat(timespec="seconds")})
+            try:
+                assert isinstance(stage, EdgeStore)  # the backend is edge
+                t = time.perf_counter()
+                _unpack(snapshot_file, stage.path)
+                stages["unpack"] = time.perf_counter() - t
+                t = time.perf_counter()
+                body = _tables_from_points(cfg, stage, folder, snapshot_file.name, batch_size,
+                                           progress)
+                stages["tables from the points"] = time.perf_counter() - t
+                t = time.perf_counter()
+
+                def fill() -> int:
+                    _verify_copy(stage, folder, body, batch_size, progress)
+                    return int(body["counts"]["points"])
+
+                points = _build(cfg, stage, staged, sid, folder, body, batch_size, progress,
+                                fill=fill, keep=True)
+                stages["manifest and read-back"] = time.perf_counter() - t
+                stage.close()
+            except BaseException:
+                try:
+                    stage.drop()
+                    _remove(staged)
+                    journal_path(cfg).unlink(missing_ok=True)
+                except Exception:  # noqa: BLE001 - the original error matters more
+                    pass
+                raise
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            t = time.perf_counter()
+            _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": SWITCHING,
+                                 "started_at": now().isoformat(timespec="seconds")})
+            crash_point("restore-commit")
+            _switch(cfg, live, tag)
+            stages["switch"] = time.perf_counter() - t
+    notes.append("documents were rebuilt from the points' payloads; the catch-up rebuild "
+                 "reads the corpus again to fill in their files' details")
+    seconds = time.perf_counter() - started
+    report = RestoreReport(
+        kb=cfg.kb, snapshot=sid, backend=cfg.store_backend, points=points,
+        seconds=round(seconds, 3), points_per_s=round(points / seconds, 1) if seconds else 0.0,
+        stages={k: round(v, 3) for k, v in stages.items()}, notes=notes,
+        method="qdrant snapshot")
+    if catch_up:
+        try:
+            report.catch_up = rebuild(cfg, progress=progress).to_dict()
+        except KbguardError as exc:
+            raise type(exc)(
+                f"The Qdrant snapshot {snapshot_file.name} was restored, but the catch-up "
+                f"rebuild failed: {exc} Run `kbguard rebuild` once this is fixed.") from exc
+    return report
+
+
+def _unpack(snapshot_file: Path, target: Path) -> None:
+    from qdrant_edge import EdgeShard
+
+    try:
+        EdgeShard.unpack_snapshot(str(snapshot_file), str(target))
+    except Exception as exc:  # noqa: BLE001 - the bindings raise plain exceptions
+        raise SnapshotError(
+            f"{snapshot_file} is not a Qdrant shard snapshot the engine can unpack ({exc}). "
+            "Take the snapshot of one shard (GET /collections/NAME/shards/0/snapshot), not of "
+            "the whole collection, and download it whole. The KB was not touched.") from exc
+
+
+def _tables_from_points(cfg: Config, stage: EdgeStore, folder: Path, name: str,
+                        batch_size: int, progress: Progress) -> dict[str, Any]:
+    """Write the points of an unpacked shard and the manifest tables their payloads give
+    into ``folder``, as a kbguard snapshot holds them; returns a snapshot body for them."""
+    info = stage.describe()
+    have = {v.name: (v.dim, v.distance) for v in info.vectors}
+    want = {s.name: (s.dim, "cosine") for s in cfg.spaces}
+    if have != want:
+        raise SnapshotError(
+            f"The Qdrant snapshot {name} holds the vectors {_fmt_vectors(have)}, but the config's "
+            f"spaces are {_fmt_vectors(want)}. Restore it with a config whose [[spaces]] match "
+            "the collection's vectors (names and dimensions). The KB was not touched.")
+    specs = sorted(info.vectors, key=lambda v: v.name)
+    folder.mkdir()
+    progress.stage("read the snapshot's points", info.points)
+    pages = list(stage.scroll(batch_size=batch_size))
+    for page in pages:
+        for p in page:
+            payload = p.payload
+            if set(payload) != _PAYLOAD_KEYS or payload.get("kb") != cfg.kb:
+                why = (f"it belongs to KB {payload.get('kb')!r}" if set(payload) == _PAYLOAD_KEYS
+                       else f"its payload has the keys {sorted(payload)}")
+                raise SnapshotError(
+                    f"Point {p.id} of the Qdrant snapshot {name} was not written by kbguard for "
+                    f"KB {cfg.kb!r} ({why}), so the manifest cannot be rebuilt from the "
+                    "points. Restore only snapshots of a collection kbguard built for this KB; "
+                    "for any other, run `kbguard rebuild --full`. The KB was not touched.")
+        progress.advance(len(page))
+    from kbguard.snapshot import _write_points  # the same points file a snapshot holds
+
+    points = _write_points(folder / POINTS_FILE, iter(pages), specs, SILENT)
+    _write_tables(cfg, pages, folder)
+    counts = {t: pq.ParquetFile(folder / f"{t}.parquet").metadata.num_rows for t in TABLES}
+    return {"config": {"vectors": [{"name": v.name, "dim": v.dim, "distance": v.distance}
+                                   for v in specs]},
+            "counts": {**counts, "points": points}, "corpus": {}}
+
+
+def _write_tables(cfg: Config, pages: list[list[Any]], folder: Path) -> None:
+    """documents, chunks and embeddings as the points' payloads and vectors give them."""
+    from kbguard.manifest import vector_checksum
+
+    stamp = now()
+    by_path: dict[str, list[Any]] = {}
+    for page in pages:
+        for p in page:
+            by_path.setdefault(p.payload["path"], []).append(p)
+    chunks: dict[str, list[Any]] = {k: [] for k in ("point_id", "path", "seq", "content_hash",
+                                                     "occurrence", "section", "text", "tokens")}
+    cache: dict[tuple[str, str], bytes] = {}
+    space_of = {s.name: s.space_id for s in cfg.spaces}
+    for path, points in sorted(by_path.items()):
+        # the order within a document is not in the payload: the catch-up re-chunks it
+        points.sort(key=lambda p: (p.payload["section"], p.payload["occurrence"], p.id))
+        for seq, p in enumerate(points):
+            pl = p.payload
+            for key, value in (("point_id", p.id), ("path", path), ("seq", seq),
+                               ("content_hash", pl["content_hash"]),
+                               ("occurrence", int(pl["occurrence"])),
+                               ("section", str(pl["section"])), ("text", str(pl["text"])),
+                               ("tokens", 0)):
+                chunks[key].append(value)
+            for vname, vec in p.vectors.items():
+                cache[(space_of[vname], pl["content_hash"])] = np.asarray(
+                    vec, dtype="<f4").tobytes()
+    docs = sorted(by_path)
+    pq.write_table(pa.table({
+        "path": pa.array(docs, pa.string()), "file_hash": pa.nulls(len(docs), pa.string()),
+        "size": pa.nulls(len(docs), pa.int64()), "mtime_ns": pa.nulls(len(docs), pa.int64()),
+        "indexed_hash": pa.nulls(len(docs), pa.string()),
+        "status": pa.array(["ok"] * len(docs), pa.string()),
+        "error": pa.nulls(len(docs), pa.string()),
+        "chunks": pa.array([len(by_path[d]) for d in docs], pa.int32()),
+        "updated_at": pa.array([stamp] * len(docs), pa.timestamp("us", tz="UTC"))}),
+        folder / "documents.parquet")
+    pq.write_table(pa.table({
+        "point_id": pa.array(chunks["point_id"], pa.string()),
+        "path": pa.array(chunks["path"], pa.string()),
+        "seq": pa.array(chunks["seq"], pa.int32()),
+        "content_hash": pa.array(chunks["content_hash"], pa.string()),
+        "occurrence": pa.array(chunks["occurrence"], pa.int32()),
+        "section": pa.array(chunks["section"], pa.string()),
+        "text": pa.array(chunks["text"], pa.string()),
+        "tokens": pa.array(chunks["tokens"], pa.int32())}), folder / "chunks.parquet")
+    keys = sorted(cache)
+    pq.write_table(pa.table({
+        "space_id": pa.array([k[0] for k in keys], pa.string()),
+        "content_hash": pa.array([k[1] for k in keys], pa.string()),
+        "vector": pa.array([cache[k] for k in keys], pa.binary()),
+        "checksum": pa.array([vector_checksum(cache[k]) for k in keys], pa.string()),
+        "created_at": pa.array([stamp] * len(keys), pa.timestamp("us", tz="UTC"))}),
+        folder / "embeddings.parquet")
+
+
+def _fmt_vectors(vectors: dict[str, tuple[int, str]]) -> str:
+    return ", ".join(f"{n or '(unnamed)'} ({dim}-d {dist})"
+                     for n, (dim, dist) in sorted(vectors.items())) or "none"
+
+
 # -- building and checking the copy -----------------------------------------------------------
 
 def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
            body: dict[str, Any], batch_size: int, progress: Progress,
-           fill: Any = None) -> int:
+           fill: Any = None, keep: bool = False) -> int:
     """Build the staging manifest from the snapshot's tables and the staging store from its
-    points, or with ``fill()`` (which returns the number of points) instead."""
+    points, or with ``fill()`` (which returns the number of points) instead; ``keep``: the
+    staging store holds the points already, and ``fill()`` only checks them."""
     specs = [VectorSpec(v["name"], int(v["dim"]), v["distance"])
              for v in body["config"]["vectors"]]
-    stage.drop()
+    if not keep:
+        stage.drop()
     if fill is None:
         stage.create(specs)
     _remove(staged)
@@ -541,7 +752,7 @@ def _verify_copy(stage: Store, folder: Path, body: dict[str, Any], batch_size: i
     dims = {v["name"]: int(v["dim"]) for v in body["config"]["vectors"]}
     progress.stage("verify copy", int(body["counts"]["points"]))
     n = 0
-    for batch in read_points(folder, body, batch_size):
+    for batch, wanted in _read_ahead(read_points(folder, body, batch_size)):
         got = stage.retrieve_arrays(batch.ids, dims)
         row_of = {pid: i for i, pid in enumerate(got.ids)}
         missing = [pid for pid in batch.ids if pid not in row_of]
@@ -564,13 +775,58 @@ def _verify_copy(stage: Store, folder: Path, body: dict[str, Any], batch_size: i
             bad = np.flatnonzero((rows != want).any(axis=1) & present)
             if bad.size:
                 _mismatch(stage, f"vector {name!r} of point {batch.ids[bad[0]]} differs")
-        for pid, i, text in zip(batch.ids, order, batch.payloads, strict=True):
-            if got.payloads[i] != json.loads(text):
-                _mismatch(stage, f"the payload of point {pid} differs")
+        stored_payloads = [got.payloads[i] for i in order.tolist()]
+        if stored_payloads != wanted:
+            for pid, have, want in zip(batch.ids, stored_payloads, wanted, strict=True):
+                if have != want:
+                    _mismatch(stage, f"the payload of point {pid} differs")
         n += len(batch.ids)
         progress.advance(len(batch.ids))
     if stage.count() != n:
         _mismatch(stage, f"it holds {stage.count()} points, the snapshot {n}")
+
+
+def _read_ahead(batches: Iterator[PointBatch]) -> Iterator[tuple[PointBatch, list[Any]]]:
+    """The snapshot's batches with their payloads decoded, read one batch ahead in a thread:
+    Parquet decoding runs without the GIL while the engine is read. The payloads of a batch
+    are decoded in one call, as one JSON array (each is one JSON value: checked by count)."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():  # the consumer may have stopped reading: never block
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                wanted = json.loads("[" + ",".join(batch.payloads) + "]")
+                if len(wanted) != len(batch.ids):
+                    raise ValueError("a payload is not one JSON value")
+                if not put((batch, wanted)):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the reading thread, which raises it
+            put(exc)
+
+    reader = threading.Thread(target=produce, name="kbguard-restore-read", daemon=True)
+    reader.start()
+    try:
+        while (item := ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                if isinstance(item, ValueError):
+                    raise SnapshotDamaged(f"{POINTS_FILE} holds a payload that is not JSON "
+                                          f"({item})", file=POINTS_FILE) from item
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _mismatch(stage: Store, what: str) -> None:

@@ -49,7 +49,7 @@ from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.faults import crash_point
 from kbguard.durable import fsync_path
 from kbguard.lock import kb_lock
-from kbguard.manifest import Manifest
+from kbguard.manifest import Manifest, vector_checksum
 from kbguard.progress import SILENT, Progress
 from kbguard.store import Point
 from kbguard.dvc_corpus import find_dvc_root
@@ -524,22 +524,38 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 try:
                     progress.stage("snapshot points", info.points)
                     t = time.perf_counter()
-                    points = _write_points(tmp / POINTS_FILE,
-                                           store.scroll(batch_size=batch_size), specs, progress)
-                    stages["points parquet"] = time.perf_counter() - t
-                    shard = None
+                    points, shard = None, None
                     if isinstance(store, EdgeStore):
-                        progress.stage("snapshot shard files")
-                        t = time.perf_counter()
-                        (tmp / SHARD_DIR).mkdir()
+                        # The points come from the manifest, so the store is not read: its
+                        # files are copied (hashing releases the GIL) while they are written.
+                        why = _unrecorded(manifest, cfg, specs)
+                        copier = _ShardCopier(store, tmp / SHARD_DIR)
+                        copier.start()
                         try:
-                            with store.closed_and_held() as shard_path:
-                                shard = _copy_shard(shard_path, tmp / SHARD_DIR)
-                        except _ShardUnfit as exc:
-                            shutil.rmtree(tmp / SHARD_DIR)
-                            notes.append(f"this snapshot holds no shard files ({exc}); a "
-                                         "restore rebuilds the store from its Parquet files")
-                        stages["shard files"] = time.perf_counter() - t
+                            if why is None:
+                                try:
+                                    points = _write_recorded_points(
+                                        tmp / POINTS_FILE, manifest, cfg, specs, info.points,
+                                        batch_size)
+                                    progress.advance(points)
+                                except _ManifestUnfit as exc:
+                                    why = str(exc)
+                        finally:
+                            copier.join()
+                        if copier.error is not None:
+                            raise copier.error
+                        shard = copier.shard
+                        if copier.unfit:
+                            notes.append(f"this snapshot holds no shard files ({copier.unfit}); "
+                                         "a restore rebuilds the store from its Parquet files")
+                        stages["shard files (beside the points)"] = copier.seconds
+                        if why is not None:
+                            notes.append(f"the points were read from the store: {why}")
+                    if points is None:
+                        points = _write_points(tmp / POINTS_FILE,
+                                               store.scroll(batch_size=batch_size), specs,
+                                               progress)
+                    stages["points parquet"] = time.perf_counter() - t
                 finally:
                     t = time.perf_counter()
                     exporter.join()  # never close the manifest under a thread still using it
@@ -605,6 +621,31 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                         stages={k: round(v, 3) for k, v in stages.items()})
 
 
+class _ShardCopier(threading.Thread):
+    """Copies an Edge store's shard folder into the snapshot, the store closed and held."""
+
+    def __init__(self, store: EdgeStore, dst: Path):
+        super().__init__(name="kbguard-snapshot-shard", daemon=True)
+        self.store, self.dst = store, dst
+        self.shard: dict[str, Any] | None = None
+        self.unfit: str | None = None
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        t = time.perf_counter()
+        try:
+            self.dst.mkdir()
+            with self.store.closed_and_held() as shard_path:
+                self.shard = _copy_shard(shard_path, self.dst)
+        except _ShardUnfit as exc:
+            shutil.rmtree(self.dst, ignore_errors=True)
+            self.unfit = str(exc)
+        except BaseException as exc:  # handed to the snapshotting thread, which raises it
+            self.error = exc
+        self.seconds = time.perf_counter() - t
+
+
 class _TableExporter(threading.Thread):
     """Writes the manifest tables a restore needs into the snapshot folder."""
 
@@ -621,20 +662,102 @@ class _TableExporter(threading.Thread):
             self.error = exc
 
 
-def _write_points(path: Path, pages: Iterator[list[Point]], specs: list[Any],
-                  progress: Progress) -> int:
-    """Stream store pages into Parquet, one row group per page: memory bounded by the page."""
+def _points_writer(path: Path, specs: list[Any]) -> tuple[pq.ParquetWriter, pa.Schema]:
     schema = pa.schema(
         [pa.field("id", pa.string(), nullable=False)]
         + [pa.field(VECTOR_PREFIX + s.name, pa.list_(pa.float32(), s.dim)) for s in specs]
         + [pa.field("payload", pa.string(), nullable=False)]
     )
-    n = 0
     # Float32 vectors hardly compress and decompressing them costs a restore time: only the
     # ids and payloads are compressed.
     compression = {name: "none" if name.startswith(VECTOR_PREFIX) else "zstd"
                    for name in schema.names}
-    with pq.ParquetWriter(path, schema, compression=compression) as writer:
+    # No dictionaries or statistics: ids, payloads and vectors are all distinct, and trying
+    # them cost the writer half its time (measured at 100k points: 1.17 s against 0.55 s).
+    return pq.ParquetWriter(path, schema, compression=compression, use_dictionary=False,
+                            write_statistics=False), schema
+
+
+class _ManifestUnfit(Exception):
+    """The manifest cannot say exactly what the store holds: the points are read from the
+    store instead, as for a store of another kind."""
+
+
+def _unrecorded(manifest: Manifest, cfg: Config, specs: list[Any]) -> str | None:
+    """Why points.parquet cannot be written from the manifest (see _write_recorded_points)."""
+    by_name = {s.name: s for s in cfg.spaces}
+    for spec in specs:
+        space = by_name.get(spec.name)
+        if space is None or not space.normalize:
+            return (f"the vectors of {spec.name!r} are not cached normalised, and the store "
+                    "keeps them normalised")
+    return manifest.unrecorded_points([s.name for s in specs])
+
+
+def _write_recorded_points(path: Path, manifest: Manifest, cfg: Config, specs: list[Any],
+                           store_points: int, batch_size: int) -> int:
+    """Write points.parquet from the manifest: every confirmed point with the payload it was
+    written with and its cached vectors, in the format a scroll of the store gives.
+
+    The store is not read: the snapshot's shard files are its bytes, and a restore reads
+    them back against this file before it switches, so a store that differs from its
+    manifest (a silently damaged vector file, say) is caught then and restored from this
+    file. Only a manifest that records every point exactly is used: no pending write, no
+    point without its chunk, the store's count, every vector cached with a good checksum,
+    and spaces whose vectors are cached normalised (a cosine store keeps those unchanged):
+    ``_unrecorded`` has said so before this is called.
+    """
+    by_name = {s.name: s for s in cfg.spaces}
+    spaces = [(s.name, by_name[s.name].space_id) for s in specs]
+    writer, schema = _points_writer(path, specs)
+    n = 0
+    try:
+        with writer:
+            for batch in manifest.recorded_points(cfg.kb, spaces, batch_size):
+                columns: list[pa.Array] = [batch.column("id")]
+                for i, spec in enumerate(specs):
+                    columns.append(_cached_vector_column(batch, i, spec))
+                columns.append(batch.column("payload"))
+                writer.write_batch(pa.record_batch(columns, schema=schema))
+                n += batch.num_rows
+    except _ManifestUnfit:
+        path.unlink(missing_ok=True)
+        raise
+    if n != store_points:
+        path.unlink()
+        raise _ManifestUnfit(f"the manifest records {n} points, the store holds "
+                             f"{store_points}")
+    return n
+
+
+def _cached_vector_column(batch: pa.RecordBatch, i: int, spec: Any) -> pa.Array:
+    """The ``spec`` vector of a batch of recorded points, checked against its checksums."""
+    named = batch.column(f"named{i}").to_numpy(zero_copy_only=False).astype(bool)
+    blobs = batch.column(f"vector{i}")
+    if blobs.null_count and (named & ~blobs.is_valid().to_numpy(zero_copy_only=False)).any():
+        raise _ManifestUnfit(f"a point's {spec.name!r} vector is not in the embedding cache")
+    size = 4 * spec.dim
+    kept = [(b, k) for b, k, w in zip(blobs.to_pylist(), batch.column(f"checksum{i}")
+                                      .to_pylist(), named, strict=True) if w]
+    for blob, checksum in kept:
+        if len(blob) != size or vector_checksum(blob) != checksum:
+            raise _ManifestUnfit(f"a cached {spec.name!r} vector fails its checksum "
+                                 "(`kbguard verify` names it)")
+    matrix = np.zeros((len(named), spec.dim), dtype="<f4")
+    if kept:
+        matrix[named] = np.frombuffer(b"".join(b for b, _ in kept), dtype="<f4"
+                                      ).reshape(len(kept), spec.dim)
+    values = pa.array(matrix.reshape(-1), pa.float32())
+    mask = None if named.all() else pa.array(~named)
+    return pa.FixedSizeListArray.from_arrays(values, spec.dim, mask=mask)
+
+
+def _write_points(path: Path, pages: Iterator[list[Point]], specs: list[Any],
+                  progress: Progress) -> int:
+    """Stream store pages into Parquet, one row group per page: memory bounded by the page."""
+    writer, schema = _points_writer(path, specs)
+    n = 0
+    with writer:
         for page in pages:
             columns: list[pa.Array] = [pa.array([p.id for p in page], pa.string())]
             for s in specs:

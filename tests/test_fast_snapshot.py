@@ -9,9 +9,11 @@ import json
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import KB, edit_corpus, store_contents
 
+from kbguard.manifest import Manifest
 from kbguard.restore import pending_restore
 from kbguard.snapshot import (ENGINE, META_FILE, SHARD_DIR, engine_version, read_meta,
                               render_meta, snapshot_folder, verify_folder)
@@ -249,3 +251,83 @@ def test_sigkill_during_a_fast_restore_leaves_old_or_new(built_kb, crash_at: str
     assert report["method"] == ("shard files" if crash_at == "restore-build:2" else "finished")
     assert store_contents(kb.cfg) == snap_store
     _no_leftovers(kb)
+
+
+# -- points.parquet written from the manifest ---------------------------------------------------
+
+def _snapshot_points(folder: Path) -> dict[str, tuple[bytes, dict]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(folder / "points.parquet")
+    rows = table.to_pylist()
+    return {r["id"]: (np.asarray(r["vector:local"], dtype="<f4").tobytes(),
+                      json.loads(r["payload"])) for r in rows}
+
+
+def test_the_points_file_is_the_manifest_s_and_equals_the_store(built_kb) -> None:
+    """Written from the manifest (no scroll of the store), point for point what the store
+    holds, payload text with quotes, backslashes and non-ASCII characters included."""
+    kb = built_kb()
+    kb.write("odd.md", '# Quotes "here"\n\nA back\\slash, tabs\tand ünïcødé — 日本語.\n')
+    kb.cli_json("rebuild")
+    original = store_contents(kb.cfg)
+    report = kb.cli_json("snapshot", "create")
+    assert report["notes"] == []
+    assert "shard files (beside the points)" in report["stages"]
+    got = _snapshot_points(snapshot_folder(kb.cfg, report["id"]))
+    assert got == {pid: (vecs["local"], payload) for pid, (vecs, payload) in original.items()}
+
+
+def test_a_store_damaged_when_snapshotted_is_restored_from_the_manifest_s_points(
+        built_kb) -> None:
+    """The shard files are the store's bytes, points.parquet the manifest's: a vector file
+    damaged in place (the engine loads it silently) is found by the restore's read-back,
+    which then restores from Parquet, so the damage is not carried back."""
+    kb = built_kb()
+    original = store_contents(kb.cfg)
+    [matrix] = [p for p in kb.cfg.store_path.rglob("chunk_0.mmap")]
+    data = bytearray(matrix.read_bytes())
+    data[100] ^= 0x40                      # inside the first stored vector
+    matrix.write_bytes(bytes(data))
+    assert store_contents(kb.cfg) != original   # loads silently, wrong
+    sid, _ = _snapshot(kb)
+    report = kb.cli_json("restore", sid, "--yes", "--no-catch-up")
+    assert report["method"] == "parquet"
+    [note] = report["notes"]
+    assert "does not match the snapshot: vector 'local' of point" in note
+    assert store_contents(kb.cfg) == original
+    _no_leftovers(kb)
+
+
+def test_pending_writes_take_the_points_from_the_store(built_kb) -> None:
+    kb = built_kb()
+    original = store_contents(kb.cfg)
+    with Manifest.open(kb.cfg.manifest) as m:
+        m.con.execute("UPDATE store_state SET confirmed = false WHERE point_id IN "
+                      "(SELECT point_id FROM store_state ORDER BY point_id LIMIT 2)")
+    report = kb.cli_json("snapshot", "create")
+    assert "the points were read from the store: 2 point writes are not confirmed" in (
+        report["notes"])
+    folder = snapshot_folder(kb.cfg, report["id"])
+    assert len(_snapshot_points(folder)) == len(original)
+    restored = kb.cli_json("restore", report["id"], "--yes", "--no-catch-up")
+    assert restored["method"] == "shard files"
+    assert store_contents(kb.cfg) == original
+
+
+def test_a_damaged_cache_row_takes_the_points_from_the_store(built_kb) -> None:
+    """A cached vector that fails its checksum never goes into points.parquet: the store's
+    copy of it does, as before."""
+    kb = built_kb()
+    original = store_contents(kb.cfg)
+    with Manifest.open(kb.cfg.manifest) as m:
+        blob, h = m.con.execute("SELECT vector, content_hash FROM embeddings LIMIT 1").fetchone()
+        bad = bytearray(blob)
+        bad[0] ^= 0x01
+        m.con.execute("UPDATE embeddings SET vector = ? WHERE content_hash = ?",
+                      [bytes(bad), h])
+    report = kb.cli_json("snapshot", "create")
+    assert ("the points were read from the store: a cached 'local' vector fails its checksum "
+            "(`kbguard verify` names it)") in report["notes"]
+    got = _snapshot_points(snapshot_folder(kb.cfg, report["id"]))
+    assert got == {pid: (vecs["local"], payload) for pid, (vecs, payload) in original.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,7 +12,7 @@ from kbguard.cli.common import (DEFAULT_CONFIG_PATH, EXIT_ERROR, ConfigOpt, Json
                                 RichProgress, emit_json, exit_code_for, guarded, load, stderr,
                                 stdout)
 from kbguard.errors import SnapshotError
-from kbguard.restore import restore
+from kbguard.restore import RestoreReport, restore, restore_from_qdrant_snapshot
 from kbguard.snapshot import (create_snapshot, list_snapshots, prune_snapshots,
                               verify_snapshot)
 
@@ -160,6 +161,12 @@ def restore_cmd(
     no_catch_up: Annotated[bool, typer.Option(
         "--no-catch-up", help="Skip the incremental rebuild of what changed since the snapshot.")
     ] = False,
+    from_qdrant_snapshot: Annotated[Path | None, typer.Option(
+        "--from-qdrant-snapshot", metavar="FILE",
+        help="Instead of a kbguard snapshot, a Qdrant server's shard snapshot file "
+             "(GET /collections/NAME/shards/0/snapshot) of a collection kbguard built for "
+             "this KB: unpacked into the embedded Edge store, checked against the config's "
+             "spaces, the manifest rebuilt from the points' payloads.")] = None,
     yes: YesOpt = False,
     dvc_remote: DvcRemoteOpt = "",
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
@@ -168,6 +175,18 @@ def restore_cmd(
 ) -> None:
     """Replace the KB's store and manifest with a verified snapshot, then catch up."""
     cfg = load(config)
+    if from_qdrant_snapshot is not None:
+        if snapshot_id or latest:
+            raise SnapshotError("--from-qdrant-snapshot takes the place of a snapshot ID and "
+                                "--latest: pass only one of them.")
+        if not yes:
+            _confirm(f"Replace the store and manifest of KB '{cfg.kb}' with the Qdrant "
+                     f"snapshot {from_qdrant_snapshot}?", "--yes")
+        report = restore_from_qdrant_snapshot(
+            cfg, from_qdrant_snapshot, catch_up=not no_catch_up,
+            progress=RichProgress(enabled=not quiet and not json_out))
+        _print_restore(report, json_out)
+        return
     if latest and not list_snapshots(cfg):
         raise SnapshotError(f"KB '{cfg.kb}' has no snapshot under {cfg.snapshot_root}; there is "
                             "nothing to restore. `kbguard rebuild --full` rebuilds the store "
@@ -178,6 +197,10 @@ def restore_cmd(
     report = restore(cfg, snapshot_id or None, latest=latest, catch_up=not no_catch_up,
                      dvc_remote=dvc_remote or None,
                      progress=RichProgress(enabled=not quiet and not json_out))
+    _print_restore(report, json_out)
+
+
+def _print_restore(report: RestoreReport, json_out: bool) -> None:
     if json_out:
         emit_json(report.to_dict())
         return
