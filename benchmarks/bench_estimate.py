@@ -12,6 +12,10 @@ and, as separate `kbguard` processes, estimates each scenario and then makes it 
     incremental     back to the 4.2.17 KB (restore + rebuild), corpus replaced by 5.1.4,
                     estimate, then `rebuild`; the estimate's texts and tokens must equal what
                     the rebuild embeds
+    primary_down    a second KB of two spaces, an API primary (the tests' local
+                    OpenAI-compatible server) before the fake standby, built at 4.2.17; the
+                    5.1.4 update estimated, then rebuilt with the primary's URL on a closed
+                    port (exit 4: the standby embeds, the primary is left in debt)
 
 Estimated seconds are compared with the run's own `seconds` (the report of the rebuild, or
 restore plus catch-up), which exclude interpreter start-up (~1 s, the same for every command).
@@ -36,19 +40,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_rebuild import NEW, OLD, django_docs, write_config  # noqa: E402
 
+from tests.openai_server import OpenAIServer  # noqa: E402
+
 RUNS = Path(__file__).resolve().parent / "runs"
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
+KEY = "sk-bench-estimate"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "KBG_BENCH_KEY": KEY,
+       "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
 
-def kbguard(cfg: Path, *args: str) -> tuple[dict, float]:
+def kbguard(cfg: Path, *args: str, ok: tuple[int, ...] = (0,)) -> tuple[dict, float]:
     """One kbguard command with --json: its report and its wall time."""
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "kbguard", *args, "--json", "--config",
                            str(cfg)], capture_output=True, text=True, env=ENV)
     wall = time.perf_counter() - t
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         raise SystemExit(f"kbguard {' '.join(args)} failed ({proc.returncode}): "
                          f"{proc.stdout[-2000:]} {proc.stderr[-2000:]}")
     return json.loads(proc.stdout), wall
@@ -61,6 +70,58 @@ def estimate(cfg: Path, *extra: str) -> tuple[dict, float]:
 def swap_corpus(work: Path, version: str) -> None:
     shutil.rmtree(work / "corpus")
     shutil.copytree(django_docs(version), work / "corpus")
+
+
+API_SPACES = """
+[[spaces]]
+name = "primary"
+model = "text-embedding-3-small"
+dim = 384
+batch_size = 64
+[[spaces.providers]]
+type = "openai"
+base_url = "{url}"
+api_key_env = "KBG_BENCH_KEY"
+max_retries = 0
+timeout_s = 5
+max_batch_texts = 64
+price_per_million_tokens = 0.02
+[[spaces]]
+name = "local"
+"""
+
+
+def primary_down_run(work: Path, url: str, closed: str) -> dict:
+    """An API primary (the tests' local OpenAI-compatible server) before the fake standby: the
+    update arrives while the primary is down (its URL a closed port)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    cfg = write_config(work, "fake", 32)
+    text = cfg.read_text().replace('[[spaces]]\nname = "local"\n', API_SPACES.format(url=url))
+    cfg.write_text(text)
+    shutil.copytree(django_docs(OLD), work / "corpus")
+    kbguard(cfg, "rebuild", "--quiet")
+    kbguard(cfg, "rebuild", "--quiet")
+    swap_corpus(work, NEW)
+    est, _ = estimate(cfg)
+    cfg.write_text(text.replace(url, closed))
+    report, _ = kbguard(cfg, "rebuild", "--quiet", ok=(4,))
+    sc = est["scenarios"]["primary_down"]
+    return {"estimated_s": sc["seconds"], "measured_s": report["seconds"],
+            "estimated_texts": sc["texts"], "estimated_tokens": sc["tokens"],
+            "measured_texts": report["spaces"]["local"]["texts"],
+            "measured_tokens": report["cost"]["by_space"].get("local", {}).get("tokens", 0),
+            "estimated_debt": sc["spaces"]["primary"]["debt"],
+            "measured_debt": report["spaces"]["primary"]["debt"], "basis": sc["basis"],
+            "estimated_stages": sc["stages"], "measured_stages": report["stages"]}
+
+
+def closed_port_url() -> str:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
 
 
 def one_run(work: Path, provider: str) -> dict:
@@ -125,6 +186,9 @@ def main() -> None:
     for i in range(args.runs):
         load = os.getloadavg()[0]
         got = one_run(out_dir / f"run{i}", args.provider)
+        with OpenAIServer(api_key=KEY, fast=True, keep_log=False) as server:
+            got["primary_down"] = primary_down_run(out_dir / f"api{i}", server.url,
+                                                   closed_port_url())
         got["load_before"] = load
         results.append(got)
         print(json.dumps(got, indent=1), file=sys.stderr)
@@ -135,7 +199,8 @@ def main() -> None:
           f" load before each run: {loads}\n")
     print("| scenario | estimated s (median) | measured s (median) | error (median) | texts est./measured |")
     print("|---|---|---|---|---|")
-    for name in ("first", "store_lost", "full_reembed", "restore_latest", "incremental"):
+    for name in ("first", "store_lost", "full_reembed", "restore_latest", "incremental",
+                 "primary_down"):
         est = [r[name]["estimated_s"] for r in results]
         got = [r[name]["measured_s"] for r in results]
         err = [(e - g) / g for e, g in zip(est, got, strict=True) if e is not None and g]
@@ -145,6 +210,11 @@ def main() -> None:
               f"{statistics.median(got):.2f} | "
               f"{f'{statistics.median(err):+.0%}' if err else 'n/a'} | "
               f"{results[0][name]['estimated_texts']} / {results[0][name]['measured_texts']} |")
+    print("\nprimary_down: standby texts estimated/measured "
+          f"{results[0]['primary_down']['estimated_texts']}/"
+          f"{results[0]['primary_down']['measured_texts']}, primary debt "
+          f"{results[0]['primary_down']['estimated_debt']}/"
+          f"{results[0]['primary_down']['measured_debt']}")
     print(f"\nincremental exact (texts and tokens) in every run: "
           f"{all(r['incremental']['exact'] for r in results)}")
     for key in ("estimate_wall_s_nothing_to_do", "estimate_wall_s_update_pending"):

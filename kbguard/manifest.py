@@ -554,11 +554,14 @@ class Manifest:
         return {t: self._count(f"SELECT count(*) FROM {_table(t)}") for t in tables}
 
     def export_table(self, table: str, path: Path) -> None:
-        """Write ``table`` to the Parquet file ``path``, in key order (zstd)."""
+        """Write ``table`` to the Parquet file ``path``, in key order: zstd, but snappy for the
+        embedding cache, whose float32 vectors zstd barely shrinks at twice the time (100k
+        384-d vectors: 1.0 s against 0.5 s)."""
         order = {"documents": "path", "chunks": "path, seq",
                  "embeddings": "space_id, content_hash"}[table]
+        codec = "snappy" if table == "embeddings" else "zstd"
         self._db.execute(f"COPY (SELECT * FROM {_table(table)} ORDER BY {order}) TO "
-                         f"{_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)")
+                         f"{_literal(str(path))} (FORMAT parquet, COMPRESSION {codec})")
 
     def import_tables(self, files: Mapping[str, Path]) -> None:
         """Load tables from Parquet files (table -> file, as ``export_table`` wrote them) in one
