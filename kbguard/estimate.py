@@ -32,6 +32,7 @@ from typing import Any
 
 from kbguard.config import Config, SpaceConfig
 from kbguard.errors import KbguardError
+from kbguard.kb import point_payload, store_for, vector_specs
 from kbguard.lock import check_unlocked
 from kbguard.manifest import Manifest
 from kbguard.progress import SILENT, Progress
@@ -39,6 +40,7 @@ from kbguard.providers import Provider, chain_for
 from kbguard.rebuild import parse_all, parse_jobs, plan_rebuild
 from kbguard.scan import require_corpus
 from kbguard.snapshot import list_snapshots, read_meta
+from kbguard.store import Point
 
 SCENARIOS = ("incremental", "store_lost", "full_reembed", "restore_latest", "primary_down")
 HISTORY_RUNS = 5            # the newest runs a stage's rate is taken from
@@ -422,52 +424,68 @@ class _Estimate:
 
     def _calibrate(self, tmp: Path) -> None:
         """Embed a small sample with every provider of every chain, and write a sample of points
-        into a scratch store: rates for what has no history. The texts are the KB's own."""
-        from kbguard.kb import store_for, vector_specs
-        from kbguard.store import Point
-
+        into a scratch store: rates for what has no history. The texts are the KB's own, and
+        the sample goes through a rebuild's own steps in a scratch manifest (vectors into its
+        cache, points through its write protocol), which cost as much as the calls do."""
         sample = self.manifest.future_texts()[:CALIBRATION_TEXTS]
         if not sample:
             self.notes.append("nothing to calibrate with: the corpus has no text")
             return
         texts = [text for _, text in sample]
-        vectors: dict[str, Any] = {}
-        for space in self.cfg.spaces:
-            for provider in chain_for(space).providers:
-                try:
-                    provider.embed(texts[:1])           # loads a local model: not a rate
-                    t = time.perf_counter()
-                    got = provider.embed(texts)
-                    seconds = time.perf_counter() - t
-                except KbguardError as exc:
-                    self.calibration[provider.name] = {"error": str(exc)}
-                    continue
-                vectors.setdefault(space.name, got.vectors)
-                tokens = got.usage.tokens or 1
-                self.calibration[provider.name] = {
-                    "texts": len(texts), "tokens": got.usage.tokens,
-                    "seconds": round(seconds, 4), "cost_usd": got.usage.cost_usd}
-                self.embed_rates[(space.space_id, provider.name)] = _Rate(
-                    seconds / tokens, 0.0,
-                    f"{provider.name}: {tokens / seconds:,.0f} tokens/s calibrated now on "
-                    f"{len(texts)} texts")
-        if self.cfg.store_url or len(vectors) != len(self.cfg.spaces):
-            return
+        hashes = [h for h, _ in sample]
+        spaces_done: set[str] = set()
+        with Manifest.open(tmp / "calibration.duckdb", kb=self.cfg.kb) as scratch_m:
+            for space in self.cfg.spaces:
+                for provider in chain_for(space).providers:
+                    try:
+                        provider.embed(texts[:1])           # loads a local model: not a rate
+                        t = time.perf_counter()
+                        got = provider.embed(texts)
+                        with scratch_m.transaction():
+                            scratch_m.cache_vectors(space.space_id,
+                                                    list(zip(hashes, got.vectors, strict=True)),
+                                                    None, provider=provider.name)
+                        seconds = time.perf_counter() - t
+                    except KbguardError as exc:
+                        self.calibration[provider.name] = {"error": str(exc)}
+                        continue
+                    spaces_done.add(space.name)
+                    tokens = got.usage.tokens or 1
+                    self.calibration[provider.name] = {
+                        "texts": len(texts), "tokens": got.usage.tokens,
+                        "seconds": round(seconds, 4), "cost_usd": got.usage.cost_usd}
+                    self.embed_rates[(space.space_id, provider.name)] = _Rate(
+                        seconds / tokens, 0.0,
+                        f"{provider.name}: {tokens / seconds:,.0f} tokens/s calibrated now on "
+                        f"{len(texts)} texts")
+            if self.cfg.store_url or len(spaces_done) != len(self.cfg.spaces):
+                return
+            self._calibrate_store(tmp, scratch_m, texts, hashes)
+
+    def _calibrate_store(self, tmp: Path, scratch_m: Manifest, texts: list[str],
+                         hashes: list[str]) -> None:
         scratch = replace(self.cfg, store_path=tmp / "calibration-store",
                           collection="calibration")
-        points = [Point(f"00000000-0000-4000-8000-{i:012d}",
-                        {name: v[i % len(v)] for name, v in vectors.items()},
-                        {"text": texts[i % len(texts)]})
-                  for i in range(CALIBRATION_POINTS)]
+        names = ",".join(sorted(s.name for s in self.cfg.spaces))
+        ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(CALIBRATION_POINTS)]
+        batch = self.cfg.upsert_batch
         with store_for(scratch) as store:
             store.ensure(vector_specs(scratch))
             t = time.perf_counter()
-            for i in range(0, len(points), self.cfg.upsert_batch):
-                store.upsert(points[i:i + self.cfg.upsert_batch])
-            store.flush()
-            self.calibration["store"] = {"points": len(points),
+            for start in range(0, len(ids), batch):
+                rows = [(pid, hashes[i % len(hashes)], texts[i % len(texts)])
+                        for i, pid in enumerate(ids[start:start + batch], start)]
+                vectors: dict[str, dict[str, Any]] = {}
+                for space in self.cfg.spaces:
+                    for h, vector, _ in scratch_m.cached_vectors(space.space_id,
+                                                                 sorted({r[1] for r in rows})):
+                        vectors.setdefault(h, {})[space.name] = vector
+                points = [(Point(pid, vectors[h], point_payload(self.cfg.kb, "calibration", h,
+                                                                0, "", text)),
+                           "calibration", h) for pid, h, text in rows]
+                scratch_m.write_points(store, points, names)
+            self.calibration["store"] = {"points": len(ids),
                                          "seconds": round(time.perf_counter() - t, 4)}
-
 
 def _ids(runs: Iterable[dict[str, Any]]) -> str:
     ids = sorted(r["run_id"] for r in runs)
