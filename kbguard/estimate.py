@@ -396,10 +396,19 @@ class _Estimate:
         runs = self.manifest.recent_runs(["restore"], limit=HISTORY_RUNS)
         points = sum(int(r["summary"].get("points", 0)) for r in runs)
         spent = sum((r["finished_at"] - r["started_at"]).total_seconds() for r in runs)
-        if not points or spent <= 0:
-            return None
-        return _Rate(spent / points, 0.0,
-                     f"restore: {points / spent:,.0f} points/s over restores {_ids(runs)}")
+        if points and spent > 0:
+            return _Rate(spent / points, 0.0,
+                         f"restore: {points / spent:,.0f} points/s over restores {_ids(runs)}")
+        # never restored here, but a drill restored a copy of this KB: its restore step
+        for drill in reversed(self.manifest.drill_history()):
+            for step in drill["steps"] if drill["status"] == "passed" else []:
+                if str(step.get("command", "")).startswith("kbguard restore"):
+                    when = drill["started_at"]
+                    day = when.strftime("%Y-%m-%d") if hasattr(when, "strftime") else when
+                    return _Rate(0.0, float(step["seconds"]),
+                                 f"restore: {step['seconds']:.1f} s in the {drill['scenario']} "
+                                 f"drill of {day}")
+        return None
 
     def _idle(self, stage: str, work: Any) -> float:
         idle = [r["summary"]["stages"].get(stage, 0.0) for r in self.runs

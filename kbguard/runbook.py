@@ -138,15 +138,16 @@ def _everything_lost(cfg: Config, flag: str, verify_ok: str) -> tuple[str, list[
                          "loses it.",
                          "# set up: `dvc init`, `dvc add` the corpus, a DVC remote, and "
                          "`kbguard snapshot create --dvc-push` on a schedule"], verify_ok)
-    origin = _git(root, "remote", "get-url", "origin") or "<your git remote>"
-    folder = Path(origin.rstrip("/")).name.removesuffix(".git") or "repo"
+    origin = _git(root, "remote", "get-url", "origin")
+    folder = (Path(origin.rstrip("/")).name.removesuffix(".git") if origin else "") or root.name
     try:
         config = cfg.path.relative_to(root)
     except ValueError:
         return (detect, ["# not possible yet: the config is outside the git repository "
                          f"{root}; commit it there so a clone has it"], verify_ok)
     corpus = cfg.corpus.relative_to(root) if cfg.corpus.is_relative_to(root) else cfg.corpus
-    return (detect, [f"git clone {shlex.quote(origin)} {shlex.quote(folder)} && "
+    url = shlex.quote(origin) if origin else "<this repository's git remote>"
+    return (detect, [f"git clone {url} {shlex.quote(folder)} && "
                      f"cd {shlex.quote(folder)}",
                      f"dvc pull {shlex.quote(str(corpus))}   # the corpus at the cloned "
                      "revision",

@@ -191,3 +191,27 @@ def test_the_text_output_names_every_scenario(built_kb) -> None:
     for name in SCENARIOS:
         assert name in res.stdout
     assert "nothing written" in res.stdout
+
+
+def test_a_drill_that_restored_a_copy_times_the_restore(built_kb) -> None:
+    """Never restored here, but a drill restored a scratch copy of this KB: its restore step
+    is the measurement, and the basis names it."""
+    from datetime import datetime, timezone
+
+    from kbguard.manifest import Manifest
+
+    kb = built_kb()
+    assert kb.cli("snapshot", "create").code == 0
+    before = _estimate(kb)["scenarios"]["restore_latest"]
+    assert before["seconds"] is None and "no restore measured yet" in before["basis"]
+    at = datetime(2026, 11, 29, 10, 0, tzinfo=timezone.utc)
+    with Manifest.open(kb.cfg.manifest) as m:
+        m.record_drill({"scenario": "manifest-lost", "started_at": at, "finished_at": at,
+                        "status": "passed", "healthy": True, "recovery_s": 9.0,
+                        "steps": [{"command": "kbguard verify", "seconds": 0.5},
+                                  {"command": "kbguard restore --latest --yes", "seconds": 2.5},
+                                  {"command": "kbguard verify", "seconds": 6.0}]})
+    after = _estimate(kb)["scenarios"]["restore_latest"]
+    assert after["stages"]["restore"] == 2.5
+    assert "2.5 s in the manifest-lost drill of 2026-11-29" in after["basis"]
+    assert after["seconds"] is not None and after["seconds"] >= 2.5
