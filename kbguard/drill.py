@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from kbguard.config import Config, load_config
+from kbguard.durable import copy_sparse, copy_tree_sparse
 from kbguard.dvc_corpus import corpus_revision, find_dvc_root, tracking_file
 from kbguard.errors import ConfigError, KbguardError, LockedError
 from kbguard.faults import ENV as CRASH_ENV
@@ -639,16 +640,16 @@ def _copy_kb(cfg: Config, run: _Runner, *, corpus: Path | None = None, down: boo
 
     def copy() -> None:
         with kb_lock(cfg.manifest, "drill"):
-            _copy_file(cfg.manifest, manifest)
+            copy_sparse(cfg.manifest, manifest)
             wal = cfg.manifest.with_name(cfg.manifest.name + ".wal")
             if wal.exists():
-                _copy_file(wal, manifest.with_name(manifest.name + ".wal"))
+                copy_sparse(wal, manifest.with_name(manifest.name + ".wal"))
             if cfg.store_path is not None and cfg.store_path.exists():
-                _copy_tree(cfg.store_path, store)
+                copy_tree_sparse(cfg.store_path, store)
             snapshots.mkdir()
             newest = _newest_local_snapshot(cfg) if snapshot else None
             if newest is not None:
-                _copy_tree(newest, snapshots / newest.name)
+                copy_tree_sparse(newest, snapshots / newest.name)
 
     run.act("copy the KB under its lock" + (" (and its newest snapshot)" if snapshot else ""),
             copy, phase="setup")
@@ -661,35 +662,6 @@ def _copy_kb(cfg: Config, run: _Runner, *, corpus: Path | None = None, down: boo
 def _store_of(run: _Runner) -> Path:
     assert run.cfg is not None and run.cfg.store_path is not None
     return run.cfg.store_path
-
-
-def _copy_file(src: Path, dst: Path) -> None:
-    """Copy one file keeping its holes (an Edge shard preallocates large sparse files)."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
-            except OSError:   # only a hole is left
-                break
-            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-            fin.seek(start)
-            fout.seek(start)
-            while start < end:
-                block = fin.read(min(end - start, 1 << 20))
-                if not block:
-                    break
-                fout.write(block)
-                start += len(block)
-            pos = end
-        fout.truncate(size)
-    shutil.copystat(src, dst)
-
-
-def _copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, symlinks=True,
-                    copy_function=lambda s, d: _copy_file(Path(s), Path(d)))
 
 
 def _closed_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -52,3 +53,34 @@ def _write_replace(path: Path, text: str, mode: int | None) -> None:
         except OSError:
             pass
         raise
+
+
+def copy_sparse(src: Path | str, dst: Path | str) -> str:
+    """Copy one file keeping its holes (Qdrant Edge preallocates large sparse files, which a
+    plain copy would write out in full) and its times; returns ``dst`` (a copy_function)."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
+            except OSError:   # ENXIO: only a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            fin.seek(start)
+            fout.seek(start)
+            while start < end:
+                block = fin.read(min(end - start, 1 << 20))
+                if not block:
+                    break
+                fout.write(block)
+                start += len(block)
+            pos = end
+        fout.truncate(size)
+    shutil.copystat(src, dst)
+    return str(dst)
+
+
+def copy_tree_sparse(src: Path, dst: Path) -> None:
+    """``shutil.copytree`` with ``copy_sparse`` (symlinks copied as links)."""
+    shutil.copytree(src, dst, symlinks=True, copy_function=copy_sparse)

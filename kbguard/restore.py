@@ -332,14 +332,7 @@ def _restore_into(cfg: Config, live: Store, sid: str, folder: Path, body: dict[s
             stages["verify"] = time.perf_counter() - t
         stage.close()
     except BaseException:
-        # Not switched: the KB is untouched. Clear the partial copy (a SIGKILL skips this;
-        # the next restore does it from the journal).
-        try:
-            stage.drop()
-            _remove(staged)
-            journal_path(cfg).unlink(missing_ok=True)
-        except Exception:  # noqa: BLE001 - the original error matters more
-            pass
+        _discard_staging(cfg, stage, staged)
         raise
     t = time.perf_counter()
     _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": SWITCHING,
@@ -418,6 +411,17 @@ def _restore_shard(cfg: Config, stage: Store, staged: Path, sid: str, folder: Pa
     stages["manifest (after the check)"] = time.perf_counter() - t - sum(
         stages[k] for k in ("copy shard files", "verify"))
     return points
+
+
+def _discard_staging(cfg: Config, stage: Store, staged: Path) -> None:
+    """Not switched: the KB is untouched. Clear the partial copy (a SIGKILL skips this; the
+    next restore does it from the journal)."""
+    try:
+        stage.drop()
+        _remove(staged)
+        journal_path(cfg).unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 - the original error matters more
+        pass
 
 
 def _switch(cfg: Config, live: Store, tag: str) -> None:
@@ -516,12 +520,7 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
                 stages["manifest and read-back"] = time.perf_counter() - t
                 stage.close()
             except BaseException:
-                try:
-                    stage.drop()
-                    _remove(staged)
-                    journal_path(cfg).unlink(missing_ok=True)
-                except Exception:  # noqa: BLE001 - the original error matters more
-                    pass
+                _discard_staging(cfg, stage, staged)
                 raise
             finally:
                 shutil.rmtree(folder, ignore_errors=True)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from kbguard.cli.main import app
 from kbguard.config import Config, load_config
+from kbguard.durable import copy_sparse
 
 BACKENDS = ["edge", "qdrant"]
 DVC = [sys.executable, "-m", "dvc"]
@@ -148,30 +149,6 @@ def edit_corpus(kb: KB, *, extra_docs: int = 0) -> None:
         kb.write(f"added/extra{i}.md", long_markdown(f"Extra {i}", sections=3))
 
 
-def _copy_sparse(src: str, dst: str) -> str:
-    """Copy one file keeping its holes: Qdrant Edge preallocates sparse 32 MiB files, which a
-    plain copy would write out in full for every test."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: nothing but a hole is left
-                break
-            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-            fin.seek(start)
-            fout.seek(start)
-            while start < end:
-                block = fin.read(min(end - start, 1 << 20))
-                fout.write(block)
-                start += len(block)
-            pos = end
-        fout.truncate(size)
-    shutil.copystat(src, dst)
-    return dst
-
-
 @pytest.fixture(scope="session")
 def _built_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, KB]:
     return {}
@@ -195,7 +172,7 @@ def built_kb(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
             _built_templates[key] = template
         root = tmp_path if root is None else root
         shutil.copytree(template.root, root, symlinks=True, dirs_exist_ok=True,
-                        copy_function=_copy_sparse)
+                        copy_function=copy_sparse)
         config = write_config(root / "kbguard.toml", root / "corpus", backend=backend, **kw)
         return KB(root, root / "corpus", config)
 
