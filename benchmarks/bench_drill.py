@@ -51,19 +51,8 @@ def kbguard(*args: str, cwd: Path) -> str:
     return sh(sys.executable, "-m", "kbguard", *args, "--config", "kb.toml", cwd=cwd)
 
 
-def sample_config(url: str) -> str:
-    sample = tomllib.loads((REPO / "pipelines/sample.toml").read_text())
-    canaries = "".join(
-        f'[[canaries]]\nquery = "{c["query"]}"\nexpect = {json.dumps(c["expect"])}\n'
-        f'k = {c["k"]}\nspace = "local"\n\n' for c in sample["canaries"])
-    include = json.dumps(sample["corpus"]["include"])
-    return f"""[kb]
-name = "sample"
-[corpus]
-path = "corpus"
-include = {include}
-[chunking]
-max_tokens = 256
+# an API primary space (the tests' local OpenAI-compatible server at {url}) before the standby
+API_PRIMARY = """\
 [[spaces]]
 name = "primary"
 model = "text-embedding-3-small"
@@ -77,7 +66,23 @@ max_retries = 0
 timeout_s = 5
 max_batch_texts = 64
 price_per_million_tokens = 0.02
-[[spaces]]
+"""
+
+
+def sample_config(url: str) -> str:
+    sample = tomllib.loads((REPO / "pipelines/sample.toml").read_text())
+    canaries = "".join(
+        f'[[canaries]]\nquery = "{c["query"]}"\nexpect = {json.dumps(c["expect"])}\n'
+        f'k = {c["k"]}\nspace = "local"\n\n' for c in sample["canaries"])
+    include = json.dumps(sample["corpus"]["include"])
+    return f"""[kb]
+name = "sample"
+[corpus]
+path = "corpus"
+include = {include}
+[chunking]
+max_tokens = 256
+{API_PRIMARY.format(url=url)}[[spaces]]
 name = "local"
 provider = "sentence-transformers"
 model = "all-MiniLM-L6-v2"

@@ -41,6 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_drill import API_PRIMARY  # noqa: E402
 from bench_rebuild import NEW, OLD, django_docs, write_config  # noqa: E402
 
 from tests.openai_server import OpenAIServer  # noqa: E402
@@ -72,24 +73,9 @@ def swap_corpus(work: Path, version: str) -> None:
     shutil.copytree(django_docs(version), work / "corpus")
 
 
-API_SPACES = """
-[[spaces]]
-name = "primary"
-model = "text-embedding-3-small"
-dim = 384
-batch_size = 64
-[[spaces.providers]]
-type = "openai"
-base_url = "{url}"
-api_key_env = "KBG_BENCH_KEY"
-max_retries = 0
-timeout_s = 5
-max_batch_texts = 64
-price_per_million_tokens = 0.02
-[[spaces]]
+API_SPACES = API_PRIMARY + """[[spaces]]
 name = "local"
 """
-
 
 def primary_down_run(work: Path, url: str, closed: str) -> dict:
     """An API primary (the tests' local OpenAI-compatible server) before the fake standby: the
