@@ -334,12 +334,7 @@ def _restore_into(cfg: Config, live: Store, sid: str, folder: Path, body: dict[s
     except BaseException:
         _discard_staging(cfg, stage, staged)
         raise
-    t = time.perf_counter()
-    _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": SWITCHING,
-                         "started_at": now().isoformat(timespec="seconds")})
-    crash_point("restore-commit")
-    _switch(cfg, live, tag)
-    stages["switch"] = time.perf_counter() - t
+    _commit_and_switch(cfg, live, sid, tag, stages)
     return points, method
 
 
@@ -411,6 +406,18 @@ def _restore_shard(cfg: Config, stage: Store, staged: Path, sid: str, folder: Pa
     stages["manifest (after the check)"] = time.perf_counter() - t - sum(
         stages[k] for k in ("copy shard files", "verify"))
     return points
+
+
+def _commit_and_switch(cfg: Config, live: Store, sid: str, tag: str,
+                       stages: dict[str, float]) -> None:
+    """The staging copy is checked: journal the switch (from here a killed restore finishes it
+    on the next run), then switch."""
+    t = time.perf_counter()
+    _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": SWITCHING,
+                         "started_at": now().isoformat(timespec="seconds")})
+    crash_point("restore-commit")
+    _switch(cfg, live, tag)
+    stages["switch"] = time.perf_counter() - t
 
 
 def _discard_staging(cfg: Config, stage: Store, staged: Path) -> None:
@@ -524,12 +531,7 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
                 raise
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-            t = time.perf_counter()
-            _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": SWITCHING,
-                                 "started_at": now().isoformat(timespec="seconds")})
-            crash_point("restore-commit")
-            _switch(cfg, live, tag)
-            stages["switch"] = time.perf_counter() - t
+            _commit_and_switch(cfg, live, sid, tag, stages)
     notes.append("documents were rebuilt from the points' payloads; the catch-up rebuild "
                  "reads the corpus again to fill in their files' details")
     seconds = time.perf_counter() - started
