@@ -150,7 +150,7 @@ class _Estimate:
 
         names = ",".join(sorted(s.name for s in cfg.spaces))
         points_now, deletes_now = m.future_store_work(names)
-        all_points = m.future_store_work("\0")[0]   # no state row has that vector name
+        all_points = m.future_point_count()
         measured = f"scan {scan_s:.2f} s and parse of {len(todo)} documents {parse_s:.2f} s " \
                    "measured now"
         scenarios: dict[str, Scenario] = {}

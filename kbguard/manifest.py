@@ -642,6 +642,10 @@ class Manifest:
             f"(SELECT content_hash FROM {source} WHERE space_id = ?) "
             "GROUP BY content_hash ORDER BY content_hash", [space_id]).fetchall()
 
+    def future_point_count(self) -> int:
+        """Points in future_chunks: what a store written from scratch holds."""
+        return self._count("SELECT count(*) FROM future_chunks")
+
     def future_store_work(self, vectors: str, points: Path | None = None) -> tuple[int, int]:
         """(points to write, points to delete) for the store to hold future_chunks with the
         vectors ``vectors`` (comma-joined names), from this store state, or from a snapshot's
