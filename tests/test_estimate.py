@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,9 @@ def test_calibrate_measures_what_has_no_history(tmp_path: Path) -> None:
     assert est["calibration"]["store"]["points"] > 0
     inc = est["scenarios"]["incremental"]
     assert inc["seconds"] is not None and "calibrated now" in inc["basis"]
+    text = kb.cli("rebuild", "--estimate", "--calibrate").stdout
+    assert re.search(r"calibrated fake:fake-hash: [\d,]+ texts, [\d,]+ tokens in ", text), text
+    assert re.search(r"calibrated store: 512 points written in ", text), text
 
 
 def test_api_cost_is_the_price_times_the_tokens(tmp_path: Path, server: OpenAIServer) -> None:  # noqa: F811

@@ -126,7 +126,14 @@ def _estimate(cfg: Any, full: bool, calibrate: bool, json_out: bool, quiet: bool
         for note in sc.notes:
             stdout.print(f"  note       {name}: {one_line(note)}")
     for provider, got in est.calibration.items():
-        stdout.print(f"  calibrated {provider}: {got}")
+        if "error" in got:
+            what = f"failed: {one_line(got['error'])}"
+        elif "points" in got:
+            what = f"{got['points']:,} points written in {got['seconds']:.2f} s"
+        else:
+            what = (f"{got['texts']:,} texts, {got['tokens']:,} tokens in {got['seconds']:.2f} s"
+                    f" (${got['cost_usd']:.4f})")
+        stdout.print(f"  calibrated {provider}: {what}")
     for note in est.notes:
         stdout.print(f"  note       {one_line(note)}")
 
