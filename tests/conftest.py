@@ -8,16 +8,18 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from kbguard import providers
 from kbguard.cli.main import app
 from kbguard.config import Config, load_config
 from kbguard.durable import copy_sparse
+from tests.openai_server import OpenAIServer
 
 BACKENDS = ["edge", "qdrant"]
 DVC = [sys.executable, "-m", "dvc"]
@@ -227,3 +229,18 @@ def git_dvc_repo(root: Path):
     run("git", "config", "user.name", "t")
     run(*DVC, "init", "-q")
     return run
+
+
+API_KEY = "sk-test-4f1e9a7c2b8d"   # of the local OpenAI-compatible server; KBG_EMBED_KEY names it
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
+    """A real OpenAI-compatible embeddings server on 127.0.0.1 (tests/openai_server.py)."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.setenv("KBG_EMBED_KEY", API_KEY)
+    providers.forget_chains()  # each command of these tests stands for a new process
+    with OpenAIServer(api_key=API_KEY) as srv:
+        yield srv
+    providers.forget_chains()

@@ -10,31 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from kbguard import providers
 from kbguard.drill import SCENARIOS
 from kbguard.manifest import Manifest
 from tests.conftest import BACKENDS, DVC, KB, git_dvc_repo, make_kb, write_config
 from tests.openai_server import OpenAIServer
-from tests.test_spaces import KEY, _spaces
+from tests.test_spaces import _spaces
 
 CANARY = "Paragraph 0 of part 1 in Document 1 talks about topic1 and item0."
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("KBG_EMBED_KEY", KEY)
-    providers.forget_chains()
-    with OpenAIServer(api_key=KEY) as srv:
-        yield srv
-    providers.forget_chains()
 
 
 def live_state(kb: KB) -> dict[str, str]:

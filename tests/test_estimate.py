@@ -12,7 +12,7 @@ import pytest
 from kbguard.lock import kb_lock
 from tests.conftest import KB, edit_corpus, make_kb
 from tests.openai_server import OpenAIServer
-from tests.test_spaces import api_kb, server  # noqa: F401  (the server fixture)
+from tests.test_spaces import api_kb
 
 KEYS = {"texts", "tokens", "cost_usd", "seconds", "basis"}
 SCENARIOS = {"incremental", "store_lost", "full_reembed", "restore_latest", "primary_down"}
@@ -161,7 +161,7 @@ def test_calibrate_measures_what_has_no_history(tmp_path: Path) -> None:
     assert re.search(r"calibrated store: 512 points written in ", text), text
 
 
-def test_api_cost_is_the_price_times_the_tokens(tmp_path: Path, server: OpenAIServer) -> None:  # noqa: F811
+def test_api_cost_is_the_price_times_the_tokens(tmp_path: Path, server: OpenAIServer) -> None:
     server.report_usage = False     # then the ledger counts with cl100k, as the estimate does
     kb = api_kb(tmp_path, server.url, price=0.5)
     est = _estimate(kb)["scenarios"]["incremental"]

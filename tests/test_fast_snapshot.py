@@ -42,6 +42,17 @@ def _largest_data_file(folder: Path) -> str:
                key=lambda rel: (folder / SHARD_DIR / rel).stat().st_blocks)
 
 
+def _restored_from_parquet(kb: KB, sid: str, original: dict, why: str) -> None:
+    """Restoring ``sid`` fell back to the Parquet files, said ``why``, and brought back
+    exactly ``original``, leaving nothing behind."""
+    report = kb.cli_json("restore", sid, "--yes", "--no-catch-up")
+    assert report["method"] == "parquet"
+    [note] = report["notes"]
+    assert why in note
+    assert store_contents(kb.cfg) == original
+    _no_leftovers(kb)
+
+
 def _no_leftovers(kb: KB) -> None:
     assert pending_restore(kb.cfg) is None
     assert not [p for p in kb.cfg.store_path.parent.iterdir()
@@ -153,12 +164,8 @@ def test_a_shard_that_reads_back_wrong_falls_back_to_parquet(built_kb) -> None:
         body["shard"]["files"][rel]["sha256"] = hashlib.sha256(data).hexdigest()
     _rewrite_meta(folder, relist)
 
-    report = kb.cli_json("restore", sid, "--yes", "--no-catch-up")
-    assert report["method"] == "parquet"
-    [note] = report["notes"]
-    assert "does not match the snapshot: vector 'local' of point" in note
-    assert store_contents(kb.cfg) == original
-    _no_leftovers(kb)
+    _restored_from_parquet(kb, sid, original,
+                           "does not match the snapshot: vector 'local' of point")
 
 
 def test_another_engine_version_restores_from_parquet(built_kb) -> None:
@@ -291,12 +298,8 @@ def test_a_store_damaged_when_snapshotted_is_restored_from_the_manifest_s_points
     matrix.write_bytes(bytes(data))
     assert store_contents(kb.cfg) != original   # loads silently, wrong
     sid, _ = _snapshot(kb)
-    report = kb.cli_json("restore", sid, "--yes", "--no-catch-up")
-    assert report["method"] == "parquet"
-    [note] = report["notes"]
-    assert "does not match the snapshot: vector 'local' of point" in note
-    assert store_contents(kb.cfg) == original
-    _no_leftovers(kb)
+    _restored_from_parquet(kb, sid, original,
+                           "does not match the snapshot: vector 'local' of point")
 
 
 def test_pending_writes_take_the_points_from_the_store(built_kb) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +18,10 @@ import pytest
 from kbguard import providers
 from kbguard.providers import MIN_PROBE_COSINE
 from kbguard.manifest import Manifest
-from tests.conftest import KB, make_kb, store_contents
+from tests.conftest import API_KEY as KEY, KB, make_kb, store_contents
 from tests.openai_server import OpenAIServer
 
-KEY = "sk-test-4f1e9a7c2b8d"
 MODEL = "text-embedding-3-small"
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("KBG_EMBED_KEY", KEY)
-    providers.forget_chains()  # each command of these tests stands for a new process
-    with OpenAIServer(api_key=KEY) as srv:
-        yield srv
-    providers.forget_chains()
 
 
 def _spaces(url: str, *, standby_in_chain: bool = False, price: float = 0.02,
