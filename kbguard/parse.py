@@ -49,16 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kbguard.elements import Element as Element  # parsing's result type, re-exported
 from kbguard.errors import ParseError
-
-
-@dataclass(frozen=True)
-class Element:
-    """One structural piece of a document, in reading order."""
-
-    kind: str  # "title" or "text"
-    text: str
-    level: int = 0  # heading depth for titles (1 = top level) when known, else 0
 
 
 # unstructured pings its servers when imported and on every partition call, and prints a sales
