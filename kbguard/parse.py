@@ -6,7 +6,9 @@ Routes, by suffix:
                    unstructured's ``partition_md``: it renders Markdown to HTML first, where
                    ``Vec<T>`` or ``<Form as Widget>`` reads as an element and swallows the text
                    after it, whole paragraphs included. About 4x faster too, and no NLP.
-    .html .htm     unstructured ``partition_html``
+    .html .htm     unstructured ``partition_html``. It drops the text inside ``<form>``, ``<nav>``,
+                   ``<figure>``, ``<dialog>``, ``<noscript>`` and ``<object>``; a page that
+                   loses most of its text this way shows in the rebuild's low-text report.
     .rst           docutils -> HTML5 -> ``partition_html``. unstructured's ``partition_rst``
                    shells out to pandoc, which is not installed here; docutils is pure Python.
                    Sphinx roles and directives (``:doc:``, ``.. versionadded::``, ...), unknown
@@ -36,6 +38,10 @@ and tags words.
 Heavy imports (unstructured, spaCy, docutils, pdfminer, markdown-it) happen once per process,
 on first use: ``parse_file`` runs in worker processes, and a no-op rebuild never imports them;
 Markdown needs none but markdown-it.
+
+Each text file's ``source_chars`` (letters and digits a reader sees, estimated without the
+parser: fidelity.py) lets a rebuild report a document whose chunks hold much less text than its
+source, whatever lost it.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from typing import Any
 
 from kbguard.elements import Element as Element  # parsing's result type, re-exported
 from kbguard.errors import ParseError
+from kbguard.fidelity import source_text_chars, text_lost
 from kbguard.parse_markdown import markdown_elements
 
 
@@ -88,6 +95,9 @@ _NO_LANGUAGE = [""]
 class ParsedDocument:
     elements: list[Element]
     encoding: str | None  # the text encoding the bytes were read with; None for PDF and DOCX
+    # letters and digits a reader sees in the source, estimated without the parser (fidelity.py);
+    # None for PDF and DOCX
+    source_chars: int | None = None
 
 
 def parse_file(path: Path, read_as: Mapping[str, str] | None = None) -> list[Element]:
@@ -119,11 +129,12 @@ def parse_document(path: Path, read_as: Mapping[str, str] | None = None) -> Pars
     if not data:
         raise ParseError(f"{path.name}: empty file (0 bytes), nothing to index; add content "
                          "or remove the file from the corpus.")
-    encoding = None
+    encoding = source_chars = None
     try:
         if suffix in TEXT_SUFFIXES:
             text, encoding = _decode_text(path, data, html=suffix in (".html", ".htm"))
             elements = _TEXT_ROUTES[suffix](path, text)
+            source_chars = source_text_chars(suffix, text)
         else:
             elements = _BINARY_ROUTES[suffix](path, data)
     except ParseError:
@@ -132,12 +143,17 @@ def parse_document(path: Path, read_as: Mapping[str, str] | None = None) -> Pars
         raise ParseError(f"{path.name}: the {suffix} parser failed ({type(exc).__name__}: "
                          f"{exc}); check that the file opens in its usual application, or "
                          "exclude it.") from exc
+    if not elements and text_lost(source_chars, elements):
+        raise ParseError(f"{path.name}: no extractable text found, though the file holds about "
+                         f"{source_chars:,} letters and digits of text: the {suffix} parser "
+                         "lost them. Check the markup around that text, or report the file as "
+                         "a kbguard bug.")
     if not elements:
         hint = (" A scanned PDF holds only images; kbguard does no OCR, so convert it with an "
                 "OCR tool first." if suffix == ".pdf" else "")
         raise ParseError(f"{path.name}: no extractable text found.{hint} Add text or remove "
                          "the file from the corpus.")
-    return ParsedDocument(elements, encoding)
+    return ParsedDocument(elements, encoding, source_chars)
 
 
 # -- routes -----------------------------------------------------------------------------------
