@@ -130,7 +130,7 @@ class _Estimate:
         new: list[tuple[str, str, str]] = []
         replaced = list(plan.removed)
         failed = 0
-        for path, chunks, _error, _ in parse_all(parse_jobs(cfg, todo), cfg.parse_workers):
+        for path, chunks, _error, _, _ in parse_all(parse_jobs(cfg, todo), cfg.parse_workers):
             self.progress.advance()
             if chunks is None:
                 failed += 1   # a document that fails keeps its last good chunks

@@ -25,12 +25,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbguard.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
 from kbguard.errors import KbguardError, ParseError, ProviderUnavailable, StoreDamaged, StoreError
 from kbguard.faults import crash_point
+from kbguard.fidelity import LowText, low_text, text_lost
 from kbguard.kb import (DocPlan, empty_corpus_message, parse_settings, plan_documents,
                         point_payload, store_for, vector_specs)
 from kbguard.lock import kb_lock
@@ -41,6 +42,9 @@ from kbguard.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
 from kbguard.store import Point, Store
 from kbguard.dvc_corpus import dvc_view
 from kbguard.lost_manifest import lost_manifest
+
+if TYPE_CHECKING:
+    from kbguard.parse import ParsedDocument
 
 DOC_COMMIT_EVERY = 32          # parsed documents per manifest transaction
 INLINE_PARSE_BELOW = 6         # fewer documents than this are parsed without worker processes
@@ -59,6 +63,9 @@ class RebuildReport:
     hash_source: str
     corpus_rev: str
     notes: list[str] = field(default_factory=list)
+    # documents parsed now whose chunks hold much less text than their source (fidelity.py):
+    # path, source_chars, chunk_chars
+    low_text: list[dict[str, Any]] = field(default_factory=list)
     # per space: texts embedded now, by which providers, the debt left and the coverage
     spaces: dict[str, dict[str, Any]] = field(default_factory=dict)
     # what this run's embedding cost: tokens, usd, by_space
@@ -168,9 +175,13 @@ def parse_jobs(cfg: Config, files: list[ScannedFile]) -> list[_ParseJob]:
                       int(cfg.max_file_mb * 2**20), cfg.spaces[0], read_as) for f in files]
 
 
-def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None, str | None]:
-    """Parse one file and chunk it: (path, chunks, None, encoding of a text file) or
-    (path, None, reason, None). Never raises."""
+ParseResult = tuple[str, list[Chunk] | None, str | None, str | None, LowText | None]
+
+
+def parse_and_chunk(job: _ParseJob) -> ParseResult:
+    """Parse one file and chunk it: (path, chunks, None, encoding of a text file, low text) or
+    (path, None, reason, None, None). Never raises. Low text is a ``LowText`` when the chunks
+    hold much less text than the source, else None."""
     from kbguard.parse import parse_document
 
     full = Path(job.root) / job.path
@@ -179,27 +190,36 @@ def parse_and_chunk(job: _ParseJob) -> tuple[str, list[Chunk] | None, str | None
         if size > job.max_bytes:
             return job.path, None, (
                 f"file is {size / 2**20:.1f} MB, over corpus.max_file_mb "
-                f"({job.max_bytes / 2**20:g} MB); raise the limit or exclude the file"), None
+                f"({job.max_bytes / 2**20:g} MB); raise the limit or exclude the file"), None, None
         parsed = parse_document(full, dict(job.read_as))
         embedder = chain_for(job.space)
         cap = min(job.max_tokens, embedder.max_input_tokens)
         chunks = chunk_elements(parsed.elements, kb=job.kb, path=job.path, max_tokens=cap,
                                 count_tokens=embedder.count_tokens)
         if not chunks:
-            return job.path, None, "no text found in the document", None
-        return job.path, chunks, None, parsed.encoding
+            return job.path, None, _no_text_reason(parsed), None, None
+        return (job.path, chunks, None, parsed.encoding,
+                low_text(job.path, parsed.source_chars, chunks))
     except FileNotFoundError:
-        return job.path, None, "file vanished during the run", None
+        return job.path, None, "file vanished during the run", None, None
     except ParseError as exc:
-        return job.path, None, str(exc), None
+        return job.path, None, str(exc), None, None
     except KbguardError as exc:
-        return job.path, None, str(exc), None
+        return job.path, None, str(exc), None, None
     except Exception as exc:  # a parser bug on one file must not stop the other thousands
-        return job.path, None, f"unexpected {type(exc).__name__} while parsing: {exc}", None
+        reason = f"unexpected {type(exc).__name__} while parsing: {exc}"
+        return job.path, None, reason, None, None
 
 
-def parse_all(jobs: list[_ParseJob], workers: int
-               ) -> Iterator[tuple[str, list[Chunk] | None, str | None, str | None]]:
+def _no_text_reason(parsed: ParsedDocument) -> str:
+    if not text_lost(parsed.source_chars, parsed.elements):
+        return "no text found in the document"
+    return (f"no text found in the document, though the file holds about {parsed.source_chars:,} "
+            "letters and digits of text: the parser lost them; check the markup around that "
+            "text, or report the file as a kbguard bug")
+
+
+def parse_all(jobs: list[_ParseJob], workers: int) -> Iterator[ParseResult]:
     if workers <= 1 or len(jobs) < INLINE_PARSE_BELOW:
         for job in jobs:
             yield parse_and_chunk(job)
@@ -220,6 +240,7 @@ class _Rebuild:
         self.failovers: dict[str, str] = {}              # provider passed over -> why
         self.notes: list[str] = []
         self.failures: list[dict[str, str]] = []
+        self.low_text: list[dict[str, Any]] = []
 
     def run(self, full: bool) -> RebuildReport:
         started = time.perf_counter()
@@ -256,7 +277,7 @@ class _Rebuild:
                         "deleted": deleted},
                 failures=self.failures, stages={k: round(v, 3) for k, v in self.stages.items()},
                 seconds=round(time.perf_counter() - started, 3), hash_source=scan.hash_source,
-                corpus_rev=corpus_rev, notes=self.notes,
+                corpus_rev=corpus_rev, notes=self.notes, low_text=self.low_text,
                 spaces=self._space_report(total), cost=self._cost(),
                 throughput=self._throughput(),
             )
@@ -296,7 +317,7 @@ class _Rebuild:
             # DOC_COMMIT_EVERY documents a transaction; the last one may hold none
             recorded = 0
             with manifest.transaction():
-                for path, chunks, error, encoding in islice(results, DOC_COMMIT_EVERY):
+                for path, chunks, error, encoding, low in islice(results, DOC_COMMIT_EVERY):
                     f = by_path[path]
                     if error is not None:
                         failed += 1
@@ -309,6 +330,8 @@ class _Rebuild:
                             [ChunkRow(c.point_id, path, c.seq, c.content_hash, c.occurrence,
                                       c.section, c.text, c.tokens) for c in chunks],
                         )
+                        if low is not None:
+                            self.low_text.append(asdict(low))
                     recorded += 1
                     self.progress.advance()
             crash_point("parse-commit")

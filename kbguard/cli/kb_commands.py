@@ -101,6 +101,10 @@ def rebuild_cmd(
         stdout.print(f"  cost       {report.cost['tokens']:,} tokens, ${report.cost['usd']:.4f}")
     for f in report.failures:
         stdout.print(f"  failed     {one_line(f['path'])}: {one_line(f['error'])}")
+    for low in report.low_text:
+        stdout.print(f"  low text   {one_line(low['path'])}: its chunks hold "
+                     f"{low['chunk_chars']:,} of the ~{low['source_chars']:,} letters and digits "
+                     "of its source; the parser may have lost text: check the file's markup")
     raise typer.Exit(exit_code_for(report))
 
 
