@@ -5,8 +5,10 @@
      ├── CorpusError              the corpus folder is missing or unreadable
      ├── LockedError              another kbguard process holds this KB
      ├── ManifestError            the DuckDB manifest cannot be opened, read or migrated
-     │    └── ManifestReadOnly    it can be read but not written (read-only filesystem, file
-     │                            attributes, permissions): reading commands still work
+     │    ├── ManifestReadOnly    it can be read but not written (read-only filesystem, file
+     │    │                       attributes, permissions): reading commands still work
+     │    └── ManifestLost        the file is missing, but a snapshot or the store of the KB
+     │                            survives: the way back is a restore, not a rebuild
      ├── ParseError               one document could not be parsed (recorded, never fatal to a run)
      ├── EmbedError               an embedding provider failed
      │    ├── ProviderUnavailable  the provider cannot be reached or loaded, or did not answer
@@ -60,6 +62,15 @@ class ManifestError(KbguardError):
 
 class ManifestReadOnly(ManifestError):
     """The manifest cannot be written; nothing is wrong with what it holds."""
+
+
+class ManifestLost(ManifestError):
+    """The manifest file is missing while the KB's snapshot or store survives. ``snapshot``:
+    the id of the newest intact snapshot to restore from, None when only the store is left."""
+
+    def __init__(self, message: str, *, snapshot: str | None = None):
+        super().__init__(message)
+        self.snapshot = snapshot
 
 
 class ParseError(KbguardError):

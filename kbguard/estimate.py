@@ -18,6 +18,11 @@ Scenarios:
                     rebuild of what changed since it
     primary_down    the primary space's providers down: the standby spaces embed their share,
                     the primary's texts become its debt
+
+A scenario whose command kbguard would refuse says why in ``refused``, and the report's
+``recommended`` names the scenario to act on: ``incremental`` normally; with the manifest lost
+while a snapshot survives, a plain rebuild is refused and ``restore_latest`` is the way back
+(``full_reembed``, i.e. ``rebuild --full``, when only the store survives).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from kbguard.config import Config, SpaceConfig
 from kbguard.errors import KbguardError
 from kbguard.kb import point_payload, store_for, vector_specs
 from kbguard.lock import check_unlocked
+from kbguard.lost_manifest import lost_manifest
 from kbguard.manifest import Manifest
 from kbguard.progress import SILENT, Progress
 from kbguard.providers import Provider, chain_for
@@ -60,6 +66,9 @@ class Scenario:
     stages: dict[str, float | None] = field(default_factory=dict)   # predicted seconds
     points: dict[str, int] = field(default_factory=dict)            # to write, to delete
     notes: list[str] = field(default_factory=list)
+    # why kbguard refuses this scenario's command and what to run instead (its figures are
+    # what it would cost if forced); None: it runs
+    refused: str | None = None
 
 
 @dataclass
@@ -70,6 +79,7 @@ class EstimateReport:
     calibration: dict[str, Any]   # what --calibrate measured now (empty without it)
     seconds: float                # how long the estimate itself took
     notes: list[str] = field(default_factory=list)
+    recommended: str = "incremental"   # the scenario to act on (see the module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,13 +91,20 @@ def estimate(cfg: Config, *, calibrate: bool = False, progress: Progress = SILEN
     started = time.perf_counter()
     require_corpus(cfg.corpus)
     check_unlocked(cfg.manifest)
+    lost = None
     with tempfile.TemporaryDirectory(prefix="kbguard-estimate-") as tmp:
         if cfg.manifest.exists():
             manifest = Manifest.open(cfg.manifest, read_only=True)
-        else:  # never built: an empty manifest in memory's stead, so the first build is costed
+        else:  # never built, or lost: an empty manifest stands in, so a first build is costed
+            lost = lost_manifest(cfg)
             manifest = Manifest.open(Path(tmp) / "empty.duckdb", kb=cfg.kb)
         with manifest:
             report = _Estimate(cfg, manifest, progress).run(calibrate, Path(tmp))
+    if lost is not None:
+        # `kbguard rebuild` refuses this KB (it would embed the whole corpus again): say so,
+        # and point at the way back
+        report.scenarios["incremental"].refused = str(lost)
+        report.recommended = "restore_latest" if lost.snapshot else "full_reembed"
     report.seconds = round(time.perf_counter() - started, 3)
     progress.close()
     return report

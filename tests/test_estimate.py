@@ -219,3 +219,43 @@ def test_a_drill_that_restored_a_copy_times_the_restore(built_kb) -> None:
     assert after["stages"]["restore"] == 2.5
     assert "2.5 s in the manifest-lost drill of 2026-11-29" in after["basis"]
     assert after["seconds"] is not None and after["seconds"] >= 2.5
+
+
+def test_a_lost_manifest_prices_the_restore_a_plain_rebuild_would_refuse(built_kb) -> None:
+    kb = built_kb()
+    assert kb.cli("snapshot", "create").code == 0
+    edit_corpus(kb)
+    kb.cfg.manifest.unlink()
+
+    est = _estimate(kb)
+    inc = est["scenarios"]["incremental"]
+    assert "`kbguard restore --latest`" in inc["refused"]
+    assert est["recommended"] == "restore_latest"
+    restore = est["scenarios"]["restore_latest"]
+    assert restore["refused"] is None and restore["points"]["restore"] > 0
+    text = kb.cli("rebuild", "--estimate").stdout
+    assert re.search(r"incremental .* refused\n", text), text
+    assert "recommended restore_latest" in text
+
+    # as the estimate said: the rebuild is refused, and the restore's catch-up embeds and
+    # writes what was priced
+    refused = kb.cli("rebuild")
+    assert refused.code == 2 and "kbguard restore --latest" in refused.stderr
+    restored = kb.cli_json("restore", "--latest", "--yes")
+    assert restored["catch_up"]["chunks"]["embedded"] == restore["texts"] > 0
+    assert restored["catch_up"]["chunks"]["written"] == restore["points"]["write"]
+
+
+def test_a_lost_manifest_with_only_the_store_left_recommends_the_full_rebuild(built_kb) -> None:
+    kb = built_kb()
+    kb.cfg.manifest.unlink()
+    est = _estimate(kb)
+    assert "`kbguard rebuild --full`" in est["scenarios"]["incremental"]["refused"]
+    assert est["recommended"] == "full_reembed"
+    assert kb.cli("rebuild").code == 2
+
+
+def test_a_kb_with_its_manifest_recommends_the_incremental_rebuild(built_kb) -> None:
+    est = _estimate(built_kb())
+    assert est["recommended"] == "incremental"
+    assert all(sc["refused"] is None for sc in est["scenarios"].values())
