@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from kbguard.lock import kb_lock
-from tests.conftest import KB, edit_corpus, make_kb
+from tests.conftest import KB, edit_corpus, long_markdown, make_kb
 from tests.openai_server import OpenAIServer
 from tests.test_spaces import api_kb
 
@@ -259,3 +260,45 @@ def test_a_kb_with_its_manifest_recommends_the_incremental_rebuild(built_kb) -> 
     est = _estimate(built_kb())
     assert est["recommended"] == "incremental"
     assert all(sc["refused"] is None for sc in est["scenarios"].values())
+
+
+@pytest.mark.slow
+def test_an_outage_does_not_move_the_time_estimate(tmp_path: Path, server: OpenAIServer) -> None:
+    """Two copies of one KB share their history but for one run: a normal one in the first, in
+    the second one where the primary's API answers some calls 1.5 s late and hangs on others
+    until the chain fails over to the standby of the same model. Time spent waiting is not
+    throughput: the two estimates of a full re-embed agree."""
+    server.latency_s = 0.05                    # a normal call: latency-bound, steady
+    normal = api_kb(tmp_path / "normal", server.url, per_request=8, standby_in_chain=True)
+    for i in range(3):
+        normal.write(f"first/extra{i}.md", long_markdown(f"First {i}", sections=3))
+    _rebuild(normal)
+    edit_corpus(normal, extra_docs=3)
+    _rebuild(normal)
+    outage = KB(tmp_path / "outage", tmp_path / "outage" / "corpus",
+                tmp_path / "outage" / "kbguard.toml")
+    shutil.copytree(normal.root, outage.root)
+    outage.config_path.write_text(normal.config_path.read_text().replace(
+        normal.corpus.as_posix(), outage.corpus.as_posix()))
+    for kb in (normal, outage):
+        for i in range(8):
+            kb.write(f"later/doc{i}.md", long_markdown(f"Later {i}", sections=3))
+
+    _rebuild(normal)
+    before = len(server.embedding_requests)
+    server.fail("shuffled", times=4)           # answered in time (in another order)
+    server.fail("slow", times=2, seconds=1.5)  # answered, late
+    server.fail("hang", times=3, seconds=3)    # no answer within timeout_s: failed over
+    report = _rebuild(outage)
+    assert [r.fault for r in server.embedding_requests[before:]][:9] == \
+        ["shuffled"] * 4 + ["slow"] * 2 + ["hang"] * 3
+    assert len(report["spaces"]["primary"]["providers"]) == 2    # the standby took over
+    assert report["stages"]["embed"] > 6                          # 3 s late + 3 x 2 s timeouts
+
+    calm, hit = (_estimate(kb)["scenarios"]["full_reembed"] for kb in (normal, outage))
+    assert calm["texts"] == hit["texts"] and calm["tokens"] == hit["tokens"]
+    api = next(p for p in calm["spaces"]["primary"]["providers"] if p.startswith("openai"))
+    for got, want in ((hit["spaces"]["primary"]["providers"][api]["seconds"],
+                       calm["spaces"]["primary"]["providers"][api]["seconds"]),
+                      (hit["stages"]["embed"], calm["stages"]["embed"])):
+        assert want / 1.4 <= got <= want * 1.4, (got, want, hit["basis"])
