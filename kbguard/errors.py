@@ -20,7 +20,9 @@
      │    └── StoreUnavailable    the store cannot be opened (missing, locked, damaged)
      │         └── StoreDamaged    its files are there but cannot be read
      ├── SnapshotError            a snapshot is missing, damaged or untrusted
-     │    └── SnapshotDamaged     its files do not match its checksums
+     │    ├── SnapshotDamaged     its files do not match its checksums
+     │    └── SnapshotWrongModel  its vectors are not what the config's model makes of their
+     │                            texts (a Qdrant snapshot of a collection of another model)
      ├── DiskFullError            a filesystem kbguard writes to is full, or too full for the next
      │                            write: names the filesystem, what is free and what is needed
      ├── RestoreNeeded            damage beyond a repair from the cache: restore a snapshot
@@ -133,6 +135,15 @@ class SnapshotDamaged(SnapshotError):
         self.snapshot_id, self.file = snapshot_id, file
 
 
+class SnapshotWrongModel(SnapshotError):
+    """A sample of a snapshot's points, re-embedded by the space's model, does not give their
+    vectors back: ``space`` names the space, ``cosine`` is the lowest cosine found."""
+
+    def __init__(self, message: str, *, space: str, cosine: float):
+        super().__init__(message)
+        self.space, self.cosine = space, cosine
+
+
 class DiskFullError(KbguardError):
     """No room to write. Whatever was committed before is kept: once there is room, the same
     command continues where it stopped."""
@@ -144,3 +155,4 @@ class RestoreNeeded(KbguardError):
 
 class RestorePending(KbguardError):
     """A restore was killed after its commit point; only `kbguard restore` may run."""
+
