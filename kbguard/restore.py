@@ -45,8 +45,8 @@ import pyarrow.parquet as pq
 from kbguard.config import Config
 from kbguard.disk import disk_full, existing_ancestor, free_bytes, is_disk_full
 from kbguard.errors import (DiskFullError, EmbedError, KbguardError, ManifestError,
-                            SnapshotDamaged, SnapshotError, SnapshotWrongModel, StoreDamaged,
-                            StoreError)
+                            ProviderUnavailable, SnapshotDamaged, SnapshotError,
+                            SnapshotWrongModel, StoreDamaged, StoreError)
 from kbguard.faults import crash_point
 from kbguard.durable import atomic_write_text, fsync_path
 from kbguard.lock import kb_lock
@@ -657,10 +657,12 @@ def _check_model(cfg: Config, pages: list[list[Any]], name: str) -> None:
                     "(`kbguard rebuild --full`). The KB was not touched.",
                     space=space.name, cosine=worst)
     except EmbedError as exc:
+        then = ("Run the restore again when the provider answers" if
+                isinstance(exc, ProviderUnavailable) else
+                "Restore it with a config of the collection's own model")
         raise SnapshotError(
             f"The vectors of the Qdrant snapshot {name} could not be checked against the "
-            f"config's models ({exc}). Run the restore again when the provider answers. The "
-            "KB was not touched.") from exc
+            f"config's models ({exc}). {then}. The KB was not touched.") from exc
 
 
 def _tables_from_points(cfg: Config, stage: EdgeStore, folder: Path, name: str,

@@ -22,6 +22,8 @@ from kbguard.errors import SnapshotWrongModel
 from kbguard.restore import pending_restore, restore_from_qdrant_snapshot
 from kbguard.store import Point, VectorSpec
 from kbguard.store.edge import EdgeStore
+from tests.openai_server import OpenAIServer
+from tests.test_spaces import api_kb
 
 
 def shard_snapshot(shard: Path, out: Path) -> Path:
@@ -221,3 +223,21 @@ def test_another_model_s_vectors_are_refused_with_the_cosine_found(tmp_path: Pat
     assert report["catch_up"]["chunks"]["embedded"] == 0
     assert store_contents(kb.cfg) == before
     _untouched(kb, before)
+
+
+def test_vectors_that_cannot_be_checked_now_are_not_imported(tmp_path: Path,
+                                                            server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path / "kb", server.url)
+    kb.cli_json("rebuild")
+    snap = shard_snapshot(kb.cfg.store_path, tmp_path / "server.snapshot")
+    before = store_contents(kb.cfg)
+    server.fail("status", times=100, code=503)     # the primary's API is down
+    res = kb.cli("restore", "--from-qdrant-snapshot", str(snap), "--yes")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert ("could not be checked against the config's models" in " ".join(res.stderr.split())
+            and "Run the restore again when the provider answers" in res.stderr)
+    _untouched(kb, before)
+    server.clear_faults()
+    assert kb.cli_json("restore", "--from-qdrant-snapshot", str(snap), "--yes")["points"] \
+        == len(before)
+    assert store_contents(kb.cfg) == before
