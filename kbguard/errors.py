@@ -5,8 +5,10 @@
      ├── CorpusError              the corpus folder is missing or unreadable
      ├── LockedError              another kbguard process holds this KB
      ├── ManifestError            the DuckDB manifest cannot be opened, read or migrated
-     │    └── ManifestReadOnly    it can be read but not written (read-only filesystem, file
-     │                            attributes, permissions): reading commands still work
+     │    ├── ManifestReadOnly    it can be read but not written (read-only filesystem, file
+     │    │                       attributes, permissions): reading commands still work
+     │    └── ManifestLost        the file is missing, but a snapshot or the store of the KB
+     │                            survives: the way back is a restore, not a rebuild
      ├── ParseError               one document could not be parsed (recorded, never fatal to a run)
      ├── EmbedError               an embedding provider failed
      │    ├── ProviderUnavailable  the provider cannot be reached or loaded, or did not answer
@@ -18,7 +20,9 @@
      │    └── StoreUnavailable    the store cannot be opened (missing, locked, damaged)
      │         └── StoreDamaged    its files are there but cannot be read
      ├── SnapshotError            a snapshot is missing, damaged or untrusted
-     │    └── SnapshotDamaged     its files do not match its checksums
+     │    ├── SnapshotDamaged     its files do not match its checksums
+     │    └── SnapshotWrongModel  its vectors are not what the config's model makes of their
+     │                            texts (a Qdrant snapshot of a collection of another model)
      ├── DiskFullError            a filesystem kbguard writes to is full, or too full for the next
      │                            write: names the filesystem, what is free and what is needed
      ├── RestoreNeeded            damage beyond a repair from the cache: restore a snapshot
@@ -60,6 +64,15 @@ class ManifestError(KbguardError):
 
 class ManifestReadOnly(ManifestError):
     """The manifest cannot be written; nothing is wrong with what it holds."""
+
+
+class ManifestLost(ManifestError):
+    """The manifest file is missing while the KB's snapshot or store survives. ``snapshot``:
+    the id of the newest intact snapshot to restore from, None when only the store is left."""
+
+    def __init__(self, message: str, *, snapshot: str | None = None):
+        super().__init__(message)
+        self.snapshot = snapshot
 
 
 class ParseError(KbguardError):
@@ -122,6 +135,15 @@ class SnapshotDamaged(SnapshotError):
         self.snapshot_id, self.file = snapshot_id, file
 
 
+class SnapshotWrongModel(SnapshotError):
+    """A sample of a snapshot's points, re-embedded by the space's model, does not give their
+    vectors back: ``space`` names the space, ``cosine`` is the lowest cosine found."""
+
+    def __init__(self, message: str, *, space: str, cosine: float):
+        super().__init__(message)
+        self.space, self.cosine = space, cosine
+
+
 class DiskFullError(KbguardError):
     """No room to write. Whatever was committed before is kept: once there is room, the same
     command continues where it stopped."""
@@ -133,3 +155,4 @@ class RestoreNeeded(KbguardError):
 
 class RestorePending(KbguardError):
     """A restore was killed after its commit point; only `kbguard restore` may run."""
+

@@ -18,6 +18,11 @@ Scenarios:
                     rebuild of what changed since it
     primary_down    the primary space's providers down: the standby spaces embed their share,
                     the primary's texts become its debt
+
+A scenario whose command kbguard would refuse says why in ``refused``, and the report's
+``recommended`` names the scenario to act on: ``incremental`` normally; with the manifest lost
+while a snapshot survives, a plain rebuild is refused and ``restore_latest`` is the way back
+(``full_reembed``, i.e. ``rebuild --full``, when only the store survives).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from kbguard.config import Config, SpaceConfig
 from kbguard.errors import KbguardError
 from kbguard.kb import point_payload, store_for, vector_specs
 from kbguard.lock import check_unlocked
+from kbguard.lost_manifest import lost_manifest
 from kbguard.manifest import Manifest
 from kbguard.progress import SILENT, Progress
 from kbguard.providers import Provider, chain_for
@@ -43,8 +49,8 @@ from kbguard.snapshot import list_snapshots, read_meta
 from kbguard.store import Point
 
 SCENARIOS = ("incremental", "store_lost", "full_reembed", "restore_latest", "primary_down")
-HISTORY_RUNS = 5            # the newest runs a stage's rate is taken from
-HISTORY_TEXTS = 2000        # a provider's rate is taken from its newest calls up to this many texts
+HISTORY_RUNS = 5            # the newest runs a stage's or a provider's rate is taken from
+HISTORY_CALLS = 10_000      # ledger rows (one per call) read to find those runs' calls
 CALIBRATION_TEXTS = 64      # texts a calibration embeds per provider
 CALIBRATION_POINTS = 512    # points a calibration writes into a scratch store
 
@@ -60,6 +66,9 @@ class Scenario:
     stages: dict[str, float | None] = field(default_factory=dict)   # predicted seconds
     points: dict[str, int] = field(default_factory=dict)            # to write, to delete
     notes: list[str] = field(default_factory=list)
+    # why kbguard refuses this scenario's command and what to run instead (its figures are
+    # what it would cost if forced); None: it runs
+    refused: str | None = None
 
 
 @dataclass
@@ -70,6 +79,7 @@ class EstimateReport:
     calibration: dict[str, Any]   # what --calibrate measured now (empty without it)
     seconds: float                # how long the estimate itself took
     notes: list[str] = field(default_factory=list)
+    recommended: str = "incremental"   # the scenario to act on (see the module docstring)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,13 +91,20 @@ def estimate(cfg: Config, *, calibrate: bool = False, progress: Progress = SILEN
     started = time.perf_counter()
     require_corpus(cfg.corpus)
     check_unlocked(cfg.manifest)
+    lost = None
     with tempfile.TemporaryDirectory(prefix="kbguard-estimate-") as tmp:
         if cfg.manifest.exists():
             manifest = Manifest.open(cfg.manifest, read_only=True)
-        else:  # never built: an empty manifest in memory's stead, so the first build is costed
+        else:  # never built, or lost: an empty manifest stands in, so a first build is costed
+            lost = lost_manifest(cfg)
             manifest = Manifest.open(Path(tmp) / "empty.duckdb", kb=cfg.kb)
         with manifest:
             report = _Estimate(cfg, manifest, progress).run(calibrate, Path(tmp))
+    if lost is not None:
+        # `kbguard rebuild` refuses this KB (it would embed the whole corpus again): say so,
+        # and point at the way back
+        report.scenarios["incremental"].refused = str(lost)
+        report.recommended = "restore_latest" if lost.snapshot else "full_reembed"
     report.seconds = round(time.perf_counter() - started, 3)
     progress.close()
     return report
@@ -317,39 +334,71 @@ class _Estimate:
     # -- rates from history -------------------------------------------------------------------
 
     def _embed_rates(self) -> dict[tuple[str, str], _Rate]:
-        """Seconds per token of each (space, provider), from its newest calls, plus what a run
-        spends around the calls (the cache writes) per text."""
-        calls: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for row in self.manifest.embed_history():
-            got = calls.setdefault((row["space_id"], row["provider"]), [])
-            if sum(r["texts"] for r in got) < HISTORY_TEXTS:
-                got.append(row)
+        """Seconds per token of each (space, provider), from its calls in its newest rebuilds,
+        plus what a run spends around the calls (the cache writes) per text.
+
+        Time spent waiting is not throughput. Only a rebuild's ledger rows are calls that
+        returned vectors, one row each (a verify's or a repair's row also sums the requests
+        of its failed calls). A call that did return may have waited (a hung request retried,
+        a 429), and a whole run may fall in an outage: each run's rate is the median of its
+        calls' (weighted by tokens), and the rate is the median of the runs' rates, the lower
+        of the middle two for an even count, since waiting only ever makes a run slower. A
+        few slow calls in a run, or one slow run among several, move neither. Calls of less
+        than half the largest call's texts (a run's last, short call; a run of a few texts)
+        are left out where larger ones exist: a request's latency weighs on their few tokens.
+        """
+        calls: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {}
+        for row in self.manifest.embed_history(HISTORY_CALLS):   # newest first
+            if (row["kind"] != "rebuild" or row["run_id"] is None or row["tokens"] <= 0
+                    or row["seconds"] <= 0):
+                continue
+            runs = calls.setdefault((row["space_id"], row["provider"]), {})
+            if row["run_id"] in runs or len(runs) < HISTORY_RUNS:
+                runs.setdefault(row["run_id"], []).append(row)
         around = self._embed_overhead()
         rates = {}
-        for key, rows in calls.items():
-            tokens = sum(r["tokens"] for r in rows)
-            seconds = sum(r["seconds"] for r in rows)
-            texts = sum(r["texts"] for r in rows)
-            if tokens and seconds > 0:
-                per_token = (seconds + around * texts) / tokens
-                rates[key] = _Rate(per_token, 0.0,
-                                   f"{key[1]}: {tokens / seconds:,.0f} tokens/s over its last "
-                                   f"{texts:,} texts here")
+        for key, runs in calls.items():
+            biggest = max(r["texts"] for rows in runs.values() for r in rows)
+            per_run = []
+            texts = tokens = 0
+            for rows in runs.values():
+                full = [r for r in rows if 2 * r["texts"] >= biggest]
+                if full:
+                    per_run.append(_weighted_median([r["seconds"] / r["tokens"] for r in full],
+                                                    [r["tokens"] for r in full]))
+                    texts += sum(r["texts"] for r in full)
+                    tokens += sum(r["tokens"] for r in full)
+            per_token = statistics.median_low(per_run)
+            rates[key] = _Rate(per_token + around * texts / tokens, 0.0,
+                               f"{key[1]}: {1 / per_token:,.0f} tokens/s, the median of its "
+                               f"last {len(per_run)} rebuild(s) here")
         return rates
 
     def _embed_overhead(self) -> float:
         """Seconds per embedded text that a rebuild's embed stage spends outside the provider
-        calls (cache writes), from the newest runs that embedded."""
+        calls (cache writes), from the newest runs that embedded and in which no call failed:
+        a failed call's wait (a timeout before failing over) is in the stage and not in the
+        ledger, and is not throughput."""
         by_run: dict[int, float] = {}
-        for row in self.manifest.embed_history():
+        for row in self.manifest.embed_history(HISTORY_CALLS):
             if row["run_id"] is not None:
                 by_run[row["run_id"]] = by_run.get(row["run_id"], 0.0) + row["seconds"]
         spent = texts = 0.0
-        for run in self._runs_with(lambda s: s.get("chunks", {}).get("embedded", 0)):
+        for run in self._runs_with(lambda s: s.get("chunks", {}).get("embedded", 0)
+                                   and not self._waited(s)):
             s = run["summary"]
             spent += max(0.0, s["stages"].get("embed", 0.0) - by_run.get(run["run_id"], 0.0))
             texts += s["chunks"]["embedded"]
         return spent / texts if texts else 0.0
+
+    def _waited(self, summary: dict[str, Any]) -> bool:
+        """Whether a run's embedding waited on failed calls: a space left behind, or embedded
+        by a provider other than the first of its chain (the first failed, and was passed)."""
+        if summary.get("complete") is False:
+            return True
+        first = {s.name: chain_for(s).providers[0].name for s in self.cfg.spaces}
+        return any(set(used.get("providers", {})) - {first[name]}
+                   for name, used in summary.get("spaces", {}).items() if name in first)
 
     def _runs_with(self, units: Any) -> list[dict[str, Any]]:
         return [r for r in self.runs if r["summary"].get("stages") and units(r["summary"])
@@ -495,6 +544,19 @@ class _Estimate:
                 scratch_m.write_points(store, points, names)
             self.calibration["store"] = {"points": len(ids),
                                          "seconds": round(time.perf_counter() - t, 4)}
+
+
+def _weighted_median(values: Sequence[float], weights: Sequence[float]) -> float:
+    """The value at which half of the total weight lies on either side (the lower one on a
+    tie)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    half, acc = sum(weights) / 2, 0.0
+    for i in order:
+        acc += weights[i]
+        if acc >= half:
+            return values[i]
+    return values[order[-1]]
+
 
 def _ids(runs: Iterable[dict[str, Any]]) -> str:
     ids = sorted(r["run_id"] for r in runs)

@@ -10,7 +10,7 @@ is a restore, and every command that needs the manifest says so.
 from __future__ import annotations
 
 from kbguard.config import Config
-from kbguard.errors import ManifestError
+from kbguard.errors import ManifestError, ManifestLost
 from kbguard.snapshot import list_snapshots
 
 
@@ -39,7 +39,7 @@ def missing_manifest(cfg: Config, *, store_points: int | None = None,
                          f"{never_built}")
 
 
-def lost_manifest(cfg: Config, *, store_points: int | None = None) -> ManifestError | None:
+def lost_manifest(cfg: Config, *, store_points: int | None = None) -> ManifestLost | None:
     """The error for a manifest file that is missing while a snapshot or the store of the KB
     survives (see ``missing_manifest``); None when nothing does: a KB never built."""
 
@@ -50,17 +50,17 @@ def lost_manifest(cfg: Config, *, store_points: int | None = None) -> ManifestEr
         what = f"{s.points:,} points, " if s.points is not None else ""
         stored = f" ({what}taken {s.created_at})" if s.created_at else ""
         remote = "" if s.local else ", pulled from its DVC remote"
-        return ManifestError(
+        return ManifestLost(
             f"{where}, but KB '{cfg.kb}' has snapshot {s.id}{stored}: if the manifest was "
             f"lost or moved, `kbguard restore --latest` brings back manifest and store from it"
             f"{remote}, embedding only what changed since. (`kbguard rebuild --full` would "
-            "embed the whole corpus again.)")
+            "embed the whole corpus again.)", snapshot=s.id)
     if store_points is not None:
         left = f"still holds {store_points:,} points" if store_points > 0 else ""
     else:
         left = f"is still there ({cfg.store_path})" if store_on_disk(cfg) else ""
     if left:
-        return ManifestError(
+        return ManifestLost(
             f"{where}, but the store of KB '{cfg.kb}' {left}: the manifest was "
             "lost or moved, and there is no snapshot to restore it from. Put the manifest back "
             "if you can (check [manifest] path in the config); otherwise `kbguard rebuild "

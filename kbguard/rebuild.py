@@ -17,8 +17,11 @@ confirmed after the store has flushed it, so no point is ever in the store unrec
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -226,8 +229,28 @@ def parse_all(jobs: list[_ParseJob], workers: int) -> Iterator[ParseResult]:
         return
     # spawn, not fork: the parent holds DuckDB and maybe torch threads, which fork would copy
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_end_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         yield from pool.map(parse_and_chunk, jobs, chunksize=4)
+
+
+_PR_SET_PDEATHSIG = 1   # linux/prctl.h
+
+
+def _end_with_parent(parent: int) -> None:
+    """Parse worker initializer: the worker dies with the process that started it, however
+    that one dies. A parent killed with SIGKILL (the OOM killer, a scheduler's timeout) closes
+    nothing, and its workers would wait for work for good, each holding its parser's memory.
+    Their deaths also close the last copies of the resource tracker's pipe, so it ends too.
+
+    The kernel sends the signal when the *thread* that started the worker ends: workers are
+    started by the thread that iterates ``parse_all``, which outlives the pool."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # the parent may have died before prctl ran, and no signal comes for that
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 class _Rebuild:

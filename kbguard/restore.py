@@ -27,8 +27,10 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import secrets
 import shutil
+import tarfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,13 +44,15 @@ import pyarrow.parquet as pq
 
 from kbguard.config import Config
 from kbguard.disk import disk_full, existing_ancestor, free_bytes, is_disk_full
-from kbguard.errors import (DiskFullError, KbguardError, ManifestError, SnapshotDamaged,
-                            SnapshotError, StoreDamaged, StoreError)
+from kbguard.errors import (DiskFullError, EmbedError, KbguardError, ManifestError,
+                            ProviderUnavailable, SnapshotDamaged, SnapshotError,
+                            SnapshotWrongModel, StoreDamaged, StoreError)
 from kbguard.faults import crash_point
 from kbguard.durable import atomic_write_text, fsync_path
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest, now
 from kbguard.progress import SILENT, Progress
+from kbguard.providers import Usage, spent, spent_since
 from kbguard.snapshot import (
     BATCH,
     ENGINE,
@@ -71,6 +75,7 @@ from kbguard.store import Store, VectorSpec
 from kbguard.store.edge import EdgeStore
 from kbguard.kb import store_for
 from kbguard.rebuild import rebuild
+from kbguard.verify import DRIFT_MIN_COSINE, ReembedPoint, reembed_cosines
 
 BUILDING, SWITCHING = "building", "switching"
 
@@ -483,7 +488,11 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
     KB's embedded Edge store, as a restore: unpacked into a staging shard beside the live one,
     its vectors checked against the config's spaces, the manifest rebuilt from the points'
     payloads (which a kbguard KB writes: path, content hash, text), every point read back,
-    then switched in atomically. The catch-up rebuild then re-reads the corpus's documents."""
+    then switched in atomically. The catch-up rebuild then re-reads the corpus's documents.
+
+    Only the members of a shard's own layout are unpacked (the others are left out, with a
+    note), and a sample of the points is re-embedded with each space's chain before anything
+    is switched: vectors of another model are refused (``SnapshotWrongModel``)."""
     if cfg.store_backend != "edge":
         raise SnapshotError(
             f"--from-qdrant-snapshot brings a snapshot into an embedded Qdrant Edge store, and "
@@ -510,11 +519,20 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
             try:
                 assert isinstance(stage, EdgeStore)  # the backend is edge
                 t = time.perf_counter()
-                _unpack(snapshot_file, stage.path)
+                folder.mkdir()
+                left_out = _unpack(snapshot_file, stage.path, folder / "shard.tar")
+                if left_out:
+                    notes.append(
+                        f"{len(left_out):,} member(s) of {snapshot_file.name} outside a shard's "
+                        f"layout were left out ({', '.join(map(repr, left_out[:3]))}"
+                        f"{', ...' if len(left_out) > 3 else ''}): only segments/, wal/ and "
+                        "the shard's clock, state and config files are unpacked")
                 stages["unpack"] = time.perf_counter() - t
                 t = time.perf_counter()
+                paid = spent(cfg.spaces)   # the model check's embedding is billed
                 body = _tables_from_points(cfg, stage, folder, snapshot_file.name, batch_size,
                                            progress)
+                check_cost = spent_since(paid)
                 stages["tables from the points"] = time.perf_counter() - t
                 t = time.perf_counter()
 
@@ -523,7 +541,7 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
                     return int(body["counts"]["points"])
 
                 points = _build(cfg, stage, staged, sid, folder, body, batch_size, progress,
-                                fill=fill, keep=True)
+                                fill=fill, keep=True, usage=check_cost)
                 stages["manifest and read-back"] = time.perf_counter() - t
                 stage.close()
             except BaseException:
@@ -550,16 +568,101 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
     return report
 
 
-def _unpack(snapshot_file: Path, target: Path) -> None:
+#: a shard's own files beside segments/ and wal/: a server's clocks, replica state and shard
+#: config, and an Edge shard's config
+_SHARD_FILES = frozenset({"newest_clocks.json", "oldest_clocks.json", "replica_state.json",
+                          "shard_config.json", "edge_config.json"})
+MODEL_SAMPLE = 16   # points per space whose texts an import re-embeds to check the model
+
+
+def _unpack(snapshot_file: Path, target: Path, scratch: Path) -> list[str]:
+    """Unpack the members of a shard's own layout into ``target``; returns the names of the
+    others, which are left out. The engine unpacks whatever an archive holds, so one with
+    other members is first copied to ``scratch`` without them (deleted afterwards)."""
     from qdrant_edge import EdgeShard
 
+    source = snapshot_file
     try:
-        EdgeShard.unpack_snapshot(str(snapshot_file), str(target))
-    except Exception as exc:  # noqa: BLE001 - the bindings raise plain exceptions
+        with tarfile.open(snapshot_file, "r:") as tar:
+            members = tar.getmembers()
+            left_out = [m.name for m in members if not _in_shard_layout(m)]
+            if left_out:
+                with tarfile.open(scratch, "w") as kept:
+                    for m in members:
+                        if _in_shard_layout(m):
+                            kept.addfile(m, tar.extractfile(m) if m.isfile() else None)
+                source = scratch
+        EdgeShard.unpack_snapshot(str(source), str(target))
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(target.parent, f"unpack {snapshot_file.name} into {target}",
+                            resume="run the restore again; the KB was not touched") from exc
+        raise SnapshotError(f"{snapshot_file} cannot be read ({exc}). The KB was not "
+                            "touched.") from exc
+    except Exception as exc:  # noqa: BLE001 - tarfile's and the bindings' errors alike
         raise SnapshotError(
             f"{snapshot_file} is not a Qdrant shard snapshot the engine can unpack ({exc}). "
             "Take the snapshot of one shard (GET /collections/NAME/shards/0/snapshot), not of "
             "the whole collection, and download it whole. The KB was not touched.") from exc
+    finally:
+        scratch.unlink(missing_ok=True)
+    return left_out
+
+
+def _in_shard_layout(member: tarfile.TarInfo) -> bool:
+    """Whether a snapshot member is part of a shard: under ``segments/`` (a segment's archive,
+    or a segment's folder), a file of ``wal/``, or one of the shard's own files. Only plain
+    files and folders with plain relative names: no link, no absolute path, no ``..``."""
+    if not (member.isfile() or member.isdir()):
+        return False
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    parts = name.rstrip("/").split("/")
+    if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return False
+    top, depth = parts[0], len(parts)
+    if top in ("segments", "wal") and depth == 1:
+        return member.isdir()
+    if top == "segments":
+        return depth > 2 or member.isdir() or parts[1].endswith(".tar")
+    if top == "wal":
+        return depth == 2 and member.isfile()
+    return depth == 1 and member.isfile() and top in _SHARD_FILES
+
+
+def _check_model(cfg: Config, pages: list[list[Any]], name: str) -> None:
+    """Re-embed a sample of the points' texts with each space's chain and compare them with
+    the points' vectors, as `verify --sample` does: a collection built with another model,
+    under the same space names and dimensions, is refused before anything is switched."""
+    points = [p for page in pages for p in page]
+    rng = random.Random(0)
+    sample = []
+    for space in cfg.spaces:
+        have = [p for p in points if p.vectors.get(space.name) is not None]
+        for p in rng.sample(have, min(MODEL_SAMPLE, len(have))):
+            sample.append(ReembedPoint(p.id, p.payload["path"], p.payload["content_hash"],
+                                       space, str(p.payload["text"]),
+                                       np.asarray(p.vectors[space.name], dtype=np.float32)))
+    try:
+        for space, items, cosines in reembed_cosines(sample):
+            worst = float(cosines.min())
+            if worst < DRIFT_MIN_COSINE:
+                raise SnapshotWrongModel(
+                    f"The {space.name!r} vectors of the Qdrant snapshot {name} are not what "
+                    f"{space.model} makes of their texts: re-embedding {len(items)} of them "
+                    f"gives cosine as low as {worst:.4f}, at least {DRIFT_MIN_COSINE} is "
+                    "required, so the collection was built with another model. Restore it with "
+                    "a config whose space has that model, or rebuild this KB from its corpus "
+                    "(`kbguard rebuild --full`). The KB was not touched.",
+                    space=space.name, cosine=worst)
+    except EmbedError as exc:
+        then = ("Run the restore again when the provider answers" if
+                isinstance(exc, ProviderUnavailable) else
+                "Restore it with a config of the collection's own model")
+        raise SnapshotError(
+            f"The vectors of the Qdrant snapshot {name} could not be checked against the "
+            f"config's models ({exc}). {then}. The KB was not touched.") from exc
 
 
 def _tables_from_points(cfg: Config, stage: EdgeStore, folder: Path, name: str,
@@ -575,7 +678,7 @@ def _tables_from_points(cfg: Config, stage: EdgeStore, folder: Path, name: str,
             f"spaces are {_fmt_vectors(want)}. Restore it with a config whose [[spaces]] match "
             "the collection's vectors (names and dimensions). The KB was not touched.")
     specs = sorted(info.vectors, key=lambda v: v.name)
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     progress.stage("read the snapshot's points", info.points)
     pages = list(stage.scroll(batch_size=batch_size))
     for page in pages:
@@ -590,6 +693,7 @@ def _tables_from_points(cfg: Config, stage: EdgeStore, folder: Path, name: str,
                     "points. Restore only snapshots of a collection kbguard built for this KB; "
                     "for any other, run `kbguard rebuild --full`. The KB was not touched.")
         progress.advance(len(page))
+    _check_model(cfg, pages, name)
     from kbguard.snapshot import _write_points  # the same points file a snapshot holds
 
     points = _write_points(folder / POINTS_FILE, iter(pages), specs, SILENT)
@@ -665,10 +769,12 @@ def _fmt_vectors(vectors: dict[str, tuple[int, str]]) -> str:
 
 def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
            body: dict[str, Any], batch_size: int, progress: Progress,
-           fill: Any = None, keep: bool = False) -> int:
+           fill: Any = None, keep: bool = False,
+           usage: dict[tuple[Any, str], Usage] | None = None) -> int:
     """Build the staging manifest from the snapshot's tables and the staging store from its
     points, or with ``fill()`` (which returns the number of points) instead; ``keep``: the
-    staging store holds the points already, and ``fill()`` only checks them."""
+    staging store holds the points already, and ``fill()`` only checks them. ``usage``: what
+    the restore's embedding cost, by (space, provider), for the ledger."""
     specs = [VectorSpec(v["name"], int(v["dim"]), v["distance"])
              for v in body["config"]["vectors"]]
     if not keep:
@@ -682,6 +788,8 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
         if lost and cfg.manifest.exists():
             progress.note(f"the KB's run, check, spend and drill history is not kept: {lost}")
         run_id = manifest.start_run("restore")
+        for (space, provider), spend in (usage or {}).items():
+            manifest.record_usage(run_id, "restore", space, provider, spend)
         # DuckDB loads the manifest tables on a connection of its own in a thread while this
         # one writes the points: DuckDB runs without the GIL, the point writes need it.
         names = sorted(v["name"] for v in body["config"]["vectors"])

@@ -803,10 +803,10 @@ def sample_points(manifest: Manifest, opts: CheckOptions) -> set[str]:
     return set(chosen)
 
 
-def check_drift(points: list[ReembedPoint]) -> CheckResult:
-    """Re-embed the texts of ``points`` and compare with their stored vectors."""
-
-    found = CheckResult()
+def reembed_cosines(points: list[ReembedPoint]
+                    ) -> Iterator[tuple[SpaceConfig, list[ReembedPoint], np.ndarray]]:
+    """Re-embed the texts of ``points`` with their spaces' chains: per space, its points and
+    the cosine of each one's stored vector with the fresh one."""
     by_space: dict[SpaceConfig, list[ReembedPoint]] = {}
     for point in points:
         by_space.setdefault(point.space, []).append(point)
@@ -814,7 +814,14 @@ def check_drift(points: list[ReembedPoint]) -> CheckResult:
         fresh = chain_for(space).embed_batch([p.text for p in items])
         fresh = normalize(np.asarray(fresh, dtype=np.float32))
         stored = normalize(np.stack([p.stored for p in items]))
-        cos = (fresh.astype(np.float64) * stored).sum(axis=1)
+        yield space, items, (fresh.astype(np.float64) * stored).sum(axis=1)
+
+
+def check_drift(points: list[ReembedPoint]) -> CheckResult:
+    """Re-embed the texts of ``points`` and compare with their stored vectors."""
+
+    found = CheckResult()
+    for space, items, cos in reembed_cosines(points):
         found.sampled += len(items)
         for i in np.flatnonzero(cos < DRIFT_MIN_COSINE):
             p = items[i]

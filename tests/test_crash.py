@@ -136,3 +136,70 @@ def _assert_killed_mid_run(kb: KB, stage: str, seen: list[str]) -> None:
         assert not _distinct_hashes(kb.cfg) - _cached(kb.cfg)  # every text embedded
         state = _store_state(kb.cfg)
         assert sum(state.values()) < len(manifest_chunk_ids(kb.cfg))  # not every point written
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, from /proc (a process gone while it is read is skipped)."""
+    out: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        out.setdefault(ppid, []).append(int(stat.parent.name))
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    children, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for whoever adopted it to reap it."""
+    try:
+        text = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] != "Z"
+
+
+def test_sigkill_mid_parse_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """The OOM killer or a scheduler's timeout SIGKILLs a rebuild while its parse workers run:
+    every process it started ends with it, none is left waiting for work that never comes."""
+    kb = make_kb(tmp_path, docs=120, workers=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kbguard", "rebuild", "--quiet", "--config", str(kb.config_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        spawned: set[int] = set()
+        while time.monotonic() < deadline and proc.poll() is None:
+            spawned = _descendants(proc.pid)
+            # two parse workers and the resource tracker that multiprocessing starts beside them
+            if len(spawned) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None and len(spawned) >= 3, "the rebuild never started its workers"
+        time.sleep(0.5)                 # let the workers get into their imports or parsing
+        spawned |= _descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL  # it was still parsing when killed
+
+        deadline = time.monotonic() + 5
+        left = spawned
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = {pid for pid in spawned if _alive(pid)}
+        assert not left, f"processes of the killed rebuild still running: {sorted(left)}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

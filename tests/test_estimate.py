@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from kbguard.lock import kb_lock
-from tests.conftest import KB, edit_corpus, make_kb
+from tests.conftest import KB, edit_corpus, long_markdown, make_kb
 from tests.openai_server import OpenAIServer
 from tests.test_spaces import api_kb
 
@@ -219,3 +220,85 @@ def test_a_drill_that_restored_a_copy_times_the_restore(built_kb) -> None:
     assert after["stages"]["restore"] == 2.5
     assert "2.5 s in the manifest-lost drill of 2026-11-29" in after["basis"]
     assert after["seconds"] is not None and after["seconds"] >= 2.5
+
+
+def test_a_lost_manifest_prices_the_restore_a_plain_rebuild_would_refuse(built_kb) -> None:
+    kb = built_kb()
+    assert kb.cli("snapshot", "create").code == 0
+    edit_corpus(kb)
+    kb.cfg.manifest.unlink()
+
+    est = _estimate(kb)
+    inc = est["scenarios"]["incremental"]
+    assert "`kbguard restore --latest`" in inc["refused"]
+    assert est["recommended"] == "restore_latest"
+    restore = est["scenarios"]["restore_latest"]
+    assert restore["refused"] is None and restore["points"]["restore"] > 0
+    text = kb.cli("rebuild", "--estimate").stdout
+    assert re.search(r"incremental .* refused\n", text), text
+    assert "recommended restore_latest" in text
+
+    # as the estimate said: the rebuild is refused, and the restore's catch-up embeds and
+    # writes what was priced
+    refused = kb.cli("rebuild")
+    assert refused.code == 2 and "kbguard restore --latest" in refused.stderr
+    restored = kb.cli_json("restore", "--latest", "--yes")
+    assert restored["catch_up"]["chunks"]["embedded"] == restore["texts"] > 0
+    assert restored["catch_up"]["chunks"]["written"] == restore["points"]["write"]
+
+
+def test_a_lost_manifest_with_only_the_store_left_recommends_the_full_rebuild(built_kb) -> None:
+    kb = built_kb()
+    kb.cfg.manifest.unlink()
+    est = _estimate(kb)
+    assert "`kbguard rebuild --full`" in est["scenarios"]["incremental"]["refused"]
+    assert est["recommended"] == "full_reembed"
+    assert kb.cli("rebuild").code == 2
+
+
+def test_a_kb_with_its_manifest_recommends_the_incremental_rebuild(built_kb) -> None:
+    est = _estimate(built_kb())
+    assert est["recommended"] == "incremental"
+    assert all(sc["refused"] is None for sc in est["scenarios"].values())
+
+
+@pytest.mark.slow
+def test_an_outage_does_not_move_the_time_estimate(tmp_path: Path, server: OpenAIServer) -> None:
+    """Two copies of one KB share their history but for one run: a normal one in the first, in
+    the second one where the primary's API answers some calls 1.5 s late and hangs on others
+    until the chain fails over to the standby of the same model. Time spent waiting is not
+    throughput: the two estimates of a full re-embed agree."""
+    server.latency_s = 0.05                    # a normal call: latency-bound, steady
+    normal = api_kb(tmp_path / "normal", server.url, per_request=8, standby_in_chain=True)
+    for i in range(3):
+        normal.write(f"first/extra{i}.md", long_markdown(f"First {i}", sections=3))
+    _rebuild(normal)
+    edit_corpus(normal, extra_docs=3)
+    _rebuild(normal)
+    outage = KB(tmp_path / "outage", tmp_path / "outage" / "corpus",
+                tmp_path / "outage" / "kbguard.toml")
+    shutil.copytree(normal.root, outage.root)
+    outage.config_path.write_text(normal.config_path.read_text().replace(
+        normal.corpus.as_posix(), outage.corpus.as_posix()))
+    for kb in (normal, outage):
+        for i in range(8):
+            kb.write(f"later/doc{i}.md", long_markdown(f"Later {i}", sections=3))
+
+    _rebuild(normal)
+    before = len(server.embedding_requests)
+    server.fail("shuffled", times=4)           # answered in time (in another order)
+    server.fail("slow", times=2, seconds=1.5)  # answered, late
+    server.fail("hang", times=3, seconds=3)    # no answer within timeout_s: failed over
+    report = _rebuild(outage)
+    assert [r.fault for r in server.embedding_requests[before:]][:9] == \
+        ["shuffled"] * 4 + ["slow"] * 2 + ["hang"] * 3
+    assert len(report["spaces"]["primary"]["providers"]) == 2    # the standby took over
+    assert report["stages"]["embed"] > 6                          # 3 s late + 3 x 2 s timeouts
+
+    calm, hit = (_estimate(kb)["scenarios"]["full_reembed"] for kb in (normal, outage))
+    assert calm["texts"] == hit["texts"] and calm["tokens"] == hit["tokens"]
+    api = next(p for p in calm["spaces"]["primary"]["providers"] if p.startswith("openai"))
+    for got, want in ((hit["spaces"]["primary"]["providers"][api]["seconds"],
+                       calm["spaces"]["primary"]["providers"][api]["seconds"]),
+                      (hit["stages"]["embed"], calm["stages"]["embed"])):
+        assert want / 1.4 <= got <= want * 1.4, (got, want, hit["basis"])

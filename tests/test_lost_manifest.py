@@ -30,7 +30,7 @@ def test_with_a_snapshot_every_command_names_the_restore(built_kb) -> None:
     as_json = kb.cli("rebuild", "--json")
     assert as_json.code == 2
     err = json.loads(as_json.stdout)
-    assert err["error_type"] == "ManifestError" and sid in err["error"]
+    assert err["error_type"] == "ManifestLost" and sid in err["error"]
 
     restored = kb.cli("restore", "--latest", "--yes", "--json")
     assert restored.code == 0, (restored.stdout, restored.stderr)

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KB, FAKE_DIM, edit_corpus, manifest_chunk_ids, store_contents
+from conftest import KB, FAKE_DIM, edit_corpus, make_kb, manifest_chunk_ids, store_contents
 
-from kbguard.restore import pending_restore
+from kbguard.errors import SnapshotWrongModel
+from kbguard.restore import pending_restore, restore_from_qdrant_snapshot
 from kbguard.store import Point, VectorSpec
 from kbguard.store.edge import EdgeStore
+from tests.openai_server import OpenAIServer
+from tests.test_spaces import api_kb
 
 
 def shard_snapshot(shard: Path, out: Path) -> Path:
@@ -140,3 +144,100 @@ def test_sigkill_during_an_import_leaves_old_or_new(built_kb, tmp_path: Path,
     assert store_contents(kb.cfg) == original
     assert "interrupted restore" in json.loads(again.stdout)["notes"][0]
     _untouched(kb, original)
+
+
+def _with_extras(snap: Path, extras: int, outside: Path) -> Path:
+    """The snapshot file with members no shard has: ``extras`` small files beside its own,
+    one at an absolute path and one under ``..`` (both naming ``outside``), one climbing out
+    of ``segments/``."""
+    with tarfile.open(snap, "a") as tar:
+        def add(name: str, data: bytes = b"x") -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for i in range(extras):
+            add(f"junk/{i // 100}/file{i}.bin")
+        add(outside.as_posix())
+        add(f"../{outside.name}")
+        add("segments/../../climbs.txt")
+    return snap
+
+
+def test_members_outside_a_shard_s_layout_are_left_out(built_kb, tmp_path: Path) -> None:
+    kb = built_kb(tmp_path / "kb")
+    original = store_contents(kb.cfg)
+    snap = shard_snapshot(kb.cfg.store_path, tmp_path / "server.snapshot")
+    layout = sorted(p.relative_to(kb.cfg.store_path).parts[0]
+                    for p in kb.cfg.store_path.iterdir())
+    outside = tmp_path / "outside" / "planted.txt"
+    outside.parent.mkdir()
+    _with_extras(snap, 1000, outside)
+    edit_corpus(kb)
+    kb.cli_json("rebuild")
+
+    report = kb.cli_json("restore", "--from-qdrant-snapshot", str(snap), "--yes",
+                         "--no-catch-up")
+    assert store_contents(kb.cfg) == original
+    # nothing but the shard's own files in the live store, and nothing written elsewhere
+    assert sorted(p.name for p in kb.cfg.store_path.iterdir()) == layout
+    assert not [p for p in kb.cfg.store_path.rglob("*")
+                if p.name in ("planted.txt", "climbs.txt") or "junk" in p.parts]
+    assert list(outside.parent.iterdir()) == []
+    assert not (tmp_path / "climbs.txt").exists()
+    assert not (tmp_path / "kb" / "climbs.txt").exists()
+    left_out = [n for n in report["notes"] if "outside a shard's layout" in n]
+    assert left_out and "1,003 member" in left_out[0], report["notes"]
+    assert kb.cli("verify").code == 1   # the catch-up was skipped: the corpus moved on
+    kb.cli_json("rebuild")
+    assert kb.cli("verify").code == 0
+    _untouched(kb, store_contents(kb.cfg))
+
+
+@pytest.mark.model
+def test_another_model_s_vectors_are_refused_with_the_cosine_found(tmp_path: Path) -> None:
+    """Same KB name, space name and dimension, another model: the vectors are re-embedded in
+    a sample, as `verify --sample` does, and the import is refused before the switch."""
+    kb = make_kb(tmp_path / "kb", provider="sentence-transformers", dim=384, max_tokens=128)
+    kb.cli_json("rebuild")
+    own = shard_snapshot(kb.cfg.store_path, tmp_path / "own.snapshot")
+    other = make_kb(tmp_path / "other", provider="fake", dim=384, max_tokens=128)
+    other.cli_json("rebuild")
+    assert other.cfg.kb == kb.cfg.kb and other.cfg.spaces[0].name == kb.cfg.spaces[0].name
+    snap = shard_snapshot(other.cfg.store_path, tmp_path / "fake-model.snapshot")
+    before = store_contents(kb.cfg)
+
+    res = kb.cli("restore", "--from-qdrant-snapshot", str(snap), "--yes", "--json")
+    assert res.code == 2, (res.stdout, res.stderr)
+    error = json.loads(res.stdout)
+    assert error["error_type"] == "SnapshotWrongModel"
+    assert re.search(r"gives cosine as low as -?0\.\d{4}, at least 0\.999 is required",
+                     error["error"]), error["error"]
+    with pytest.raises(SnapshotWrongModel) as refused:
+        restore_from_qdrant_snapshot(kb.cfg, snap, catch_up=False)
+    assert refused.value.space == "local" and refused.value.cosine < 0.5
+    _untouched(kb, before)
+    assert kb.cli("verify").code == 0
+
+    # the KB's own model passes the same check
+    report = kb.cli_json("restore", "--from-qdrant-snapshot", str(own), "--yes")
+    assert report["catch_up"]["chunks"]["embedded"] == 0
+    assert store_contents(kb.cfg) == before
+    _untouched(kb, before)
+
+
+def test_vectors_that_cannot_be_checked_now_are_not_imported(tmp_path: Path,
+                                                            server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path / "kb", server.url)
+    kb.cli_json("rebuild")
+    snap = shard_snapshot(kb.cfg.store_path, tmp_path / "server.snapshot")
+    before = store_contents(kb.cfg)
+    server.fail("status", times=100, code=503)     # the primary's API is down
+    res = kb.cli("restore", "--from-qdrant-snapshot", str(snap), "--yes")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert ("could not be checked against the config's models" in " ".join(res.stderr.split())
+            and "Run the restore again when the provider answers" in res.stderr)
+    _untouched(kb, before)
+    server.clear_faults()
+    assert kb.cli_json("restore", "--from-qdrant-snapshot", str(snap), "--yes")["points"] \
+        == len(before)
+    assert store_contents(kb.cfg) == before

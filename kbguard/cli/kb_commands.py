@@ -122,9 +122,15 @@ def _estimate(cfg: Any, full: bool, calibrate: bool, json_out: bool, quiet: bool
     order = ("full_reembed", "incremental") if full else ("incremental", "full_reembed")
     for name in (*order, "store_lost", "restore_latest", "primary_down"):
         sc = est.scenarios[name]
-        secs = "unknown" if sc.seconds is None else human_duration(sc.seconds)
+        secs = ("refused" if sc.refused else "unknown" if sc.seconds is None
+                else human_duration(sc.seconds))
         stdout.print(f"  {name:<15} {sc.texts:>9,} {sc.tokens:>12,} {sc.cost_usd:>10.4f} "
                      f"{secs:>10}")
+    for name, sc in est.scenarios.items():
+        if sc.refused:
+            stdout.print(f"  refused    {name}: {one_line(sc.refused)}")
+    if est.recommended != "incremental":
+        stdout.print(f"  recommended {est.recommended}")
     for name, sc in est.scenarios.items():
         stdout.print(f"  basis      {name}: {one_line(sc.basis)}")
         for note in sc.notes:
