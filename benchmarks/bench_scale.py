@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from proctree import become_subreaper, measure  # noqa: E402
+from proctree import become_subreaper, measure, stop_on_sigterm  # noqa: E402
 from scale_corpus import (CorpusSpec, TextPool, apply_update, estimated_points,  # noqa: E402
                           link_copy, load_pool, sections_for_points, update_plan,
                           write_corpus)
@@ -66,7 +66,6 @@ import svgplot  # noqa: E402
 
 DATA = HERE / "data" / "scale"
 RESULTS = HERE / "RESULTS-scale.md"
-PLOTS = HERE / "plots"
 QUERY = "How do I create an index on a partitioned table?"
 # bytes of disk a run needs per chunk, measured at 2,000 documents: store ~12 KB (apparent),
 # snapshot ~14 KB, the drill's scratch copy ~13 KB, restore's staging store ~12 KB, manifest
@@ -269,7 +268,7 @@ def report_section(out: Path, label: str) -> tuple[str, str | None]:
               f"{meta.get('machine', {}).get('kernel')}, Python "
               f"{meta.get('machine', {}).get('python')}. Versions: "
               + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + ".", ""]
-    head = ["corpus"] + [f"{cases[k][0]['spec']['docs']:,} docs" for k in order]
+    head = ["corpus"] + [_corpus_name(cases[k][0]["spec"]) for k in order]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(title: str, cells: list[str]) -> None:
@@ -349,6 +348,11 @@ def report_section(out: Path, label: str) -> tuple[str, str | None]:
     return "\n".join(lines), svg
 
 
+def _corpus_name(spec: dict) -> str:
+    name = f"{spec['docs']:,} docs"
+    return name if spec["sections"] == 4.0 else f"{name}, {spec['sections']:g} sections"
+
+
 def _load_range(runs: list[dict]) -> str:
     loads = [v for r in runs for s in r["steps"].values()
              for v in (s["load_before"], s["load_after"])]
@@ -387,8 +391,9 @@ def write_report(out: Path, label: str, results_md: Path) -> None:
     section, svg = report_section(out, label)
     replace_block(results_md, f"bench_scale:{out.name}", section)
     if svg is not None:
-        PLOTS.mkdir(exist_ok=True)
-        (PLOTS / f"{out.name}.svg").write_text(svg)
+        plots = results_md.parent / "plots"     # where the section's image link points
+        plots.mkdir(exist_ok=True)
+        (plots / f"{out.name}.svg").write_text(svg)
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -419,6 +424,7 @@ def main() -> None:
         return
     if not args.docs:
         ap.error("give at least one --docs N")
+    stop_on_sigterm()
     if not become_subreaper():
         print("note: not a child subreaper; orphaned workers escape the RSS sum",
               file=sys.stderr)

@@ -38,6 +38,15 @@ def become_subreaper() -> bool:
         return False
 
 
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop this process as Ctrl-C does: by an exception, so that ``measure``
+    ends the command it is waiting for."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def descendants(root: int) -> list[int]:
     """Every live process below ``root`` (children of all its threads, recursively)."""
     out: list[int] = []
@@ -121,11 +130,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _end_leftovers(grace_s: float = 5.0) -> list[str]:
-    """Describe, then end, whatever the command left running below this process ``grace_s``
+def _end_leftovers(wait_s: float = 5.0, term_s: float = 5.0) -> list[str]:
+    """Describe, then end, whatever the command left running below this process ``wait_s``
     after it exited (helpers such as multiprocessing's resource tracker exit on their own once
-    they see their parent gone, which takes a moment)."""
-    deadline = time.monotonic() + grace_s
+    they see their parent gone, which takes a moment): SIGTERM, and SIGKILL ``term_s`` later."""
+    deadline = time.monotonic() + wait_s
     while True:
         _reap()
         left = [p for p in descendants(os.getpid()) if _alive(p)]
@@ -140,7 +149,7 @@ def _end_leftovers(grace_s: float = 5.0) -> list[str]:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + grace_s
+        deadline = time.monotonic() + term_s
         while alive and time.monotonic() < deadline:
             _reap()
             alive = [p for p in alive if _alive(p)]
@@ -173,7 +182,14 @@ def measure(argv: list[str], *, cwd: Path, env: dict[str, str], stdout: Path, st
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
         sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            # stopped (Ctrl-C, SIGTERM): end the command's whole tree, so a rerun that
+            # resumes never finds a half-finished command still writing
+            sampler.stop()
+            _end_leftovers(wait_s=0)
+            raise
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.stop()
