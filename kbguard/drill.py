@@ -21,8 +21,19 @@ as separate processes exactly as an operator would type them, timing each:
 
 Detection time is the command that notices the damage; recovery time runs from the first
 recovery command to the end of a healthy `verify` (exit 0, every canary checked and passing),
-and is what the config's ``[recovery]`` objective is compared with. The only write to the live
-KB is the drill's row in its manifest's ``drills`` table.
+and is what the config's ``[recovery]`` objective is compared with. A drill with no timed
+recovery has no time to compare and fails. Corpus changes not yet indexed are the KB's normal
+state between rebuilds, not damage: a drill judges the recovery it rehearses, so a closing
+`verify` that finds nothing else is healthy. The only write to the live KB is the drill's row in
+its manifest's ``drills`` table.
+
+What a run embeds it embeds once: the embedding-cache rows each drill's copy gained are carried
+into the copies of the drills after it (for a drill that restores a snapshot, into the restored
+manifest, with the restore's catch-up run as its own `rebuild`). Before the first drill the run
+estimates its spend (kbguard.drill_spend), refuses to start past ``max_cost`` and stops before a
+drill whose estimate would take it past. A full scratch disk, like a busy KB, is not a failed
+recovery: it is an error, and nothing is recorded for that drill. The scratch folder rules are in
+kbguard.drill_scratch.
 """
 
 from __future__ import annotations
@@ -46,9 +57,13 @@ from pathlib import Path
 from typing import Any
 
 from kbguard.config import Config, load_config
+from kbguard.disk import disk_full, is_disk_full
+from kbguard.drill_scratch import (refuse_inside_kb, remove_stale, require_room, room_needed,
+                                   temporary_parent, temporary_root)
+from kbguard.drill_spend import DrillSpend, plan_spend
 from kbguard.durable import copy_sparse, copy_tree_sparse
 from kbguard.dvc_corpus import corpus_revision, find_dvc_root, tracking_file
-from kbguard.errors import ConfigError, KbguardError, LockedError
+from kbguard.errors import ConfigError, DiskFullError, KbguardError, LockedError, OverBudget
 from kbguard.faults import ENV as CRASH_ENV
 from kbguard.lock import kb_lock
 from kbguard.manifest import Manifest
@@ -115,28 +130,44 @@ class DrillResult:
 @dataclass
 class DrillReport:
     """Every drill of one `kbguard drill`. ``passed``: each drill passed, except that a drill
-    the KB cannot do (not-possible) only fails the report when it was asked for by name."""
+    the KB cannot do (not-possible) only fails the report when it was asked for by name, and
+    the run was not stopped at its spending ceiling."""
 
     kb: str
     drills: list[DrillResult]
     explicit: bool                  # the scenarios were named, not the default "all"
     scratch: str | None = None      # kept for inspection when given with --scratch
     notes: list[str] = field(default_factory=list)
+    spend: DrillSpend | None = None     # estimated before the first drill (None: no estimate)
+    max_cost_usd: float | None = None
+    stopped: str | None = None      # why the run stopped before its last drill
 
     @property
     def passed(self) -> bool:
+        return not self._bad() and self.stopped is None
+
+    def _bad(self) -> bool:
         bad = {"failed", "missed"} | ({"not-possible"} if self.explicit else set())
-        return not any(d.status in bad for d in self.drills)
+        return any(d.status in bad for d in self.drills)
 
     @property
     def verdict(self) -> Verdict:
-        """As verify's: 0 when every drill passed, 1 when one failed or missed its objective."""
-        return Verdict.HEALTHY if self.passed else Verdict.FINDINGS
+        """As verify's: 0 when every drill passed, 1 when one failed or missed its objective,
+        else 2 when the run stopped at its spending ceiling before every drill was run."""
+        if self._bad():
+            return Verdict.FINDINGS
+        return Verdict.COULD_NOT_CHECK if self.stopped else Verdict.HEALTHY
+
+    @property
+    def spent_usd(self) -> float:
+        return round(sum(d.cost_usd for d in self.drills), 6)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kb": self.kb, "passed": self.passed, "exit_code": int(self.verdict),
                 "scratch": self.scratch, "notes": self.notes,
-                "drills": [d.to_dict() for d in self.drills]}
+                "spend": self.spend.to_dict() if self.spend else None,
+                "max_cost_usd": self.max_cost_usd, "spent_usd": self.spent_usd,
+                "stopped": self.stopped, "drills": [d.to_dict() for d in self.drills]}
 
 
 class _StepFailed(Exception):
@@ -144,12 +175,16 @@ class _StepFailed(Exception):
 
 
 def drill_kb(cfg: Config, scenarios: Sequence[str] = (), *, scratch: Path | None = None,
-             progress: Progress = SILENT, record: bool = True) -> DrillReport:
+             max_cost: float | None = None, progress: Progress = SILENT,
+             record: bool = True) -> DrillReport:
     """Run ``scenarios`` (every one when empty) against scratch copies of the KB of ``cfg`` and
     record each outcome in its manifest's drill history.
 
-    ``scratch``: a folder that does not exist yet or is empty; the copies are made there and
-    kept. Without it a temporary folder is used and removed afterwards."""
+    ``scratch``: a folder that does not exist yet or is empty, outside the KB's corpus, store,
+    snapshots and manifest folder; the copies are made there and kept. Without it a temporary
+    folder is used and removed afterwards. ``max_cost``: USD of embedding the run may spend;
+    a run estimated above it is refused (OverBudget) before any drill, and the run stops before
+    a drill whose estimate would take what it spent past it."""
     names = list(dict.fromkeys(scenarios)) or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -160,19 +195,36 @@ def drill_kb(cfg: Config, scenarios: Sequence[str] = (), *, scratch: Path | None
                            "to rehearse on yet. Build it with `kbguard rebuild` first.")
     if scratch is not None:
         scratch = scratch.expanduser().resolve()
+        refuse_inside_kb(cfg, scratch, f"--scratch {scratch}", "Pass a folder outside the KB's "
+                         "corpus, store, snapshots and manifest folder.")
         if scratch.exists() and (not scratch.is_dir() or any(scratch.iterdir())):
             raise ConfigError(f"--scratch {scratch} is not an empty folder; drills damage what "
                               "is in it. Pass a new or empty folder.")
+    tmp = temporary_parent(cfg) if scratch is None else Path(tempfile.gettempdir())
+    report = DrillReport(kb=cfg.kb, drills=[], explicit=bool(scenarios), max_cost_usd=max_cost)
+    for folder, pid in remove_stale(tmp):
+        report.notes.append(f"removed {folder}, the scratch copies of a drill that ended "
+                            f"without removing them (process {pid})")
+        progress.note(report.notes[-1])
+    blockers = {name: _not_possible(cfg, name) for name in names}
+    runnable = [n for n in names if blockers[n] is None]
+    if runnable:   # copies kept in --scratch add up; temporary ones go one at a time
+        needs = [_room_needed(cfg, n) for n in runnable]
+        require_room(scratch or tmp, sum(needs) if scratch else max(needs), runnable)
+    report.spend = _say_spend(cfg, runnable, max_cost, report, progress)
+    if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
         root, keep = scratch, True
+        report.scratch = str(root)
     else:
-        root, keep = Path(tempfile.mkdtemp(prefix=f"kbguard-drill-{cfg.kb}-")), False
-    report = DrillReport(kb=cfg.kb, drills=[], explicit=bool(scenarios),
-                         scratch=str(root) if keep else None)
+        root, keep = temporary_root(cfg, tmp), False
+    carried = _Carried(root / "carried-embeddings")
     try:
         for name in names:
+            if blockers[name] is None and _over_ceiling(report, name):
+                break
             progress.note(f"drill {name}")
-            result = _run_drill(cfg, name, root / name, progress)
+            result = _run_drill(cfg, name, root / name, progress, blockers[name], carried)
             if record:
                 try:
                     result.drill_id = _record(cfg, result)
@@ -180,10 +232,63 @@ def drill_kb(cfg: Config, scenarios: Sequence[str] = (), *, scratch: Path | None
                     report.notes.append(f"{name} was not recorded in the drill history: {exc}")
             report.drills.append(result)
             progress.note(f"drill {name}: {result.status}. {result.message}")
+            if not keep:   # one drill's copy at a time on the temporary folder's disk
+                shutil.rmtree(root / name, ignore_errors=True)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     return report
+
+
+def _say_spend(cfg: Config, runnable: list[str], max_cost: float | None, report: DrillReport,
+               progress: Progress) -> DrillSpend | None:
+    """Estimate the run's embedding spend and say it before any drill; refuse a run whose
+    estimate passes ``max_cost``."""
+    if not runnable:
+        return DrillSpend()
+    token = "0" * 12   # as long as a drill's own
+    arrival = _arrival_text(Path(_arrival_path(cfg) or "arrival.md").suffix, token)
+    try:
+        spend = plan_spend(cfg, runnable, arrival, _search_text(token), progress)
+    except LockedError:
+        raise
+    except KbguardError as exc:
+        if max_cost is not None:
+            raise   # no estimate, no ceiling to keep
+        report.notes.append(f"the drills' embedding spend could not be estimated: {exc}")
+        progress.note(report.notes[-1])
+        return None
+    total = spend.total
+    said = (f"about ${total.cost_usd:.6f} on embedding ({total.texts} texts, {total.tokens} "
+            "tokens through priced providers")
+    if max_cost is not None and total.cost_usd > max_cost:
+        raise OverBudget(
+            f"The drills would spend {said}), more than --max-cost ${max_cost:.6f}. Nothing was "
+            "run. Raise --max-cost, or run fewer drills (`kbguard rebuild --estimate` shows "
+            "what each recovery costs; a `kbguard rebuild` first leaves less for the drills to "
+            "embed).", estimate_usd=total.cost_usd, ceiling_usd=max_cost)
+    progress.note(f"the drills will spend {said}; each text once across the drills)"
+                  + (f", within --max-cost ${max_cost:.6f}" if max_cost is not None else ""))
+    return spend
+
+
+def _room_needed(cfg: Config, scenario: str) -> int:
+    restores = scenario in ("manifest-lost", "everything-lost")
+    return room_needed(cfg, scenario, _newest_local_snapshot(cfg) if restores else None,
+                       _git_root(cfg.root) if scenario == "everything-lost" else None)
+
+
+def _over_ceiling(report: DrillReport, name: str) -> bool:
+    """Whether drill ``name`` would take the run past its ceiling: stop the run if so."""
+    if report.max_cost_usd is None or report.spend is None:
+        return False
+    ahead = report.spend.drills[name].cost_usd
+    if report.spent_usd + ahead <= report.max_cost_usd + 1e-9:
+        return False
+    report.stopped = (f"stopped before {name}: the drills so far spent ${report.spent_usd:.6f} "
+                      f"and it is estimated at ${ahead:.6f}, which would pass --max-cost "
+                      f"${report.max_cost_usd:.6f}")
+    return True
 
 
 def _record(cfg: Config, result: DrillResult) -> int:
@@ -201,20 +306,49 @@ def _record(cfg: Config, result: DrillResult) -> int:
 
 # -- one drill --------------------------------------------------------------------------------
 
-def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress) -> DrillResult:
+class _Carried:
+    """The embedding-cache rows the drills of one run made, carried into each next copy."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.files: list[Path] = []
+
+    def take(self, manifest: Path, since: datetime, scenario: str,
+             own_paths: Sequence[str]) -> None:
+        """Keep the rows the manifest of a drill's copy gained from ``since`` on, but those of
+        the documents the drill added to its copy (``own_paths``), which no other drill has."""
+        if not manifest.exists():
+            return
+        self.folder.mkdir(exist_ok=True)
+        path = self.folder / f"{scenario}.parquet"
+        try:
+            with Manifest.open(manifest, read_only=True) as m:
+                if m.export_cache_since(since, path, except_paths=own_paths):
+                    self.files.append(path)
+        except KbguardError:
+            pass  # a copy a failed drill left unreadable: the next drills embed what it had
+
+    def give(self, manifest: Path) -> int:
+        """Add the rows kept so far to a copy's manifest; how many it lacked."""
+        with Manifest.open(manifest) as m:
+            return m.import_cache(self.files)
+
+
+def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress,
+               blocker: str | None, carried: _Carried) -> DrillResult:
     started = datetime.now(timezone.utc)
     commit, dvc_hash = corpus_revision(cfg.corpus)
     objective = cfg.rto_full_rebuild_s if scenario == "everything-lost" else \
         cfg.rto_single_failure_s
-    run = _Runner(scenario, folder, progress, objective)
+    run = _Runner(scenario, folder, progress, objective, carried)
     result = DrillResult(scenario=scenario, status="failed", healthy=False, started_at=started,
                          finished_at=started, message="", objective_s=objective,
                          git_commit=commit, dvc_hash=dvc_hash, steps=run.steps)
-    blocker = _not_possible(cfg, scenario)
     if blocker:
         result.status, result.message = "not-possible", blocker
         result.finished_at = datetime.now(timezone.utc)
         return result
+    require_room(folder, _room_needed(cfg, scenario), [scenario])
     folder.mkdir(parents=True)
     healthy_cfg: Config | None = None
     try:
@@ -222,14 +356,23 @@ def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress) -> 
         result.healthy = True
     except _StepFailed as exc:
         result.message = f"{scenario} failed: {exc}"
-    except LockedError:
-        raise   # the live KB was busy when its copy was to be made: not a failed recovery
+    except (LockedError, DiskFullError):
+        # the live KB was busy when its copy was to be made, or the scratch disk is full: not
+        # a failed recovery, and not recorded as one
+        raise
     except (KbguardError, OSError) as exc:
+        if is_disk_full(exc):
+            raise disk_full(folder, f"run the {scenario} drill in {folder}",
+                            resume="run the drill again; the live KB is as it was and this "
+                                   "drill was not recorded") from exc
         result.message = f"{scenario} failed: {exc}"
     result.detection_s = run.seconds("detect")
     result.recovery_s = run.recovery_seconds()
-    if result.healthy:
-        took = result.recovery_s or 0.0
+    took = result.recovery_s
+    if result.healthy and took is None:
+        result.message = (f"{scenario} has no recovery time: no recovery step was timed, so it "
+                          "cannot be compared with its objective")
+    elif result.healthy and took is not None:
         if took > objective:
             result.status = "missed"
             result.message = (f"{scenario} recovered in {took:.1f} s, objective {objective:g} s: "
@@ -238,9 +381,7 @@ def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress) -> 
             result.status = "passed"
             result.message = (f"{scenario} recovered in {took:.1f} s, objective "
                               f"{objective:g} s (detected in {result.detection_s or 0:.1f} s)")
-        usage_cfg = healthy_cfg
-    else:
-        usage_cfg = run.cfg
+    usage_cfg = healthy_cfg if result.healthy else run.cfg
     if usage_cfg is not None and usage_cfg.manifest.exists():
         try:
             with Manifest.open(usage_cfg.manifest, read_only=True) as m:
@@ -249,6 +390,7 @@ def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress) -> 
             result.tokens, result.cost_usd = usage["tokens"], usage["cost_usd"]
         except KbguardError:
             pass  # a scratch manifest a failed drill left unreadable: its cost is unknown
+        carried.take(usage_cfg.manifest, started, scenario, run.added)
     result.finished_at = datetime.now(timezone.utc)
     return result
 
@@ -256,12 +398,16 @@ def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress) -> 
 class _Runner:
     """Runs a drill's commands in its scratch folder and keeps their steps."""
 
-    def __init__(self, scenario: str, folder: Path, progress: Progress, objective: float):
+    def __init__(self, scenario: str, folder: Path, progress: Progress, objective: float,
+                 carried: _Carried):
         self.scenario, self.folder, self.progress = scenario, folder, progress
+        self.carried = carried
+        self.added: list[str] = []        # documents the drill added to its copy's corpus
         self.steps: list[DrillStep] = []
         self.cfg: Config | None = None    # the scratch KB's config
         self._recover_start: float | None = None
         self._recover_end: float | None = None
+        self._drill_own_s = 0.0           # the drill's own steps amid the recovery
         # a step that hangs is a failed drill, not a hung one
         self.timeout = max(600.0, 2 * objective)
 
@@ -272,7 +418,7 @@ class _Runner:
     def recovery_seconds(self) -> float | None:
         if self._recover_start is None or self._recover_end is None:
             return None
-        return round(self._recover_end - self._recover_start, 3)
+        return round(self._recover_end - self._recover_start - self._drill_own_s, 3)
 
     def kbguard(self, *args: str, phase: str, expect: Sequence[int] = (0,), note: str = "",
                 env: dict[str, str] | None = None, cfg: Config | None = None,
@@ -296,6 +442,8 @@ class _Runner:
             data = {}
         if code not in expect:
             why = data.get("error") if isinstance(data, dict) else None
+            if isinstance(data, dict) and data.get("error_type") == DiskFullError.__name__:
+                raise DiskFullError(str(why))   # the scratch disk: not a failed recovery
             why = why or _last_line(done.stderr) or "no output"
             raise _StepFailed(f"`{shown}` exited {code}, expected "
                               f"{' or '.join(map(str, expect))}: {why}")
@@ -311,32 +459,59 @@ class _Runner:
         return done
 
     def act(self, what: str, fn: Callable[[], Any], *, phase: str = "damage") -> None:
-        """A step done here rather than by a command: deleting a folder, editing a file."""
+        """A step done here rather than by a command: deleting a folder, editing a file. A
+        setup step amid the recovery is the drill's own work: not counted in its time."""
         t0 = time.perf_counter()
         fn()
-        self._add(DrillStep(what, round(time.perf_counter() - t0, 3), None, phase=phase))
+        seconds = time.perf_counter() - t0
+        if phase == "setup" and self._recover_start is not None:
+            self._drill_own_s += seconds
+        self._add(DrillStep(what, round(seconds, 3), None, phase=phase))
 
-    def verify_healthy(self, cfg: Config | None = None) -> None:
-        """The closing `verify`: exit 0 and every canary checked and passing."""
-        cfg = cfg or self.cfg
+    def carry_in(self, manifest: Path) -> None:
+        """Add to the copy's cache what earlier drills of the run embedded, so that no text is
+        embedded twice in one run."""
+        if not self.carried.files:
+            return
+        added: list[int] = []
+        self.act("carry in the vectors earlier drills of this run embedded",
+                 lambda: added.append(self.carried.give(manifest)), phase="setup")
+        self.steps[-1].note = f"{added[0]} the copy's cache lacked"
+
+    def check(self, *args: str, phase: str, expect: Sequence[int]
+              ) -> tuple[int, dict[str, Any], dict[str, int], int]:
+        """Run ``kbguard verify ARGS``: its exit code, its JSON, the damage it found (count by
+        class) and the corpus changes not yet indexed, which are not damage."""
+        code, data = self.kbguard("verify", *args, phase=phase, expect=expect)
+        findings = data.get("findings") or {}
+        damage = {name: int(f.get("count") or 0) for name, f in findings.items()
+                  if f.get("count") and name != "corpus_changed"}
+        pending = int((findings.get("corpus_changed") or {}).get("count") or 0)
+        return code, data, damage, pending
+
+    def verify_healthy(self) -> None:
+        """The closing `verify`: nothing found but corpus changes not yet indexed (exit 0, or 1
+        for those alone), and every canary checked and passing."""
+        cfg = self.cfg
         assert cfg is not None
-        _, data = self.kbguard("verify", phase="recover", expect=(0, 1, 2), cfg=cfg)
-        code = int(self.steps[-1].exit_code or 0)
-        if code != 0:
-            found = {n: f.get("count") for n, f in data.get("findings", {}).items()
-                     if f.get("count")}
+        code, data, damage, pending = self.check(phase="recover", expect=(0, 1, 2))
+        if code == 2 or damage or (code == 1 and not pending):
             raise _StepFailed(f"the KB did not end healthy: `kbguard verify` exited {code}"
-                              + (f" ({', '.join(f'{n} {c}' for n, c in found.items())})"
-                                 if found else "")
+                              + (f" ({', '.join(f'{n} {c}' for n, c in damage.items())})"
+                                 if damage else "")
                               + (f": {data['error']}" if data.get("error") else ""))
         if cfg.canaries:
             canary = data.get("findings", {}).get("canary_failures", {})
             if canary.get("count") or canary.get("checked") is False:
                 raise _StepFailed("the KB did not end healthy: its canaries were not all "
                                   "checked and passing")
-            self.steps[-1].note = f"healthy; {len(cfg.canaries)} canaries passing"
+            note = f"healthy; {len(cfg.canaries)} canaries passing"
         else:
-            self.steps[-1].note = "healthy (the KB has no canaries)"
+            note = "healthy (the KB has no canaries)"
+        if pending:
+            note += (f"; {pending} corpus changes not yet indexed (not damage: the next "
+                     "`kbguard rebuild` indexes them)")
+        self.steps[-1].note = note
 
     def _run(self, argv: list[str], shown: str, phase: str, *, cwd: Path, note: str = "",
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -395,6 +570,7 @@ def _provider_outage(cfg: Config, run: _Runner) -> Config:
     scratch = _copy_kb(cfg, run, corpus=corpus, down=True)
     added = _arrival_path(cfg)
     assert added is not None  # _not_possible checked it
+    run.added.append(added)
     token = uuid.uuid4().hex[:12]
     run.act(f"the providers of space {primary.name!r} go down (base_url: a closed port); "
             f"{added} arrives",
@@ -404,8 +580,7 @@ def _provider_outage(cfg: Config, run: _Runner) -> Config:
     if debt <= 0:
         raise _StepFailed(f"the rebuild during the outage recorded no debt for {primary.name!r}")
     run.steps[-1].note = f"exit 4: space {primary.name!r} owes {debt} texts"
-    _, found = run.kbguard("search", f"rehearsed provider outage {token}", "-k", "3",
-                           phase="detect")
+    _, found = run.kbguard("search", _search_text(token), "-k", "3", phase="detect")
     if not found.get("degraded") or found.get("space") == primary.name:
         raise _StepFailed(f"search answered from {found.get('space')!r} without saying it was "
                           "degraded: it did not fall back to the standby")
@@ -432,11 +607,19 @@ def _store_corruption(cfg: Config, run: _Runner) -> Config:
     scratch = _copy_kb(cfg, run)
     for action in ("delete-points", "flip-bits"):
         run.kbguard("chaos", action, "-n", "3", "--seed", "7", "--yes", phase="damage")
-    _, found = run.kbguard("verify", phase="detect", expect=(1,))
-    run.steps[-1].note = f"{found.get('total_findings')} findings"
-    run.kbguard("verify", "--repair", phase="recover")
+    _, _, found, _ = run.check(phase="detect", expect=(1,))
+    if not found:   # exit 1 for corpus changes not yet indexed alone
+        raise _StepFailed("`kbguard verify` did not find the damage")
+    run.steps[-1].note = f"{sum(found.values())} findings ({_classes(found)})"
+    _, _, left, _ = run.check("--repair", phase="recover", expect=(0, 1))
+    if left:
+        raise _StepFailed(f"`kbguard verify --repair` left damage: {_classes(left)}")
     run.verify_healthy()
     return scratch
+
+
+def _classes(found: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in found.items())
 
 
 def _store_lost(cfg: Config, run: _Runner) -> Config:
@@ -461,10 +644,26 @@ def _manifest_lost(cfg: Config, run: _Runner) -> Config:
 
     run.act("delete the manifest", lose)
     run.kbguard("verify", phase="detect", expect=(2,))
-    _, restored = run.kbguard("restore", "--latest", "--yes", phase="recover")
-    run.steps[-1].note = f"restored snapshot {restored.get('snapshot')} and caught up"
+    _restore_latest(run)
     run.verify_healthy()
     return scratch
+
+
+def _restore_latest(run: _Runner) -> None:
+    """`kbguard restore --latest`, then its catch-up. When earlier drills of the run embedded
+    texts, the catch-up runs as its own `kbguard rebuild` (the one `restore` would run) after
+    they are carried into the restored manifest, which lacks them."""
+    assert run.cfg is not None
+    if not run.carried.files:
+        _, restored = run.kbguard("restore", "--latest", "--yes", phase="recover")
+        run.steps[-1].note = f"restored snapshot {restored.get('snapshot')} and caught up"
+        return
+    _, restored = run.kbguard("restore", "--latest", "--no-catch-up", "--yes", phase="recover")
+    run.steps[-1].note = f"restored snapshot {restored.get('snapshot')}"
+    run.carry_in(run.cfg.manifest)
+    _, caught = run.kbguard("rebuild", phase="recover")
+    run.steps[-1].note = (f"the restore's catch-up: "
+                          f"{caught.get('chunks', {}).get('embedded', 0)} texts embedded")
 
 
 def _everything_lost(cfg: Config, run: _Runner) -> Config:
@@ -498,8 +697,7 @@ def _everything_lost(cfg: Config, run: _Runner) -> Config:
         cloned, clone / ".kbguard-drill.toml", corpus=corpus, snapshots=snapshots,
         store=_under(cfg.store_path, repo, clone, lost / "store"),
         manifest=_under(cfg.manifest, repo, clone, lost / "manifest.duckdb"))
-    _, restored = run.kbguard("restore", "--latest", "--yes", phase="recover")
-    run.steps[-1].note = f"restored snapshot {restored.get('snapshot')} and caught up"
+    _restore_latest(run)
     run.verify_healthy()
     return run.cfg
 
@@ -579,11 +777,19 @@ def _arrival_path(cfg: Config) -> str | None:
 
 
 def _write_arrival(path: Path, token: str) -> None:
+    path.write_text(_arrival_text(path.suffix, token), encoding="utf-8")
+
+
+def _arrival_text(suffix: str, token: str) -> str:
     text = (f"Rehearsed provider outage {token}. This document arrived while the primary "
             "space's embedding providers were down, so only the standby could embed it; the "
             "primary embeds it once its providers return.")
-    path.write_text(f"<html><body><p>{text}</p></body></html>\n" if path.suffix == ".html"
-                    else f"Provider outage drill\n\n{text}\n", encoding="utf-8")
+    return (f"<html><body><p>{text}</p></body></html>\n" if suffix == ".html"
+            else f"Provider outage drill\n\n{text}\n")
+
+
+def _search_text(token: str) -> str:
+    return f"rehearsed provider outage {token}"
 
 
 def _newest_local_snapshot(cfg: Config) -> Path | None:
@@ -653,6 +859,7 @@ def _copy_kb(cfg: Config, run: _Runner, *, corpus: Path | None = None, down: boo
 
     run.act("copy the KB under its lock" + (" (and its newest snapshot)" if snapshot else ""),
             copy, phase="setup")
+    run.carry_in(manifest)
     run.cfg = _write_scratch_config(cfg, folder / "kbguard-drill.toml",
                                     corpus=corpus or cfg.corpus, store=store, manifest=manifest,
                                     snapshots=snapshots, down=down)

@@ -25,6 +25,8 @@
      │                            texts (a Qdrant snapshot of a collection of another model)
      ├── DiskFullError            a filesystem kbguard writes to is full, or too full for the next
      │                            write: names the filesystem, what is free and what is needed
+     ├── OverBudget               work estimated to spend more on embedding than the ceiling
+     │                            it was given (`kbguard drill --max-cost`)
      ├── RestoreNeeded            damage beyond a repair from the cache: restore a snapshot
      └── RestorePending           a killed restore must be finished before anything else
 
@@ -147,6 +149,15 @@ class SnapshotWrongModel(SnapshotError):
 class DiskFullError(KbguardError):
     """No room to write. Whatever was committed before is kept: once there is room, the same
     command continues where it stopped."""
+
+
+class OverBudget(KbguardError):
+    """Refused before it began: its estimated embedding spend ``estimate_usd`` passes the
+    ceiling ``ceiling_usd`` it was given."""
+
+    def __init__(self, message: str, *, estimate_usd: float, ceiling_usd: float):
+        super().__init__(message)
+        self.estimate_usd, self.ceiling_usd = estimate_usd, ceiling_usd
 
 
 class RestoreNeeded(KbguardError):

@@ -425,6 +425,34 @@ class Manifest:
         self._db.execute("UPDATE embeddings SET vector = ? WHERE space_id = ? AND "
                          "content_hash = ?", [blob, space_id, content_hash])
 
+    def export_cache_since(self, since: datetime, path: Path, *,
+                           except_paths: Sequence[str] = ()) -> int:
+        """Write the cache rows made from ``since`` on that chunks of documents other than
+        ``except_paths`` use to the Parquet file ``path`` (no file when there are none); returns
+        how many. What a drill carries from one scratch copy of a KB to the next, so that no
+        drill of a run embeds a text another one embedded."""
+        where = (f"created_at >= {_literal(since.isoformat())}::TIMESTAMPTZ AND content_hash IN "
+                 "(SELECT content_hash FROM chunks WHERE path NOT IN "
+                 f"(SELECT unnest([{', '.join(map(_literal, except_paths))}]::VARCHAR[])))")
+        n = self._count(f"SELECT count(*) FROM embeddings WHERE {where}")
+        if n:
+            self._db.execute(f"COPY (SELECT * FROM embeddings WHERE {where}) TO "
+                             f"{_literal(str(path))} (FORMAT parquet, COMPRESSION snappy)")
+        return n
+
+    def import_cache(self, files: Sequence[Path]) -> int:
+        """Add the rows of the Parquet files ``export_cache_since`` wrote that this cache lacks
+        (its own rows win); no run of this manifest made them. Returns how many were added."""
+        if not files:
+            return 0
+        sources = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
+        with self.transaction():
+            before = self._count("SELECT count(*) FROM embeddings")
+            self._db.execute(
+                "INSERT OR IGNORE INTO embeddings BY NAME SELECT DISTINCT ON (space_id, "
+                f"content_hash) * REPLACE (NULL::BIGINT AS run_id) FROM read_parquet({sources})")
+            return self._count("SELECT count(*) FROM embeddings") - before
+
     # -- what a rebuild has to do -------------------------------------------------------------
 
     def fill_embed_todo(self, space_id: str) -> int:

@@ -93,8 +93,10 @@ def _section(cfg: Config, f: _Failure, drill: dict[str, Any] | None,
 
 
 def _steps(cfg: Config, f: _Failure, flag: str) -> tuple[str, list[str], str]:
-    verify_ok = (f"`kbguard verify {flag}` exits 0 (every point checked, every canary passes); "
-                 "the metric `kbguard_verify_healthy` is 1 again.")
+    verify_ok = (f"`kbguard verify {flag}` exits 0 (every point checked, every canary passes) "
+                 "and the metric `kbguard_verify_healthy` is 1 again; or it exits 1 with "
+                 "findings under `corpus_changed` alone: corpus changes not yet indexed are not "
+                 "damage, and the next `kbguard rebuild` indexes them.")
     kb = f"kbguard {{}} {flag}"
     if f.drill == "store-corruption":
         classes = ", ".join(f"`{c}`" for c in STORE_CLASSES)

@@ -1,4 +1,7 @@
-"""`kbguard drill`: every drill passes on a sample KB and leaves the live KB as it was.
+"""`kbguard drill`: every drill passes on a sample KB and leaves the live KB as it was; a
+drill refuses a scratch folder inside the KB, a full scratch disk and a run over its spending
+ceiling before it copies anything, embeds each text once per run, and is not failed by corpus
+changes not yet indexed.
 
 The full KB lives in a real git repository with its corpus and a snapshot tracked by DVC on a
 local-folder remote; its primary space embeds through a real OpenAI-compatible server on
@@ -9,7 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -17,9 +27,11 @@ import pytest
 
 from kbguard.drill import SCENARIOS
 from kbguard.manifest import Manifest
-from tests.conftest import BACKENDS, DVC, KB, git_dvc_repo, make_kb, write_config
+from tests.conftest import BACKENDS, DVC, KB, edit_corpus, git_dvc_repo, make_kb, write_config
 from tests.openai_server import OpenAIServer
-from tests.test_spaces import _spaces
+from tests.test_disk_and_files import fill, tmpfs
+from tests.test_disk_and_files import mounts as _mounts  # noqa: F401 - the fixture `mounts`
+from tests.test_spaces import _spaces, api_kb
 
 CANARY = "Paragraph 0 of part 1 in Document 1 talks about topic1 and item0."
 
@@ -231,6 +243,11 @@ def test_scratch_copies_are_kept_where_asked(tmp_path: Path, built_kb) -> None:
     res = kb.cli("drill", "store-corruption", "--scratch", str(scratch))
     assert res.code == 0, res.stdout
     assert f"scratch copies kept in {scratch}" in res.stdout
+    # said before the first drill, on stderr; a KB with no priced provider spends nothing
+    assert res.stderr.index("the drills will spend about $0.000000 on embedding (0 texts, 0 "
+                            "tokens through priced providers; each text once across the "
+                            "drills)") < res.stderr.index("drill store-corruption")
+    assert "embedding: $0.000000 spent, $0.000000 estimated before the drills" in res.stdout
     config = (scratch / "store-corruption" / "kbguard-drill.toml").read_text()
     assert f'path = "{scratch / "store-corruption" / "store"}"' in config
     assert str(kb.cfg.manifest) not in config
@@ -245,3 +262,246 @@ def test_a_busy_live_kb_is_not_copied_half_way(tmp_path: Path, built_kb) -> None
     assert res.code == 3, (res.stdout, res.stderr)
     assert "This KB is busy: `kbguard rebuild`" in res.stderr
     assert history(kb) == []
+
+
+# -- what a drill refuses, what it must not count as failed, what it spends -----------------
+
+def _kb_files(kb: KB) -> set[str]:
+    return {str(p.relative_to(kb.root)) for p in kb.root.rglob("*")}
+
+
+@pytest.mark.parametrize("inside", ["corpus/scratch", "state/store/scratch",
+                                    "state/snapshots/scratch", "state/scratch", "link/scratch"])
+def test_a_scratch_folder_inside_the_kb_is_refused_before_anything_is_copied(
+        tmp_path: Path, built_kb, inside: str) -> None:
+    kb = built_kb()
+    kb.cli_json("snapshot", "create")
+    (kb.root / "link").symlink_to(kb.corpus)   # a path that only resolves into the corpus
+    before, files = live_state(kb), _kb_files(kb)
+    scratch = kb.root / inside
+    res = kb.cli("drill", "store-lost", "--scratch", str(scratch))
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert f"--scratch {scratch.resolve()} is inside " in res.stderr
+    assert "Pass a folder outside the KB's corpus, store, snapshots and manifest folder." \
+        in res.stderr
+    assert not scratch.exists() and _kb_files(kb) == files and live_state(kb) == before
+    assert history(kb) == []
+
+
+def test_a_temporary_folder_inside_the_corpus_is_refused(
+        tmp_path: Path, built_kb, monkeypatch: pytest.MonkeyPatch) -> None:
+    kb = built_kb()
+    files = _kb_files(kb)
+    monkeypatch.setattr(tempfile, "tempdir", str(kb.corpus))
+    res = kb.cli("drill", "store-lost")
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert f"the temporary folder {kb.corpus.resolve()} is inside the corpus" in res.stderr
+    assert "Set TMPDIR to a folder outside it, or pass --scratch." in res.stderr
+    assert _kb_files(kb) == files and history(kb) == []
+
+
+@pytest.mark.slow
+def test_pending_corpus_changes_are_not_a_failed_recovery(tmp_path: Path, built_kb) -> None:
+    kb = built_kb()
+    edit_corpus(kb)   # changes the next nightly rebuild would index: the KB's normal state
+    res = kb.cli("drill", "killed-rebuild", "store-corruption", "store-lost", "--json")
+    report = json.loads(res.stdout)
+    assert res.code == 0, json.dumps(report, indent=1)
+    assert {d["scenario"]: d["status"] for d in report["drills"]} == {
+        "killed-rebuild": "passed", "store-corruption": "passed", "store-lost": "passed"}
+    corruption = report["drills"][1]
+    repair = next(s for s in corruption["steps"] if s["command"] == "kbguard verify --repair")
+    closing = corruption["steps"][-1]
+    # the copy's corpus is the live one: its pending changes are still pending after the repair
+    assert repair["exit_code"] == 1 and closing["exit_code"] == 1
+    assert re.fullmatch(r"healthy \(the KB has no canaries\); \d+ corpus changes not yet "
+                        r"indexed \(not damage: the next `kbguard rebuild` indexes them\)",
+                        closing["note"]), closing["note"]
+    assert [r["status"] for r in history(kb)] == ["passed"] * 3
+
+
+@pytest.mark.slow
+def test_a_drill_run_embeds_each_pending_text_once_and_says_first_what_it_will_spend(
+        tmp_path: Path, server: OpenAIServer) -> None:
+    kb, _ = repo_kb(tmp_path / "repo", server.url)
+    edit_corpus(kb)   # pending: an edited paragraph and a new document, not indexed yet
+    seen = len(server.embedding_requests)
+
+    res = kb.cli("drill", "--json")
+    report = json.loads(res.stdout)
+    assert res.code == 0, json.dumps(report, indent=1)
+    assert {d["status"] for d in report["drills"]} == {"passed"}
+    sent = Counter(text for r in server.embedding_requests[seen:] for text in r.inputs)
+    # every verify embeds its canary query; anything else reaching the API twice was paid twice
+    twice = {t: n for t, n in sent.items() if n > 1 and t != CANARY}
+    assert twice == {}, twice
+    pending = [t for t in sent if "Newcomer" in t or "(edited)" in t]
+    assert pending and all(sent[t] == 1 for t in pending)
+    # the restored manifests lack what the first drill embedded: it is carried in before the
+    # restore's catch-up, which then embeds nothing
+    for drill in report["drills"][4:]:
+        commands = [s["command"] for s in drill["steps"]]
+        assert "kbguard restore --latest --no-catch-up --yes" in commands, commands
+        caught = commands.index("kbguard rebuild")
+        assert drill["steps"][caught]["note"] == "the restore's catch-up: 0 texts embedded"
+        assert drill["steps"][caught - 1]["command"] == \
+            "carry in the vectors earlier drills of this run embedded"
+
+    spend = report["spend"]
+    assert spend["texts"] >= len(pending) and spend["tokens"] > 0 and spend["cost_usd"] > 0
+    assert list(spend["drills"]) == list(SCENARIOS)
+    # each drill's figure is rounded to the micro-dollar, as the total is
+    assert spend["cost_usd"] == pytest.approx(sum(d["cost_usd"] for d in spend["drills"].values()),
+                                              abs=len(SCENARIOS) * 1e-6)
+    spent = sum(d["cost_usd"] for d in report["drills"])
+    assert 0 < spent <= spend["cost_usd"] + 1e-6, (spent, spend)
+    assert report["max_cost_usd"] is None and report["stopped"] is None
+
+
+def test_max_cost_refuses_a_run_whose_estimate_passes_it(tmp_path: Path,
+                                                         server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path, server.url)
+    kb.cli_json("rebuild")
+    edit_corpus(kb)
+    seen = len(server.embedding_requests)
+    res = kb.cli("drill", "store-lost", "--max-cost", "0.000001")
+    assert res.code == 2, (res.stdout, res.stderr)
+    m = re.search(r"The drills would spend about \$(\d+\.\d+) on embedding \((\d+) texts, "
+                  r"(\d+) tokens through priced providers\), more than --max-cost \$0\.000001\. "
+                  r"Nothing was run\. Raise --max-cost, or run fewer drills", res.stderr)
+    assert m, res.stderr
+    assert float(m.group(1)) > 0.000001 and int(m.group(2)) > 0
+    assert len(server.embedding_requests) == seen and history(kb) == []
+
+
+@pytest.mark.slow
+def test_max_cost_stops_before_a_drill_that_would_pass_it(tmp_path: Path,
+                                                          server: OpenAIServer) -> None:
+    kb = api_kb(tmp_path, server.url)
+    kb.cli_json("rebuild")
+    # cache rows that fail their checksum: no estimate sees them, the repair embeds them again
+    kb.cli_json("chaos", "damage-cache", "-n", "2", "--seed", "3", "--yes")
+    res = kb.cli("drill", "store-corruption", "store-lost", "--max-cost", "0", "--json")
+    assert res.code == 2, (res.stdout, res.stderr)
+    report = json.loads(res.stdout)
+    assert report["spend"]["cost_usd"] == 0 and report["max_cost_usd"] == 0
+    [done] = report["drills"]
+    assert done["scenario"] == "store-corruption" and done["status"] == "passed"
+    assert done["cost_usd"] > 0
+    assert report["stopped"] == (
+        f"stopped before store-lost: the drills so far spent ${done['cost_usd']:.6f} and it is "
+        "estimated at $0.000000, which would pass --max-cost $0.000000")
+    assert report["passed"] is False and report["exit_code"] == 2
+    assert [r["scenario"] for r in history(kb)] == ["store-corruption"]
+
+
+@pytest.mark.parametrize("where", ["scratch", "temporary folder"])
+def test_a_full_scratch_disk_is_exit_2_and_not_a_failed_drill(
+        tmp_path: Path, built_kb, monkeypatch: pytest.MonkeyPatch, where: str,
+        _mounts: list[Path]) -> None:  # noqa: F811 - the fixture imported above
+    kb = built_kb()
+    small = tmpfs(_mounts, tmp_path / "small", "4m")
+    fill(small, 64 * 1024)
+    args = ["--scratch", str(small / "scratch")] if where == "scratch" else []
+    if where == "temporary folder":
+        monkeypatch.setattr(tempfile, "tempdir", str(small))
+    res = kb.cli("drill", "store-lost", *args)
+    assert res.code == 2, (res.stdout, res.stderr)
+    assert "The disk is full: there is no room to copy the KB for the store-lost drill" \
+        in res.stderr
+    assert f"on the filesystem mounted at {small} (tmpfs)" in res.stderr
+    assert sorted(p.name for p in small.iterdir()) == ["filler"]   # nothing copied
+    assert history(kb) == []
+
+
+def _drill_process(kb: KB, tmp: Path, *scenarios: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kbguard", "drill", *scenarios, "--config", str(kb.config_path)],
+        env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+
+
+def _wait_for_copy(tmp: Path, scenario: str, proc: subprocess.Popen,
+                   other: Path | None = None) -> Path:
+    """The scratch folder of the drill ``proc`` (not ``other``), once its copy of the KB is
+    made."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = [p.parent.parent for p in tmp.glob(f"kbguard-drill-*/{scenario}/kbguard-drill.toml")
+                 if p.parent.parent != other]
+        if found:
+            return found[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the drill made no scratch copy")
+
+
+@pytest.mark.slow
+def test_scratch_copies_of_killed_drills_are_removed_by_the_next_drill(
+        tmp_path: Path, built_kb, monkeypatch: pytest.MonkeyPatch) -> None:
+    kb = built_kb()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    killed = _drill_process(kb, tmp, "store-corruption")
+    killed_copy = _wait_for_copy(tmp, "store-corruption", killed)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert (killed_copy / "store-corruption" / "store").is_dir()   # a whole store, left behind
+
+    following = _drill_process(kb, tmp, "store-corruption")
+    following_copy = _wait_for_copy(tmp, "store-corruption", following, other=killed_copy)
+    assert not killed_copy.exists()
+    # while that drill runs (stopped here, but alive) another one must leave its copy alone,
+    # and a folder of that name kbguard did not make
+    os.killpg(following.pid, signal.SIGSTOP)
+    theirs = tmp / "kbguard-drill-someone-else"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("not a drill's")
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+        res = kb.cli("drill", "killed-rebuild", "--json")
+        assert res.code == 0, (res.stdout, res.stderr)
+        assert json.loads(res.stdout)["notes"] == []
+        assert following_copy.is_dir() and (theirs / "notes.txt").read_text() == "not a drill's"
+    finally:
+        os.killpg(following.pid, signal.SIGCONT)
+        out, err = following.communicate(timeout=300)
+    assert following.returncode == 0, (out, err)
+    assert f"note: removed {killed_copy}, the scratch copies of a drill that ended without " \
+           f"removing them (process {killed.pid})" in out
+    assert sorted(p.name for p in tmp.iterdir()) == ["kbguard-drill-someone-else"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_drill_says_it_starts_over_and_leaves_no_copy(tmp_path: Path,
+                                                                     built_kb) -> None:
+    kb = built_kb()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = _drill_process(kb, tmp, "store-lost")
+    _wait_for_copy(tmp, "store-lost", proc)
+    os.killpg(proc.pid, signal.SIGINT)   # Ctrl-C reaches the whole foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Interrupted. A drill does not resume: the next `kbguard drill` starts its drills " \
+           "over" in err
+    assert "continue where it stopped" not in err
+    assert list(tmp.iterdir()) == []
+
+
+def test_a_drill_whose_recovery_was_not_timed_does_not_pass(
+        tmp_path: Path, built_kb, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kbguard import drill
+
+    kb = built_kb()
+
+    def no_recovery(cfg, run):   # a drill whose steps record no recovery phase
+        return drill._copy_kb(cfg, run)
+
+    monkeypatch.setitem(drill._DRILLS, "store-lost", no_recovery)
+    report = drill.drill_kb(kb.cfg, ["store-lost"], record=False)
+    [result] = report.drills
+    assert result.recovery_s is None
+    assert result.status == "failed" and not report.passed
+    assert result.message == ("store-lost has no recovery time: no recovery step was timed, "
+                              "so it cannot be compared with its objective")

@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, overload
 
 import typer
 from rich.console import Console
@@ -66,9 +66,24 @@ def exit_code_for(outcome: BaseException | Any) -> int:
     return EXIT_OK
 
 
-def guarded(fn: F) -> F:
+# what Ctrl-C means for most commands: they commit as they go
+RESUMES = "Interrupted. Run the same command again to continue where it stopped."
+
+
+@overload
+def guarded(fn: F, *, interrupted: str = ...) -> F: ...
+@overload
+def guarded(fn: None = None, *, interrupted: str = ...) -> Callable[[F], F]: ...
+
+
+def guarded(fn: F | None = None, *, interrupted: str = RESUMES) -> Any:
     """Show a KbguardError once, as one line on stderr (and as JSON with --json), and exit
-    with its code. Anything else is a bug: its traceback is printed and the exit code is 2."""
+    with its code. Anything else is a bug: its traceback is printed and the exit code is 2.
+
+    ``interrupted``: what the command says when Ctrl-C stops it, which is what running it again
+    does (``@guarded(interrupted=...)`` for a command that does not continue where it stopped)."""
+    if fn is None:
+        return functools.partial(guarded, interrupted=interrupted)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -83,7 +98,7 @@ def guarded(fn: F) -> F:
             stderr.print(f"[bold red]Error:[/] {escape(message)}", markup=True, highlight=False)
             raise typer.Exit(code) from None
         except KeyboardInterrupt as exc:
-            stderr.print("Interrupted. Run the same command again to continue where it stopped.")
+            stderr.print(interrupted)
             raise typer.Exit(exit_code_for(exc)) from None
         except (typer.Exit, typer.Abort):
             raise
@@ -100,7 +115,7 @@ def guarded(fn: F) -> F:
                          "same command can be run again.")
             raise typer.Exit(exit_code_for(exc)) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 # Characters that move the cursor, end a line or reorder the text around them on a terminal:

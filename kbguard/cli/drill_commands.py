@@ -11,19 +11,30 @@ from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOp
                                 emit_json, exit_code_for, guarded, load, one_line, stdout)
 from kbguard.drill import SCENARIOS, drill_kb
 
+# a drill is not resumed: what a Ctrl-C leaves and what the next run does
+STARTS_OVER = ("Interrupted. A drill does not resume: the next `kbguard drill` starts its drills "
+               "over. The drills that finished are in the drill history; the copies in the "
+               "temporary folder were removed (a --scratch folder is kept: pass a new or empty "
+               "one next time).")
+
 
 def register(app: typer.Typer) -> None:
     app.command("drill")(drill_cmd)
 
 
-@guarded
+@guarded(interrupted=STARTS_OVER)
 def drill_cmd(
     scenarios: Annotated[list[str] | None, typer.Argument(
         metavar="[SCENARIO]...",
         help=f"Drills to run (default: all): {', '.join(SCENARIOS)}.")] = None,
     scratch: Annotated[Path | None, typer.Option(
-        "--scratch", help="A new or empty folder for the scratch copies, kept afterwards "
+        "--scratch", help="A new or empty folder for the scratch copies, outside the KB's "
+                          "corpus, store, snapshots and manifest folder; kept afterwards "
                           "(default: a temporary folder, removed).")] = None,
+    max_cost: Annotated[float | None, typer.Option(
+        "--max-cost", metavar="USD", min=0.0,
+        help="The most the run may spend on embedding: refused before it starts when its "
+             "estimate is above, stopped before a drill that would pass it.")] = None,
     config: ConfigOpt = DEFAULT_CONFIG_PATH,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -31,11 +42,13 @@ def drill_cmd(
     """Rehearse failures on a scratch copy of the KB, never the live one, and time recovery.
 
     Exit 0 every drill passed, 1 a drill failed, missed its objective, or (named on the command
-    line) was not possible; 2 could not run; 3 busy.
+    line) was not possible; 2 could not run (a full scratch disk, an estimate above --max-cost,
+    or stopped before a drill that would pass it); 3 busy.
     """
     cfg = load(config)
     progress = RichProgress(enabled=not quiet and not json_out)
-    report = drill_kb(cfg, scenarios or (), scratch=scratch, progress=progress)
+    report = drill_kb(cfg, scenarios or (), scratch=scratch, max_cost=max_cost,
+                      progress=progress)
     if json_out:
         emit_json(report.to_dict())
     else:
@@ -50,6 +63,11 @@ def drill_cmd(
             stdout.print(f"note: {one_line(note)}")
         if report.scratch:
             stdout.print(f"scratch copies kept in {one_line(report.scratch)}")
+        if report.spend is not None:
+            stdout.print(f"embedding: ${report.spent_usd:.6f} spent, "
+                         f"${report.spend.total.cost_usd:.6f} estimated before the drills")
+        if report.stopped:
+            stdout.print(one_line(report.stopped))
         impossible = sum(d.status == "not-possible" for d in report.drills)
         verdict = "drills passed" if report.passed else "drills did not pass"
         stdout.print(verdict + (f"; {impossible} not possible on this KB (see above for what "
