@@ -6,21 +6,27 @@ vector ever comes back; breakers, chains, probe agreement, key handling and offl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+import threading
 import time
+import tracemalloc
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import KB, make_kb
 from openai_server import OpenAIServer
 
 from kbguard.config import SpaceConfig
 from kbguard.embed import FakeEmbedder
+from kbguard.manifest import Manifest
 from kbguard.errors import (
     ConfigError,
     InvalidAnswer,
@@ -31,6 +37,7 @@ from kbguard.errors import (
 )
 from kbguard.providers import (
     CircuitBreaker,
+    Embedded,
     LocalProvider,
     OpenAIProvider,
     OpenAIProviderSettings,
@@ -38,6 +45,7 @@ from kbguard.providers import (
     build_chain,
     parse_provider_settings,
 )
+from kbguard.providers.answer import answer_cap
 from kbguard.providers.budget import TokenBudget, plan_batches
 from kbguard.providers.tokens import count_cl100k
 
@@ -45,6 +53,8 @@ KEY = "sk-test-9f8e7d6c5b4a3210-SECRET"
 SPACE = SpaceConfig(name="primary", provider="fake", model="text-embedding-3-small", dim=64)
 TEXTS = ["how to rotate keys", "zebras have stripes", "tax forms are due in april",
          "the export button does nothing", "photosynthesis in plants"]
+#: what a call may take past its timeout_s: closing the connection, a busy 2-core machine
+MARGIN_S = 1.0
 
 
 def expected(texts: list[str], space: SpaceConfig = SPACE) -> np.ndarray:
@@ -58,6 +68,26 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     with OpenAIServer(api_key=KEY) as srv:
         yield srv
+
+
+def timed(call: Callable[[], Any], limit: float) -> tuple[float, Any]:
+    """Seconds ``call()`` took and what it returned or raised, run in a thread; the test fails
+    when it takes longer than ``limit`` (the thread is left to the server's stop)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            box["out"] = call()
+        except Exception as exc:
+            box["out"] = exc
+        box["took"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"still waiting after {limit} s"
+    return box["took"], box["out"]
 
 
 def provider(server: OpenAIServer, space: SpaceConfig = SPACE, **settings: object) -> OpenAIProvider:
@@ -297,12 +327,11 @@ def test_shuffled_indices_are_put_back_in_order(server: OpenAIServer) -> None:
     ("status", {"code": 503, "retry_after_ms": 10}),
     ("rate_limit", {"retry_after": "0.05"}),
     ("drop", {}),
-    ("hang", {"seconds": 2}),
 ])
-def test_passing_faults_are_retried_by_the_client(server: OpenAIServer, kind: str,
+def test_passing_faults_are_retried(server: OpenAIServer, kind: str,
                                                   params: dict[str, object]) -> None:
     server.fail(kind, times=1, **params)
-    p = provider(server, max_retries=2, timeout_s=0.5)
+    p = provider(server, max_retries=2, timeout_s=3)
     got = p.embed(TEXTS)
     np.testing.assert_allclose(got.vectors, expected(TEXTS), atol=1e-6)
     assert [r.fault for r in server.embedding_requests] == [kind, None]
@@ -328,13 +357,15 @@ def test_429_waits_as_retry_after_says(server: OpenAIServer, header: str) -> Non
     assert 0.9 <= second.at - first.at < 3.0
 
 
-def test_a_hang_past_the_timeout_fails_within_the_timeouts(server: OpenAIServer) -> None:
+def test_a_hang_spends_the_deadline_and_is_not_retried(server: OpenAIServer) -> None:
     server.fail("hang", times=2, seconds=5)
     t = time.perf_counter()
     with pytest.raises(ProviderUnavailable,
-                       match=r"did not answer within timeout_s = 0.3 s \(2 attempts\)"):
+                       match=r"did not answer within timeout_s = 0.3 s \(1 attempt\)") as err:
         provider(server, timeout_s=0.3, max_retries=1).embed(TEXTS)
-    assert time.perf_counter() - t < 2.5
+    assert time.perf_counter() - t < 0.3 + MARGIN_S
+    assert err.value.attempts == 2  # type: ignore[attr-defined]  # all it had: the breaker opens
+    assert len(server.embedding_requests) == 1
 
 
 def test_a_slow_answer_within_the_timeout_is_used(server: OpenAIServer) -> None:
@@ -348,6 +379,238 @@ def test_a_failed_call_with_concurrency_returns_nothing(server: OpenAIServer) ->
     server.fail("nan")
     with pytest.raises(InvalidAnswer):
         provider(server, max_batch_texts=3, concurrency=4).embed(texts)
+
+
+# -- one deadline per request: a hanging or trickling endpoint costs timeout_s, once --------
+
+SLOW_FAULTS = [("hang", {"seconds": 60}), ("trickle", {"interval": 0.2}),
+               ("trickle", {"interval": 0.2, "headers": True})]
+SLOW_IDS = ["hang", "trickle", "trickle-headers"]
+
+
+@pytest.mark.parametrize("kind, params", SLOW_FAULTS, ids=SLOW_IDS)
+def test_a_hanging_or_trickling_primary_fails_over_within_timeout_s(
+        server: OpenAIServer, kind: str, params: dict[str, object]) -> None:
+    ch = chain(server, timeout_s=1.5, max_retries=2)  # retries too fit in the deadline
+    ch.check_agreement()
+    server.fail(kind, times=100, **params)
+    took, got = timed(lambda: ch.embed(TEXTS), limit=30)
+    assert isinstance(got, Embedded), got
+    assert got.provider == "fake:local" and took < 1.5 + MARGIN_S, took
+    assert "did not answer within timeout_s = 1.5 s (1 attempt" in got.failovers[0].reason
+    np.testing.assert_allclose(got.vectors, expected(TEXTS), atol=1e-6)
+    # the call spent what the provider had: its breaker opens, the next batch does not wait
+    assert ch.breakers[0].state == "open"
+    took, got = timed(lambda: ch.embed(TEXTS), limit=5)
+    assert took < 0.05 and got.provider == "fake:local"
+    if kind == "trickle":
+        (slow,) = [r for r in server.embedding_requests if r.fault]
+        assert 0 < slow.sent <= 1.5 / 0.2 + 2  # cut off, not read to the end
+
+
+def test_a_trickled_answer_says_how_much_had_arrived(server: OpenAIServer) -> None:
+    server.fail("trickle", interval=0.1)
+    took, err = timed(lambda: provider(server, timeout_s=1).embed(TEXTS), limit=30)
+    assert isinstance(err, ProviderUnavailable) and took < 1 + MARGIN_S
+    assert "did not answer within timeout_s = 1 s (1 attempt; " in str(err)
+    assert " bytes of its answer had arrived)" in str(err)
+
+
+def test_a_retry_that_would_start_past_the_deadline_is_not_waited_for(
+        server: OpenAIServer) -> None:
+    server.fail("rate_limit", times=5, retry_after="5")
+    took, err = timed(lambda: provider(server, timeout_s=1, max_retries=2).embed(TEXTS),
+                      limit=30)
+    assert isinstance(err, ProviderUnavailable) and took < 0.5, (took, err)
+    assert ("HTTP 429: Rate limit reached for requests; 1 attempt; the retry due in 5 s would "
+            "start past timeout_s = 1 s)") in str(err)
+    assert err.attempts == 3  # type: ignore[attr-defined]
+    assert len(server.embedding_requests) == 1
+
+
+def test_backoffs_count_against_the_deadline(server: OpenAIServer) -> None:
+    # no Retry-After: waits of 0.5 s, 1 s, 2 s ..., each up to a quarter shorter
+    server.fail("status", times=10, code=503)
+    took, err = timed(lambda: provider(server, timeout_s=1, max_retries=10).embed(TEXTS),
+                      limit=30)
+    assert isinstance(err, ProviderUnavailable) and took < 1, (took, err)
+    assert "HTTP 503" in str(err) and "would start past timeout_s = 1 s" in str(err)
+    assert len(server.embedding_requests) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, params", SLOW_FAULTS[:2], ids=SLOW_IDS[:2])
+def test_with_default_settings_a_hanging_primary_costs_timeout_s_once(
+        server: OpenAIServer, kind: str, params: dict[str, object]) -> None:
+    defaults = OpenAIProviderSettings(base_url=server.url, api_key_env="TEST_EMBED_KEY")
+    primary = OpenAIProvider(SPACE, defaults, env={"TEST_EMBED_KEY": KEY})
+    ch = ProviderChain(SPACE, [primary, LocalProvider(FakeEmbedder(SPACE), "fake:local")])
+    ch.check_agreement()
+    server.fail(kind, times=100, **{**params, "seconds": 120, "interval": 1.0})
+    took, got = timed(lambda: ch.embed(TEXTS), limit=120)
+    assert isinstance(got, Embedded) and got.provider == "fake:local", got
+    assert took < defaults.timeout_s + MARGIN_S, took
+    took, got = timed(lambda: ch.embed(TEXTS), limit=5)
+    assert took < 0.05 and got.provider == "fake:local"
+
+
+def _chain_kb(root: Path, url: str, timeout_s: float) -> KB:
+    """A KB whose one space is filled by the server, with the same model's fake behind it."""
+    kb = make_kb(root, docs=2)
+    text = kb.config_path.read_text()
+    head, _, rest = text.partition("[[spaces]]")
+    kb.config_path.write_text(head + f"""[[spaces]]
+name = "primary"
+model = "{SPACE.model}"
+dim = 64
+batch_size = 8
+[[spaces.providers]]
+type = "openai"
+base_url = "{url}"
+api_key_env = "KBG_TEST_EMBED_KEY"
+timeout_s = {timeout_s}
+[[spaces.providers]]
+type = "fake"
+model = "{SPACE.model}"
+""" + rest[rest.index("[store]"):])
+    return kb
+
+
+@pytest.mark.slow
+def test_rebuild_verify_and_repair_fail_over_from_a_trickling_primary(
+        tmp_path: Path, server: OpenAIServer) -> None:
+    kb = _chain_kb(tmp_path, server.url, timeout_s=1.5)
+    server.fail("trickle", times=10_000, interval=0.2)  # every answer would take minutes
+
+    def run(*args: str) -> dict:
+        res = kb.subprocess(*args, "--json", env={"KBG_TEST_EMBED_KEY": KEY}, timeout=120)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+        return json.loads(res.stdout)
+
+    built = run("rebuild")
+    assert list(built["spaces"]["primary"]["providers"]) == [f"fake:{SPACE.model}"]
+    checked = run("verify", "--sample", "4")
+    assert checked["sampled"] == 4
+    with Manifest.open(kb.cfg.manifest) as m:  # a damaged cache row: repair re-embeds it
+        blob, h = m.con.execute("SELECT vector, content_hash FROM embeddings LIMIT 1").fetchone()
+        m.con.execute("UPDATE embeddings SET vector = ? WHERE content_hash = ?",
+                      [bytes([blob[0] ^ 1]) + bytes(blob[1:]), h])
+    repaired = run("verify", "--repair")
+    assert repaired["repair"]["actions"]["cache_rows_replaced"] == 1
+    # each command paid for the primary once: its probe, cut at the deadline
+    assert [r.fault for r in server.embedding_requests] == ["trickle"] * 3
+
+
+# -- an answer is never larger than its batch can need ------------------------------------------
+
+def _peak_while(call: Callable[[], Any]) -> tuple[Any, int]:
+    """What ``call()`` returned or raised, and the peak of memory Python allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        try:
+            out = call()
+        except Exception as exc:
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_huge_answer_is_cut_at_the_cap(server: OpenAIServer, chunked: bool) -> None:
+    size = 256 << 20
+    cap = answer_cap(len(TEXTS), SPACE.dim)
+    server.fail("huge", size=size, chunked=chunked)
+    err, peak = _peak_while(lambda: provider(server).embed(TEXTS))
+    (req,) = server.embedding_requests
+    time.sleep(0.2)  # the server notices the closed connection
+    # what it could send: the cap and what the sockets' buffers held, not the 256 MB
+    assert req.sent < cap + (16 << 20), req.sent
+    assert peak < 16 << 20, peak
+    assert isinstance(err, InvalidAnswer), err
+    assert f"past the {cap:,} such an answer can need; reading stopped there" in str(err)
+
+
+def test_a_gzip_bomb_is_stopped_after_the_cap_of_inflated_bytes(server: OpenAIServer) -> None:
+    cap = answer_cap(len(TEXTS), SPACE.dim)
+    server.fail("gzip_bomb", size=512 << 20)
+    err, peak = _peak_while(lambda: provider(server).embed(TEXTS))
+    assert peak < 16 << 20, peak  # inflated: 512 MiB; read: about the cap
+    assert isinstance(err, InvalidAnswer), err
+    assert f"answered with more than {cap:,} bytes for 5 texts of 64 dimensions" in str(err)
+
+
+@pytest.mark.parametrize("kind", ["huge", "gzip_bomb"])
+def test_an_oversized_answer_fails_over_and_nothing_of_it_is_used(
+        server: OpenAIServer, kind: str) -> None:
+    ch = chain(server)
+    ch.check_agreement()
+    server.fail(kind, size=64 << 20)
+    got = ch.embed(TEXTS)
+    assert got.provider == "fake:local" and "reading stopped there" in got.failovers[0].reason
+    np.testing.assert_allclose(got.vectors, expected(TEXTS), atol=1e-6)
+
+
+def test_the_cap_leaves_room_for_a_full_answer_in_json_numbers(server: OpenAIServer) -> None:
+    server.encoding = "float"  # an endpoint that ignores encoding_format: the longer encoding
+    full = SpaceConfig(name="primary", provider="fake", model="text-embedding-3-large", dim=3072)
+    texts = [f"text {i}" for i in range(64)]
+    got = provider(server, full).embed(texts)
+    np.testing.assert_allclose(got.vectors, expected(texts, full), atol=1e-6)
+
+
+# -- a request carries what its entry configures, nothing from the environment --------------
+
+#: every header a request is sent with; Authorization only with a configured key
+REQUEST_HEADERS = {"host", "accept", "accept-encoding", "content-type", "content-length",
+                   "user-agent", "authorization"}
+
+
+def test_nothing_from_the_environment_goes_into_a_request(
+        server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    leaks = {"OPENAI_ORG_ID": "org-env-leak", "OPENAI_PROJECT_ID": "proj-env-leak",
+             "OPENAI_CUSTOM_HEADERS": "X-Env-Leak: custom-env-leak\nAuthorization: Bearer "
+                                      "custom-env-key",
+             "OPENAI_API_KEY": "sk-env-openai-key", "OPENAI_ADMIN_KEY": "sk-env-admin-key",
+             "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_WEBHOOK_SECRET": "whsec-env"}
+    for name, value in leaks.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TEST_EMBED_KEY", KEY)
+    with_key = OpenAIProvider(SPACE, OpenAIProviderSettings(
+        base_url=server.url, api_key_env="TEST_EMBED_KEY", max_retries=0))
+    without = OpenAIProvider(SPACE, OpenAIProviderSettings(base_url=server.url, max_retries=0))
+    with_key.embed(TEXTS)
+    with pytest.raises(ProviderRejected, match="HTTP 401"):  # the server wants a key
+        without.embed(TEXTS)
+    keyed, bare = server.embedding_requests  # both came here, not to OPENAI_BASE_URL
+    assert keyed.headers["authorization"] == f"Bearer {KEY}"
+    assert "authorization" not in bare.headers
+    for req in (keyed, bare):
+        assert set(req.headers) <= REQUEST_HEADERS, set(req.headers) - REQUEST_HEADERS
+        sent = json.dumps(req.headers) + json.dumps(req.body)
+        for value in ("env-leak", "env-key", "env-openai", "env-admin", "whsec"):
+            assert value not in sent
+
+
+def test_the_proxy_the_environment_names_is_used(
+        server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the server stands in for a proxy to itself: a request through it arrives in absolute form
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+    provider(server).embed(TEXTS)
+    assert server.embedding_requests[-1].path == f"{server.url}/embeddings"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    provider(server).embed(TEXTS)
+    assert server.embedding_requests[-1].path == "/v1/embeddings"
+
+
+def test_a_redirect_is_not_followed(server: OpenAIServer) -> None:
+    server.fail("status", code=307)
+    with pytest.raises(ProviderRejected, match=r"answered with a redirect \(HTTP 307\), which "
+                                               r"is not followed"):
+        provider(server).embed(TEXTS)
+    assert len(server.embedding_requests) == 1
 
 
 # -- circuit breaker ----------------------------------------------------------------------------
@@ -516,7 +779,8 @@ def test_a_refused_key_is_never_repeated(server: OpenAIServer,
     shown = "".join(traceback.format_exception(err.value)) + repr(p) + caplog.text
     assert "Incorrect API key provided: [api key]" in str(err.value)
     assert wrong not in shown and "0123456789abcdef" not in shown
-    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert err.value.__cause__ is None
+    assert err.value.__context__ is None or err.value.__suppress_context__
 
 
 def test_a_key_in_an_error_body_is_scrubbed(server: OpenAIServer,
