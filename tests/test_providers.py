@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -119,11 +120,45 @@ def test_settings_defaults_are_the_documented_ones() -> None:
     ({"timeout": 30}, "timeout"),
     ({"base_url": "ftp://example.org"}, "base_url"),
     ({"base_url": "https://user:pw@example.org/v1"}, "base_url"),
+    ({"base_url": "https://example.org/v1?api-key=k"}, "base_url: must not have a query"),
+    ({"base_url": "https://example.org/v1#k"}, "base_url: must not have a query"),
+    ({"base_url": "https://example.org:port/v1"}, "base_url: must be an http"),
     ({"api_key_env": "A", "api_key_file": "k.txt"}, "not both"),
 ])
 def test_bad_settings_name_the_key(entry: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         parse_provider_settings({"type": "openai", **entry}, "space 'primary', provider 1")
+
+
+@pytest.mark.parametrize("url", [
+    "https://example.org/v1?api-key=sk-live-0123456789",
+    "https://example.org/v1/?api-key=sk-live-0123456789",
+    "https://example.org/v1#sk-live-0123456789",
+    "https://me:sk-live-0123456789@example.org/v1",
+    "https://sk-live-0123456789@example.org/v1",
+])
+def test_a_base_url_with_a_query_or_credentials_is_refused_and_never_repeated(
+        url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="base_url: must not") as err:
+        parse_provider_settings({"type": "openai", "base_url": url})
+    assert "sk-live" not in "".join(traceback.format_exception(err.value))
+    # and from a KB config, as a command sees it
+    kb = make_kb(tmp_path, docs=1)
+    text = kb.config_path.read_text()
+    head, _, rest = text.partition("[[spaces]]")
+    kb.config_path.write_text(head + f"""[[spaces]]
+name = "primary"
+model = "text-embedding-3-small"
+dim = 64
+[[spaces.providers]]
+type = "openai"
+base_url = "{url}"
+""" + rest[rest.index("[store]"):])
+    res = kb.cli("status")
+    assert res.code == 2
+    assert "spaces.providers.base_url (in [[spaces]] #1, [[spaces.providers]] #1): must not" \
+        in res.stderr
+    assert "sk-live" not in res.stdout + res.stderr
 
 
 def test_a_key_pasted_into_api_key_env_is_refused_and_never_repeated() -> None:
@@ -806,6 +841,35 @@ def test_key_from_a_private_file_and_refused_from_an_open_one(server: OpenAIServ
     key_file.chmod(0o600)
     OpenAIProvider(SPACE, settings).embed(TEXTS)
     assert server.embedding_requests[-1].headers["authorization"] == f"Bearer {KEY}"
+
+
+def test_a_key_file_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "key"
+    os.mkfifo(fifo, 0o600)
+    settings = OpenAIProviderSettings(base_url="https://example.org/v1", api_key_file=fifo)
+    try:
+        took, err = timed(lambda: OpenAIProvider(SPACE, settings), limit=5)
+    finally:
+        try:  # a reader still waiting for a writer gets one, and its end of file
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert isinstance(err, ConfigError), err
+    assert str(err) == (f"api_key_file {fifo} is not a regular file (it is a FIFO). Point it "
+                        "at a file holding the API key.")
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+@pytest.mark.parametrize("key", ["sk-one\nsk-two", "sk-ключ"])
+def test_a_key_no_header_can_carry_is_refused(tmp_path: Path, key: str) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    with pytest.raises(ConfigError, match="more than one line of printable ASCII"):
+        OpenAIProvider(SPACE, OpenAIProviderSettings(api_key_file=key_file))
+    p = OpenAIProvider(SPACE, OpenAIProviderSettings(api_key_env="K"), env={"K": key})
+    with pytest.raises(ProviderUnavailable, match="characters no HTTP header carries"):
+        p.embed(TEXTS)
 
 
 def test_a_missing_key_variable_fails_over_and_says_which(server: OpenAIServer) -> None:

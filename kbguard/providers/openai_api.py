@@ -310,31 +310,54 @@ def read_api_key(settings: OpenAIProviderSettings, env: Mapping[str, str]) -> st
             raise ProviderUnavailable(
                 f"The environment variable {settings.api_key_env} (api_key_env) is not set or "
                 "empty. Export the API key in it and run again.")
+        if not _header_safe(key):
+            raise ProviderUnavailable(
+                f"The environment variable {settings.api_key_env} (api_key_env) holds "
+                "characters no HTTP header carries (a key is one line of printable ASCII). "
+                "Export the key alone in it.")
         return key
     if settings.api_key_file:
-        path = Path(settings.api_key_file).expanduser()
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise ConfigError(f"api_key_file {path} cannot be read ({exc.strerror}). Point it at "
-                              "a file holding the API key.") from None
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise ConfigError(f"api_key_file {path} is not a regular file.")
-            if mode & 0o077:
-                raise ConfigError(
-                    f"api_key_file {path} is open to group or others (mode "
-                    f"{stat.S_IMODE(mode):04o}); refusing to use it. Run `chmod 600 {path}`.")
-            with os.fdopen(fd, "rb", closefd=False) as fh:
-                data = fh.read(65536)
-        finally:
-            os.close(fd)
-        key = data.decode("utf-8", errors="replace").strip()
-        if not key:
-            raise ConfigError(f"api_key_file {path} is empty. Write the API key into it.")
-        return key
+        return _read_key_file(Path(settings.api_key_file).expanduser())
     return None
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ConfigError(f"api_key_file {path} cannot be read ({exc.strerror}). Point it at "
+                          "a file holding the API key.") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"api_key_file {path} is not a regular file (it is a "
+                              f"{_file_kind(mode)}). Point it at a file holding the API key.")
+        if mode & 0o077:
+            raise ConfigError(
+                f"api_key_file {path} is open to group or others (mode "
+                f"{stat.S_IMODE(mode):04o}); refusing to use it. Run `chmod 600 {path}`.")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(65536)
+    finally:
+        os.close(fd)
+    key = data.decode("utf-8", errors="replace").strip()
+    if not key:
+        raise ConfigError(f"api_key_file {path} is empty. Write the API key into it.")
+    if not _header_safe(key):
+        raise ConfigError(f"api_key_file {path} holds more than one line of printable ASCII, "
+                          "which no HTTP header carries. Write the API key alone into it.")
+    return key
+
+
+def _header_safe(key: str) -> bool:
+    return all("!" <= c <= "~" for c in key)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"), (stat.S_ISSOCK, "socket"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _display_url(url: str) -> str:

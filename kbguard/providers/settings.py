@@ -71,11 +71,22 @@ class OpenAIProviderSettings(_Entry):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
+        # no message here repeats the URL: what is wrong with it may be a key
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises for a port that is no number
+        except ValueError:
+            raise ValueError("must be an http:// or https:// URL, e.g. "
+                             "https://api.openai.com/v1") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL, e.g. https://api.openai.com/v1")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials; name them with api_key_env")
+        if "@" in parts.netloc:
+            raise ValueError("must not carry credentials (user:password@); put the key in an "
+                             "environment variable and name it with api_key_env")
+        if "?" in value or "#" in value:
+            raise ValueError("must not have a query string or fragment ('?...' or '#...'): the "
+                             "request path is appended to base_url. Remove them; a key goes in "
+                             "an environment variable named by api_key_env")
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -117,6 +128,7 @@ def parse_provider_settings(entry: Mapping[str, Any], where: str = "provider") -
             # loc is () when the type itself is wrong, else (type, key...)
             loc = [str(p) for p in err["loc"]]
             key = ".".join(loc[1:]) or "entry" if loc else "type"
-            problems.append(f"{key}: {err['msg']}")
+            # a validator's own message, without pydantic's "Value error, " before it
+            problems.append(f"{key}: {(err.get('ctx') or {}).get('error', err['msg'])}")
         raise ConfigError(f"{where}: {'; '.join(problems)}. Fix the entry (type is one of "
                           "\"openai\", \"sentence-transformers\", \"fake\").") from None
