@@ -648,6 +648,33 @@ def test_a_redirect_is_not_followed(server: OpenAIServer) -> None:
     assert len(server.embedding_requests) == 1
 
 
+@pytest.mark.parametrize("url, warned", [
+    ("http://192.0.2.10:8080/v1", True), ("http://tei.internal/v1", True),
+    ("https://192.0.2.10/v1", False), ("http://127.0.0.1:8080/v1", False),
+    ("http://localhost:8080/v1", False), ("http://[::1]:8080/v1", False)])
+def test_a_key_sent_in_clear_to_another_machine_is_warned_about(
+        url: str, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="kbguard")
+    OpenAIProvider(SPACE, OpenAIProviderSettings(base_url=url, api_key_env="K"), env={"K": KEY})
+    OpenAIProvider(SPACE, OpenAIProviderSettings(base_url=url), env={})  # no key: no warning
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == int(warned), messages
+    if warned:
+        assert messages[0].startswith("Warning: the key in K is sent over plain http to ")
+        assert KEY not in messages[0]
+
+
+def test_the_warning_goes_to_stderr_and_json_stays_clean(tmp_path: Path) -> None:
+    # 192.0.2.10 (TEST-NET-1) answers nobody: the fake behind it fills the space
+    kb = _chain_kb(tmp_path, "http://192.0.2.10:9/v1", timeout_s=0.5)
+    res = kb.subprocess("rebuild", "--json", env={"KBG_TEST_EMBED_KEY": KEY}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["spaces"]["primary"]["coverage"] == 1.0
+    assert ("Warning: the key in KBG_TEST_EMBED_KEY is sent over plain http to 192.0.2.10, "
+            "which is not this machine") in res.stderr
+    assert KEY not in res.stdout + res.stderr
+
+
 # -- circuit breaker ----------------------------------------------------------------------------
 
 def test_breaker_opens_half_opens_and_closes() -> None:

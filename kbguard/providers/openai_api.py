@@ -21,6 +21,7 @@ carries their text.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import time
@@ -64,6 +65,7 @@ OPENAI_MODELS: dict[str, tuple[int, bool]] = {
 #: the longest input OpenAI's embedding models read, in cl100k_base tokens
 OPENAI_MAX_INPUT_TOKENS = 8191
 _KEY_MARK = "[api key]"
+_log = logging.getLogger(__name__)
 
 
 class OpenAIProvider(Provider):
@@ -115,6 +117,9 @@ class OpenAIProvider(Provider):
         if self._key:
             self._headers["Authorization"] = f"Bearer {self._key}"
         self._http = HttpClient(settings.base_url, max_connections=settings.concurrency)
+        warning = settings.key_in_clear() if self._key else None
+        if warning:
+            _log.warning(warning)  # stderr, unless the application routes kbguard's logs
 
     def __repr__(self) -> str:
         s = self.settings

@@ -7,6 +7,7 @@ must not be repeated back in an error message.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -94,6 +95,28 @@ class OpenAIProviderSettings(_Entry):
         if self.api_key_env and self.api_key_file:
             raise ValueError("give api_key_env or api_key_file, not both")
         return self
+
+    def key_in_clear(self) -> str | None:
+        """A warning when this entry's key would travel over plain http to another machine."""
+        if not (self.api_key_env or self.api_key_file) or not sends_in_clear(self.base_url):
+            return None
+        source = (f"the key in {self.api_key_env}" if self.api_key_env else
+                  f"the key in {self.api_key_file}")
+        return (f"Warning: {source} is sent over plain http to {urlsplit(self.base_url).hostname}, "
+                "which is not this machine: anyone on the way can read it. Use an https:// "
+                "base_url, or no key for an endpoint that needs none.")
+
+
+def sends_in_clear(url: str) -> bool:
+    """Plain http to a host other than this machine (loopback addresses and localhost)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    if parts.scheme != "http" or host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 class SentenceTransformersProviderSettings(_Entry):
