@@ -13,6 +13,7 @@ directory. ``load_config`` validates everything up front; nothing downstream re-
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -21,6 +22,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
@@ -530,12 +532,12 @@ def _toml_repr(value: Any) -> str:
 
 def init_config(corpus: Path | str, config: Path | str = DEFAULT_CONFIG, *, name: str = "",
                 provider: str = "sentence-transformers", model: str = "", base_url: str = "",
-                dim: int = 0, force: bool = False) -> Config:
+                api_key_env: str = "", dim: int = 0, force: bool = False) -> Config:
     """Write a working config for the documents in ``corpus`` to ``config`` and load it back.
 
     The KB is named ``name`` or after the corpus folder; an existing config is kept unless
-    ``force``. ``provider="openai"`` writes an API primary space (``model``, ``base_url``) and
-    the bundled MiniLM as its local standby."""
+    ``force``. ``provider="openai"`` writes an API primary space (``model``, ``base_url``, the
+    key's variable ``api_key_env``) and the bundled MiniLM as its local standby."""
 
     corpus, config = Path(corpus), Path(config)
     if not corpus.is_dir():
@@ -544,15 +546,25 @@ def init_config(corpus: Path | str, config: Path | str = DEFAULT_CONFIG, *, name
         raise ConfigError(f"{config} already exists; pass --force to overwrite it.")
     if provider not in PROVIDERS:
         raise ConfigError(f"provider {provider!r} is unknown; use one of {', '.join(PROVIDERS)}.")
+    if api_key_env and provider != "openai":
+        raise ConfigError("--api-key-env goes with --provider openai (a local model takes no "
+                          "key). Nothing was written.")
     kb = name or kb_name_for(corpus)
     if not _valid_name(kb):
         raise ConfigError(f"KB name {kb!r} must start with a letter and use only letters, "
                           "digits, '-' and '_'.")
+    text = render_config(kb=kb, corpus=corpus, config_dir=config.parent, provider=provider,
+                         model=model, base_url=base_url, api_key_env=api_key_env, dim=dim)
     config.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config, render_config(kb=kb, corpus=corpus, config_dir=config.parent,
-                                            provider=provider, model=model, base_url=base_url,
-                                            dim=dim))
+    atomic_write_text(config, text)
     return load_config(config)  # what init writes must load
+
+
+def key_warnings(cfg: Config) -> list[str]:
+    """A warning for each provider entry whose key would travel over plain http to a host that
+    is not this machine."""
+    return [warning for space in cfg.spaces for entry in space.chain
+            if isinstance(entry, OpenAIProviderSettings) and (warning := entry.key_in_clear())]
 
 
 def kb_name_for(corpus: Path) -> str:
@@ -563,7 +575,7 @@ def kb_name_for(corpus: Path) -> str:
 
 def render_config(*, kb: str, corpus: Path, config_dir: Path, provider: str = "sentence-transformers",
                   backend: str = "edge", model: str = "", base_url: str = "",
-                  dim: int = 0) -> str:
+                  api_key_env: str = "", dim: int = 0) -> str:
     """A working config for ``kbguard init``; paths are written relative to the config folder.
 
     Every value written is the schema's default, so a rendered config and one that leaves the
@@ -576,7 +588,8 @@ def render_config(*, kb: str, corpus: Path, config_dir: Path, provider: str = "s
     corpus_t, rebuild_d, recovery_d = CorpusTable(path="."), RebuildTable(), RecoveryTable()
     include = ", ".join(f'"{g}"' for g in corpus_t.include)
     if provider == "openai":
-        spaces = _api_spaces(model or "text-embedding-3-small", base_url, dim)
+        spaces = _api_spaces(model or "text-embedding-3-small", api_entry(base_url, api_key_env),
+                             dim)
     else:
         space_d = _space_defaults()
         spaces = f"""\
@@ -624,15 +637,38 @@ rto_full_rebuild_s = {recovery_d.rto_full_rebuild_s:g}
 """
 
 
-def _api_spaces(model: str, base_url: str, dim: int) -> str:
+def api_entry(base_url: str = "", api_key_env: str = "") -> OpenAIProviderSettings:
+    """The provider entry ``kbguard init`` writes for an API. Its key variable is
+    ``api_key_env``, else OpenAI's for OpenAI's own host and none for any other: a key must not
+    travel to a host it was not made for."""
+    default_url = OpenAIProviderSettings.model_fields["base_url"].default
+    try:
+        entry = OpenAIProviderSettings(base_url=base_url or default_url,
+                                       api_key_env=api_key_env or None)
+    except ValidationError as exc:
+        flags = {"base_url": "--base-url", "api_key_env": "--api-key-env"}
+        problems = "; ".join(
+            f"{flags.get(str(err['loc'][0]) if err['loc'] else '', 'the API entry')}: "
+            f"{(err.get('ctx') or {}).get('error', err['msg'])}"
+            for err in exc.errors(include_input=False, include_url=False))
+        raise ConfigError(f"{problems}. Nothing was written; run kbguard init again with a "
+                          "corrected value.") from None
+    if not api_key_env and urlsplit(entry.base_url).hostname == urlsplit(default_url).hostname:
+        entry = entry.model_copy(update={"api_key_env": "OPENAI_API_KEY"})
+    return entry
+
+
+def _api_spaces(model: str, api: OpenAIProviderSettings, dim: int) -> str:
     """An API primary space and the bundled MiniLM as its local standby."""
 
     native = OPENAI_MODELS.get(model.rsplit("/", 1)[-1], (0, False))[0]
     if not (dim or native):
         raise ConfigError(f"kbguard does not know the vector size of {model!r}; pass --dim N.")
-    api = OpenAIProviderSettings()
     price = _PRICES.get(model, 0.0)
     space_d = _space_defaults()
+    key = (f'api_key_env = "{api.api_key_env}"       # the NAME of the variable that holds the key'
+           if api.api_key_env else
+           '# api_key_env = "NAME"              # the variable holding its key, if it takes one')
     return f"""\
 [[spaces]]
 name = "primary"          # searched first: the API model
@@ -642,9 +678,9 @@ batch_size = {api.max_batch_texts}
 
 [[spaces.providers]]
 type = "openai"
-base_url = "{base_url or api.base_url}"
-api_key_env = "OPENAI_API_KEY"       # the NAME of the variable that holds the key
-timeout_s = {api.timeout_s:g}
+base_url = {json.dumps(api.base_url)}
+{key}
+timeout_s = {api.timeout_s:g}           # the most one request may take, retries included
 max_retries = {api.max_retries}
 concurrency = {api.concurrency}
 max_batch_texts = {api.max_batch_texts}

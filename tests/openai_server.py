@@ -23,10 +23,20 @@ Faults are queued with ``server.fail(kind, times=n, **params)`` and each applies
     zero          the first vector is all zeros
     shuffled      every vector present, in a shuffled order (valid: ``index`` says where)
     bad_index     the second item repeats index 0, so index 1 is missing
+    trickle       the right answer, one byte every ``interval`` seconds (default 1); with
+                  ``headers=True`` from the status line on, else after the headers
+    huge          a 200 whose JSON body goes on for ``size`` bytes (default 500 MB), sent with a
+                  Content-Length or, with ``chunked=True``, without one
+    gzip_bomb     a 200 with ``Content-Encoding: gzip`` whose ~2 MB body inflates to ``size``
+                  bytes (default 2 GiB)
 
 ``latency_s`` adds a delay to every request (the benchmark's slow provider); ``variant`` makes
 the server serve a different "model" (the vectors' dimensions permuted), for probe checks.
-Every request is logged (``server.requests``: headers, body, the fault applied).
+Every request is logged (``server.requests``: headers, body, the fault applied, and for the
+faults that stream, the bytes of the body the client took before it stopped reading).
+
+Requests in absolute form (``POST http://host:port/v1/embeddings``, as a client sends them to an
+HTTP proxy) are answered too, so the server can stand in for a proxy to itself.
 
 Run as a script it serves until killed and prints its base URL on the first line of stdout:
 ``python tests/openai_server.py --latency-ms 100``.
@@ -45,11 +55,13 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -61,7 +73,9 @@ from kbguard.embed import FakeEmbedder, normalize
 NATIVE_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072,
                "text-embedding-ada-002": 1536}
 KINDS = ("status", "rate_limit", "hang", "slow", "drop", "malformed", "error_body", "wrong_count",
-         "wrong_dim", "nan", "zero", "shuffled", "bad_index")
+         "wrong_dim", "nan", "zero", "shuffled", "bad_index", "trickle", "huge", "gzip_bomb")
+_MB = 1 << 20
+_HUGE_HEAD = b'{"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": ['
 
 
 @dataclass
@@ -78,6 +92,8 @@ class LoggedRequest:
     headers: dict[str, str]
     body: dict[str, Any] | None
     fault: str | None = None
+    sent: int = 0      # body bytes the client took, for the faults that stream
+
 
     @property
     def inputs(self) -> list[str]:
@@ -268,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
             owner.served += 1
             if owner.keep_log:
                 owner.requests.append(entry)
-        if self.path.rstrip("/") != "/v1/embeddings":
+        if urlsplit(self.path).path.rstrip("/") != "/v1/embeddings":
             return self._json(404, {"error": {"message": f"no route {self.path}",
                                               "type": "invalid_request_error"}})
         if owner.api_key is not None:
@@ -287,7 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = owner._next_fault()
         entry.fault = fault.kind if fault else None
         if fault is not None:
-            early = self._early_fault(fault)
+            early = self._early_fault(fault, entry)
             if early:
                 return
         texts = [body["input"]] if isinstance(body["input"], str) else list(body["input"])
@@ -310,12 +326,20 @@ class _Handler(BaseHTTPRequestHandler):
         payload = json.dumps(answer).encode()
         if fault is not None and fault.kind == "drop":
             return self._drop(payload)
+        if fault is not None and fault.kind == "trickle":
+            return self._trickle(payload, fault.params, entry)
         self._send(200, payload)
 
     # -- faults -----------------------------------------------------------------------------
-    def _early_fault(self, fault: Fault) -> bool:
+    def _early_fault(self, fault: Fault, entry: LoggedRequest) -> bool:
         """Faults that replace the answer entirely; True when the request is done."""
         p, kind = fault.params, fault.kind
+        if kind == "huge":
+            self._huge(int(p.get("size", 500 * _MB)), bool(p.get("chunked")), entry)
+            return True
+        if kind == "gzip_bomb":
+            self._gzip_bomb(int(p.get("size", 2048 * _MB)), entry)
+            return True
         if kind == "status":
             headers = {}
             if "retry_after" in p:
@@ -398,12 +422,87 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self._close()
 
+    def _trickle(self, payload: bytes, p: dict[str, Any], entry: LoggedRequest) -> None:
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n").encode()
+        slow = head + payload if p.get("headers") else payload
+        if not p.get("headers"):
+            self.wfile.write(head)
+        interval = float(p.get("interval", 1.0))
+        for i in range(len(slow)):
+            try:
+                self.wfile.write(slow[i:i + 1])
+            except OSError:
+                break  # the client gave up
+            entry.sent += 1
+            if self.owner._stopping.wait(interval):
+                break
+        self._close()
+
+    def _huge(self, size: int, chunked: bool, entry: LoggedRequest) -> None:
+        """A body that starts as an answer and goes on with ``0.0, `` until ``size`` bytes."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        piece, filler = _HUGE_HEAD, b"0.0, " * (256 * 1024 // 5)
+        while entry.sent < size and not self.owner._stopping.is_set():
+            piece = piece[: size - entry.sent]
+            try:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            except OSError:
+                break  # the client stopped reading
+            entry.sent += len(piece)
+            piece = filler
+        if chunked and entry.sent == size:
+            self.wfile.write(b"0\r\n\r\n")
+        self._close()
+
+    def _gzip_bomb(self, size: int, entry: LoggedRequest) -> None:
+        """gzip of a JSON answer's first bytes and then blanks: 1 MiB of blanks takes ~1 KB."""
+        head, segment = _gzip_blanks()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(head) + _segments(size) * len(segment)))
+        self.end_headers()
+        for piece in [head] + [segment] * _segments(size):
+            try:
+                self.wfile.write(piece)
+            except OSError:
+                break
+            entry.sent += len(piece)
+        self._close()
+
     def _close(self) -> None:
         self.close_connection = True
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+_GZIP: tuple[bytes, bytes] | None = None
+
+
+def _gzip_blanks() -> tuple[bytes, bytes]:
+    """The start of a gzip stream (the answer's first bytes) and a piece that can follow it
+    any number of times, each inflating to 1 MiB of blanks (each piece is fully flushed, so the
+    compressor's state after one is the same as after the last)."""
+    global _GZIP
+    if _GZIP is None:
+        c = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+        head = c.compress(_HUGE_HEAD) + c.flush(zlib.Z_FULL_FLUSH)
+        segment = c.compress(b" " * _MB) + c.flush(zlib.Z_FULL_FLUSH)
+        _GZIP = head, segment
+    return _GZIP
+
+
+def _segments(size: int) -> int:
+    return max(1, size // _MB)
 
 
 def main() -> None:

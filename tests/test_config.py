@@ -191,8 +191,7 @@ def test_the_readme_key_table_names_exactly_the_schema_keys() -> None:
 def test_init_with_an_api_writes_a_primary_and_a_local_standby(tmp_path: Path) -> None:
     (tmp_path / "docs").mkdir()
     res = CliRunner().invoke(app, ["init", "--corpus", str(tmp_path / "docs"), "--config",
-                                   str(tmp_path / "kb.toml"), "--provider", "openai",
-                                   "--base-url", "http://127.0.0.1:8080/v1"])
+                                   str(tmp_path / "kb.toml"), "--provider", "openai"])
     assert res.exit_code == 0, res.output
     assert "export OPENAI_API_KEY=" in res.stdout
     cfg = load_config(tmp_path / "kb.toml")
@@ -201,13 +200,63 @@ def test_init_with_an_api_writes_a_primary_and_a_local_standby(tmp_path: Path) -
                                                           1536)
     (entry,) = primary.chain
     assert (entry.type, entry.base_url, entry.api_key_env, entry.price_per_million_tokens) == (
-        "openai", "http://127.0.0.1:8080/v1", "OPENAI_API_KEY", 0.02)
+        "openai", "https://api.openai.com/v1", "OPENAI_API_KEY", 0.02)
     assert (local.name, local.provider, local.model) == ("local", "sentence-transformers",
                                                          "all-MiniLM-L6-v2")
     res = CliRunner().invoke(app, ["init", "--corpus", str(tmp_path / "docs"), "--config",
                                    str(tmp_path / "other.toml"), "--provider", "openai",
                                    "--model", "my-embedder"])
     assert res.exit_code == 2 and "pass --dim N" in res.stderr
+
+
+@pytest.mark.parametrize("args, key_env, warned", [
+    ([], "OPENAI_API_KEY", False),
+    (["--base-url", "https://api.openai.com/v1/"], "OPENAI_API_KEY", False),
+    (["--base-url", "http://other-host/v1"], None, False),
+    (["--base-url", "http://127.0.0.1:8080/v1"], None, False),
+    (["--base-url", "http://other-host/v1", "--api-key-env", "OTHER_KEY"], "OTHER_KEY", True),
+    (["--base-url", "https://other-host/v1", "--api-key-env", "OTHER_KEY"], "OTHER_KEY", False),
+    (["--base-url", "http://127.0.0.1:8080/v1", "--api-key-env", "TEI_KEY"], "TEI_KEY", False),
+    (["--base-url", "http://api.openai.com/v1"], "OPENAI_API_KEY", True),
+], ids=["openai", "openai-url", "other-host", "local", "other-host-key", "https-key",
+        "local-key", "openai-over-http"])
+def test_init_names_a_key_variable_only_for_the_host_it_belongs_to(
+        tmp_path: Path, args: list[str], key_env: str | None, warned: bool) -> None:
+    (tmp_path / "docs").mkdir()
+    res = CliRunner().invoke(app, ["init", "--corpus", str(tmp_path / "docs"), "--config",
+                                   str(tmp_path / "kb.toml"), "--provider", "openai", *args])
+    assert res.exit_code == 0, res.output
+    (entry,) = load_config(tmp_path / "kb.toml").spaces[0].chain
+    assert entry.api_key_env == key_env
+    assert ("Set the API key first: export" in res.stdout) == (key_env is not None)
+    host = "api.openai.com" if key_env == "OPENAI_API_KEY" else "other-host"
+    warning = (f"Warning: the key in {key_env} is sent over plain http to {host}, which is not "
+               "this machine: anyone on the way can read it. Use an https:// base_url, or no "
+               "key for an endpoint that needs none.")
+    assert (warning in res.stderr) == warned, res.stderr
+    assert "Warning" not in res.stdout
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["--provider", "openai", "--api-key-env", "sk-live-0123456789"],
+     "--api-key-env: must be the NAME of an environment variable (letters, digits, _), e.g. "
+     "OPENAI_API_KEY, never the key itself"),
+    (["--provider", "openai", "--base-url", "https://h.example/v1?api-key=sk-live-0123456789"],
+     "--base-url: must not have a query string or fragment"),
+    (["--provider", "openai", "--base-url", "https://me:sk-live-0123456789@h.example/v1"],
+     "--base-url: must not carry credentials"),
+    (["--api-key-env", "OTHER_KEY"], "--api-key-env goes with --provider openai"),
+], ids=["key-as-name", "query", "user-info", "not-openai"])
+def test_init_refuses_a_bad_key_variable_or_url_and_writes_nothing(
+        tmp_path: Path, args: list[str], shown: str) -> None:
+    (tmp_path / "docs").mkdir()
+    res = CliRunner().invoke(app, ["init", "--corpus", str(tmp_path / "docs"), "--config",
+                                   str(tmp_path / "kb.toml"), *args])
+    assert res.exit_code == 2, res.output
+    assert shown in res.stderr
+    assert "Nothing was written" in res.stderr
+    assert "sk-live" not in res.stdout + res.stderr
+    assert not (tmp_path / "kb.toml").exists()
 
 
 def test_a_key_pasted_where_its_variable_name_belongs_is_never_repeated(tmp_path: Path) -> None:

@@ -6,21 +6,28 @@ vector ever comes back; breakers, chains, probe agreement, key handling and offl
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import stat
 import subprocess
 import sys
+import threading
 import time
+import tracemalloc
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import KB, make_kb
 from openai_server import OpenAIServer
 
 from kbguard.config import SpaceConfig
 from kbguard.embed import FakeEmbedder
+from kbguard.manifest import Manifest
 from kbguard.errors import (
     ConfigError,
     InvalidAnswer,
@@ -31,6 +38,7 @@ from kbguard.errors import (
 )
 from kbguard.providers import (
     CircuitBreaker,
+    Embedded,
     LocalProvider,
     OpenAIProvider,
     OpenAIProviderSettings,
@@ -38,6 +46,7 @@ from kbguard.providers import (
     build_chain,
     parse_provider_settings,
 )
+from kbguard.providers.answer import answer_cap
 from kbguard.providers.budget import TokenBudget, plan_batches
 from kbguard.providers.tokens import count_cl100k
 
@@ -45,6 +54,8 @@ KEY = "sk-test-9f8e7d6c5b4a3210-SECRET"
 SPACE = SpaceConfig(name="primary", provider="fake", model="text-embedding-3-small", dim=64)
 TEXTS = ["how to rotate keys", "zebras have stripes", "tax forms are due in april",
          "the export button does nothing", "photosynthesis in plants"]
+#: what a call may take past its timeout_s: closing the connection, a busy 2-core machine
+MARGIN_S = 1.0
 
 
 def expected(texts: list[str], space: SpaceConfig = SPACE) -> np.ndarray:
@@ -58,6 +69,26 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     with OpenAIServer(api_key=KEY) as srv:
         yield srv
+
+
+def timed(call: Callable[[], Any], limit: float) -> tuple[float, Any]:
+    """Seconds ``call()`` took and what it returned or raised, run in a thread; the test fails
+    when it takes longer than ``limit`` (the thread is left to the server's stop)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            box["out"] = call()
+        except Exception as exc:
+            box["out"] = exc
+        box["took"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), f"still waiting after {limit} s"
+    return box["took"], box["out"]
 
 
 def provider(server: OpenAIServer, space: SpaceConfig = SPACE, **settings: object) -> OpenAIProvider:
@@ -89,11 +120,45 @@ def test_settings_defaults_are_the_documented_ones() -> None:
     ({"timeout": 30}, "timeout"),
     ({"base_url": "ftp://example.org"}, "base_url"),
     ({"base_url": "https://user:pw@example.org/v1"}, "base_url"),
+    ({"base_url": "https://example.org/v1?api-key=k"}, "base_url: must not have a query"),
+    ({"base_url": "https://example.org/v1#k"}, "base_url: must not have a query"),
+    ({"base_url": "https://example.org:port/v1"}, "base_url: must be an http"),
     ({"api_key_env": "A", "api_key_file": "k.txt"}, "not both"),
 ])
 def test_bad_settings_name_the_key(entry: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         parse_provider_settings({"type": "openai", **entry}, "space 'primary', provider 1")
+
+
+@pytest.mark.parametrize("url", [
+    "https://example.org/v1?api-key=sk-live-0123456789",
+    "https://example.org/v1/?api-key=sk-live-0123456789",
+    "https://example.org/v1#sk-live-0123456789",
+    "https://me:sk-live-0123456789@example.org/v1",
+    "https://sk-live-0123456789@example.org/v1",
+])
+def test_a_base_url_with_a_query_or_credentials_is_refused_and_never_repeated(
+        url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="base_url: must not") as err:
+        parse_provider_settings({"type": "openai", "base_url": url})
+    assert "sk-live" not in "".join(traceback.format_exception(err.value))
+    # and from a KB config, as a command sees it
+    kb = make_kb(tmp_path, docs=1)
+    text = kb.config_path.read_text()
+    head, _, rest = text.partition("[[spaces]]")
+    kb.config_path.write_text(head + f"""[[spaces]]
+name = "primary"
+model = "text-embedding-3-small"
+dim = 64
+[[spaces.providers]]
+type = "openai"
+base_url = "{url}"
+""" + rest[rest.index("[store]"):])
+    res = kb.cli("status")
+    assert res.code == 2
+    assert "spaces.providers.base_url (in [[spaces]] #1, [[spaces.providers]] #1): must not" \
+        in res.stderr
+    assert "sk-live" not in res.stdout + res.stderr
 
 
 def test_a_key_pasted_into_api_key_env_is_refused_and_never_repeated() -> None:
@@ -297,12 +362,11 @@ def test_shuffled_indices_are_put_back_in_order(server: OpenAIServer) -> None:
     ("status", {"code": 503, "retry_after_ms": 10}),
     ("rate_limit", {"retry_after": "0.05"}),
     ("drop", {}),
-    ("hang", {"seconds": 2}),
 ])
-def test_passing_faults_are_retried_by_the_client(server: OpenAIServer, kind: str,
+def test_passing_faults_are_retried(server: OpenAIServer, kind: str,
                                                   params: dict[str, object]) -> None:
     server.fail(kind, times=1, **params)
-    p = provider(server, max_retries=2, timeout_s=0.5)
+    p = provider(server, max_retries=2, timeout_s=3)
     got = p.embed(TEXTS)
     np.testing.assert_allclose(got.vectors, expected(TEXTS), atol=1e-6)
     assert [r.fault for r in server.embedding_requests] == [kind, None]
@@ -328,13 +392,15 @@ def test_429_waits_as_retry_after_says(server: OpenAIServer, header: str) -> Non
     assert 0.9 <= second.at - first.at < 3.0
 
 
-def test_a_hang_past_the_timeout_fails_within_the_timeouts(server: OpenAIServer) -> None:
+def test_a_hang_spends_the_deadline_and_is_not_retried(server: OpenAIServer) -> None:
     server.fail("hang", times=2, seconds=5)
     t = time.perf_counter()
     with pytest.raises(ProviderUnavailable,
-                       match=r"did not answer within timeout_s = 0.3 s \(2 attempts\)"):
+                       match=r"did not answer within timeout_s = 0.3 s \(1 attempt\)") as err:
         provider(server, timeout_s=0.3, max_retries=1).embed(TEXTS)
-    assert time.perf_counter() - t < 2.5
+    assert time.perf_counter() - t < 0.3 + MARGIN_S
+    assert err.value.attempts == 2  # type: ignore[attr-defined]  # all it had: the breaker opens
+    assert len(server.embedding_requests) == 1
 
 
 def test_a_slow_answer_within_the_timeout_is_used(server: OpenAIServer) -> None:
@@ -348,6 +414,265 @@ def test_a_failed_call_with_concurrency_returns_nothing(server: OpenAIServer) ->
     server.fail("nan")
     with pytest.raises(InvalidAnswer):
         provider(server, max_batch_texts=3, concurrency=4).embed(texts)
+
+
+# -- one deadline per request: a hanging or trickling endpoint costs timeout_s, once --------
+
+SLOW_FAULTS = [("hang", {"seconds": 60}), ("trickle", {"interval": 0.2}),
+               ("trickle", {"interval": 0.2, "headers": True})]
+SLOW_IDS = ["hang", "trickle", "trickle-headers"]
+
+
+@pytest.mark.parametrize("kind, params", SLOW_FAULTS, ids=SLOW_IDS)
+def test_a_hanging_or_trickling_primary_fails_over_within_timeout_s(
+        server: OpenAIServer, kind: str, params: dict[str, object]) -> None:
+    ch = chain(server, timeout_s=1.5, max_retries=2)  # retries too fit in the deadline
+    ch.check_agreement()
+    server.fail(kind, times=100, **params)
+    took, got = timed(lambda: ch.embed(TEXTS), limit=30)
+    assert isinstance(got, Embedded), got
+    assert got.provider == "fake:local" and took < 1.5 + MARGIN_S, took
+    assert "did not answer within timeout_s = 1.5 s (1 attempt" in got.failovers[0].reason
+    np.testing.assert_allclose(got.vectors, expected(TEXTS), atol=1e-6)
+    # the call spent what the provider had: its breaker opens, the next batch does not wait
+    assert ch.breakers[0].state == "open"
+    took, got = timed(lambda: ch.embed(TEXTS), limit=5)
+    assert took < 0.05 and got.provider == "fake:local"
+    if kind == "trickle":
+        (slow,) = [r for r in server.embedding_requests if r.fault]
+        assert 0 < slow.sent <= 1.5 / 0.2 + 2  # cut off, not read to the end
+
+
+def test_a_trickled_answer_says_how_much_had_arrived(server: OpenAIServer) -> None:
+    server.fail("trickle", interval=0.1)
+    took, err = timed(lambda: provider(server, timeout_s=1).embed(TEXTS), limit=30)
+    assert isinstance(err, ProviderUnavailable) and took < 1 + MARGIN_S
+    assert "did not answer within timeout_s = 1 s (1 attempt; " in str(err)
+    assert " bytes of its answer had arrived)" in str(err)
+
+
+def test_a_retry_that_would_start_past_the_deadline_is_not_waited_for(
+        server: OpenAIServer) -> None:
+    server.fail("rate_limit", times=5, retry_after="5")
+    took, err = timed(lambda: provider(server, timeout_s=1, max_retries=2).embed(TEXTS),
+                      limit=30)
+    assert isinstance(err, ProviderUnavailable) and took < 0.5, (took, err)
+    assert ("HTTP 429: Rate limit reached for requests; 1 attempt; the retry due in 5 s would "
+            "start past timeout_s = 1 s)") in str(err)
+    assert err.attempts == 3  # type: ignore[attr-defined]
+    assert len(server.embedding_requests) == 1
+
+
+def test_backoffs_count_against_the_deadline(server: OpenAIServer) -> None:
+    # no Retry-After: waits of 0.5 s, 1 s, 2 s ..., each up to a quarter shorter
+    server.fail("status", times=10, code=503)
+    took, err = timed(lambda: provider(server, timeout_s=1, max_retries=10).embed(TEXTS),
+                      limit=30)
+    assert isinstance(err, ProviderUnavailable) and took < 1, (took, err)
+    assert "HTTP 503" in str(err) and "would start past timeout_s = 1 s" in str(err)
+    assert len(server.embedding_requests) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, params", SLOW_FAULTS[:2], ids=SLOW_IDS[:2])
+def test_with_default_settings_a_hanging_primary_costs_timeout_s_once(
+        server: OpenAIServer, kind: str, params: dict[str, object]) -> None:
+    defaults = OpenAIProviderSettings(base_url=server.url, api_key_env="TEST_EMBED_KEY")
+    primary = OpenAIProvider(SPACE, defaults, env={"TEST_EMBED_KEY": KEY})
+    ch = ProviderChain(SPACE, [primary, LocalProvider(FakeEmbedder(SPACE), "fake:local")])
+    ch.check_agreement()
+    server.fail(kind, times=100, **{**params, "seconds": 120, "interval": 1.0})
+    took, got = timed(lambda: ch.embed(TEXTS), limit=120)
+    assert isinstance(got, Embedded) and got.provider == "fake:local", got
+    assert took < defaults.timeout_s + MARGIN_S, took
+    took, got = timed(lambda: ch.embed(TEXTS), limit=5)
+    assert took < 0.05 and got.provider == "fake:local"
+
+
+def _chain_kb(root: Path, url: str, timeout_s: float) -> KB:
+    """A KB whose one space is filled by the server, with the same model's fake behind it."""
+    kb = make_kb(root, docs=2)
+    text = kb.config_path.read_text()
+    head, _, rest = text.partition("[[spaces]]")
+    kb.config_path.write_text(head + f"""[[spaces]]
+name = "primary"
+model = "{SPACE.model}"
+dim = 64
+batch_size = 8
+[[spaces.providers]]
+type = "openai"
+base_url = "{url}"
+api_key_env = "KBG_TEST_EMBED_KEY"
+timeout_s = {timeout_s}
+[[spaces.providers]]
+type = "fake"
+model = "{SPACE.model}"
+""" + rest[rest.index("[store]"):])
+    return kb
+
+
+@pytest.mark.slow
+def test_rebuild_verify_and_repair_fail_over_from_a_trickling_primary(
+        tmp_path: Path, server: OpenAIServer) -> None:
+    kb = _chain_kb(tmp_path, server.url, timeout_s=1.5)
+    server.fail("trickle", times=10_000, interval=0.2)  # every answer would take minutes
+
+    def run(*args: str) -> dict:
+        res = kb.subprocess(*args, "--json", env={"KBG_TEST_EMBED_KEY": KEY}, timeout=120)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+        return json.loads(res.stdout)
+
+    built = run("rebuild")
+    assert list(built["spaces"]["primary"]["providers"]) == [f"fake:{SPACE.model}"]
+    checked = run("verify", "--sample", "4")
+    assert checked["sampled"] == 4
+    with Manifest.open(kb.cfg.manifest) as m:  # a damaged cache row: repair re-embeds it
+        blob, h = m.con.execute("SELECT vector, content_hash FROM embeddings LIMIT 1").fetchone()
+        m.con.execute("UPDATE embeddings SET vector = ? WHERE content_hash = ?",
+                      [bytes([blob[0] ^ 1]) + bytes(blob[1:]), h])
+    repaired = run("verify", "--repair")
+    assert repaired["repair"]["actions"]["cache_rows_replaced"] == 1
+    # each command paid for the primary once: its probe, cut at the deadline
+    assert [r.fault for r in server.embedding_requests] == ["trickle"] * 3
+
+
+# -- an answer is never larger than its batch can need ------------------------------------------
+
+def _peak_while(call: Callable[[], Any]) -> tuple[Any, int]:
+    """What ``call()`` returned or raised, and the peak of memory Python allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        try:
+            out = call()
+        except Exception as exc:
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_huge_answer_is_cut_at_the_cap(server: OpenAIServer, chunked: bool) -> None:
+    size = 256 << 20
+    cap = answer_cap(len(TEXTS), SPACE.dim)
+    server.fail("huge", size=size, chunked=chunked)
+    err, peak = _peak_while(lambda: provider(server).embed(TEXTS))
+    (req,) = server.embedding_requests
+    time.sleep(0.2)  # the server notices the closed connection
+    # what it could send: the cap and what the sockets' buffers held, not the 256 MB
+    assert req.sent < cap + (16 << 20), req.sent
+    assert peak < 16 << 20, peak
+    assert isinstance(err, InvalidAnswer), err
+    assert f"past the {cap:,} such an answer can need; reading stopped there" in str(err)
+
+
+def test_a_gzip_bomb_is_stopped_after_the_cap_of_inflated_bytes(server: OpenAIServer) -> None:
+    cap = answer_cap(len(TEXTS), SPACE.dim)
+    server.fail("gzip_bomb", size=512 << 20)
+    err, peak = _peak_while(lambda: provider(server).embed(TEXTS))
+    assert peak < 16 << 20, peak  # inflated: 512 MiB; read: about the cap
+    assert isinstance(err, InvalidAnswer), err
+    assert f"answered with more than {cap:,} bytes for 5 texts of 64 dimensions" in str(err)
+
+
+@pytest.mark.parametrize("kind", ["huge", "gzip_bomb"])
+def test_an_oversized_answer_fails_over_and_nothing_of_it_is_used(
+        server: OpenAIServer, kind: str) -> None:
+    ch = chain(server)
+    ch.check_agreement()
+    server.fail(kind, size=64 << 20)
+    got = ch.embed(TEXTS)
+    assert got.provider == "fake:local" and "reading stopped there" in got.failovers[0].reason
+    np.testing.assert_allclose(got.vectors, expected(TEXTS), atol=1e-6)
+
+
+def test_the_cap_leaves_room_for_a_full_answer_in_json_numbers(server: OpenAIServer) -> None:
+    server.encoding = "float"  # an endpoint that ignores encoding_format: the longer encoding
+    full = SpaceConfig(name="primary", provider="fake", model="text-embedding-3-large", dim=3072)
+    texts = [f"text {i}" for i in range(64)]
+    got = provider(server, full).embed(texts)
+    np.testing.assert_allclose(got.vectors, expected(texts, full), atol=1e-6)
+
+
+# -- a request carries what its entry configures, nothing from the environment --------------
+
+#: every header a request is sent with; Authorization only with a configured key
+REQUEST_HEADERS = {"host", "accept", "accept-encoding", "content-type", "content-length",
+                   "user-agent", "authorization"}
+
+
+def test_nothing_from_the_environment_goes_into_a_request(
+        server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    leaks = {"OPENAI_ORG_ID": "org-env-leak", "OPENAI_PROJECT_ID": "proj-env-leak",
+             "OPENAI_CUSTOM_HEADERS": "X-Env-Leak: custom-env-leak\nAuthorization: Bearer "
+                                      "custom-env-key",
+             "OPENAI_API_KEY": "sk-env-openai-key", "OPENAI_ADMIN_KEY": "sk-env-admin-key",
+             "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "OPENAI_WEBHOOK_SECRET": "whsec-env"}
+    for name, value in leaks.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TEST_EMBED_KEY", KEY)
+    with_key = OpenAIProvider(SPACE, OpenAIProviderSettings(
+        base_url=server.url, api_key_env="TEST_EMBED_KEY", max_retries=0))
+    without = OpenAIProvider(SPACE, OpenAIProviderSettings(base_url=server.url, max_retries=0))
+    with_key.embed(TEXTS)
+    with pytest.raises(ProviderRejected, match="HTTP 401"):  # the server wants a key
+        without.embed(TEXTS)
+    keyed, bare = server.embedding_requests  # both came here, not to OPENAI_BASE_URL
+    assert keyed.headers["authorization"] == f"Bearer {KEY}"
+    assert "authorization" not in bare.headers
+    for req in (keyed, bare):
+        assert set(req.headers) <= REQUEST_HEADERS, set(req.headers) - REQUEST_HEADERS
+        sent = json.dumps(req.headers) + json.dumps(req.body)
+        for value in ("env-leak", "env-key", "env-openai", "env-admin", "whsec"):
+            assert value not in sent
+
+
+def test_the_proxy_the_environment_names_is_used(
+        server: OpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the server stands in for a proxy to itself: a request through it arrives in absolute form
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+    provider(server).embed(TEXTS)
+    assert server.embedding_requests[-1].path == f"{server.url}/embeddings"
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    provider(server).embed(TEXTS)
+    assert server.embedding_requests[-1].path == "/v1/embeddings"
+
+
+def test_a_redirect_is_not_followed(server: OpenAIServer) -> None:
+    server.fail("status", code=307)
+    with pytest.raises(ProviderRejected, match=r"answered with a redirect \(HTTP 307\), which "
+                                               r"is not followed"):
+        provider(server).embed(TEXTS)
+    assert len(server.embedding_requests) == 1
+
+
+@pytest.mark.parametrize("url, warned", [
+    ("http://192.0.2.10:8080/v1", True), ("http://tei.internal/v1", True),
+    ("https://192.0.2.10/v1", False), ("http://127.0.0.1:8080/v1", False),
+    ("http://localhost:8080/v1", False), ("http://[::1]:8080/v1", False)])
+def test_a_key_sent_in_clear_to_another_machine_is_warned_about(
+        url: str, warned: bool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="kbguard")
+    OpenAIProvider(SPACE, OpenAIProviderSettings(base_url=url, api_key_env="K"), env={"K": KEY})
+    OpenAIProvider(SPACE, OpenAIProviderSettings(base_url=url), env={})  # no key: no warning
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == int(warned), messages
+    if warned:
+        assert messages[0].startswith("Warning: the key in K is sent over plain http to ")
+        assert KEY not in messages[0]
+
+
+def test_the_warning_goes_to_stderr_and_json_stays_clean(tmp_path: Path) -> None:
+    # 192.0.2.10 (TEST-NET-1) answers nobody: the fake behind it fills the space
+    kb = _chain_kb(tmp_path, "http://192.0.2.10:9/v1", timeout_s=0.5)
+    res = kb.subprocess("rebuild", "--json", env={"KBG_TEST_EMBED_KEY": KEY}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["spaces"]["primary"]["coverage"] == 1.0
+    assert ("Warning: the key in KBG_TEST_EMBED_KEY is sent over plain http to 192.0.2.10, "
+            "which is not this machine") in res.stderr
+    assert KEY not in res.stdout + res.stderr
 
 
 # -- circuit breaker ----------------------------------------------------------------------------
@@ -516,7 +841,8 @@ def test_a_refused_key_is_never_repeated(server: OpenAIServer,
     shown = "".join(traceback.format_exception(err.value)) + repr(p) + caplog.text
     assert "Incorrect API key provided: [api key]" in str(err.value)
     assert wrong not in shown and "0123456789abcdef" not in shown
-    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert err.value.__cause__ is None
+    assert err.value.__context__ is None or err.value.__suppress_context__
 
 
 def test_a_key_in_an_error_body_is_scrubbed(server: OpenAIServer,
@@ -542,6 +868,35 @@ def test_key_from_a_private_file_and_refused_from_an_open_one(server: OpenAIServ
     key_file.chmod(0o600)
     OpenAIProvider(SPACE, settings).embed(TEXTS)
     assert server.embedding_requests[-1].headers["authorization"] == f"Bearer {KEY}"
+
+
+def test_a_key_file_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "key"
+    os.mkfifo(fifo, 0o600)
+    settings = OpenAIProviderSettings(base_url="https://example.org/v1", api_key_file=fifo)
+    try:
+        took, err = timed(lambda: OpenAIProvider(SPACE, settings), limit=5)
+    finally:
+        try:  # a reader still waiting for a writer gets one, and its end of file
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert isinstance(err, ConfigError), err
+    assert str(err) == (f"api_key_file {fifo} is not a regular file (it is a FIFO). Point it "
+                        "at a file holding the API key.")
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+@pytest.mark.parametrize("key", ["sk-one\nsk-two", "sk-ключ"])
+def test_a_key_no_header_can_carry_is_refused(tmp_path: Path, key: str) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o600)
+    with pytest.raises(ConfigError, match="more than one line of printable ASCII"):
+        OpenAIProvider(SPACE, OpenAIProviderSettings(api_key_file=key_file))
+    p = OpenAIProvider(SPACE, OpenAIProviderSettings(api_key_env="K"), env={"K": key})
+    with pytest.raises(ProviderUnavailable, match="characters no HTTP header carries"):
+        p.embed(TEXTS)
 
 
 def test_a_missing_key_variable_fails_over_and_says_which(server: OpenAIServer) -> None:

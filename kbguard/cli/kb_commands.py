@@ -10,7 +10,7 @@ import typer
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
                                 emit_json, exit_code_for, guarded, load, one_line, stderr,
                                 stdout)
-from kbguard.config import PROVIDERS, init_config
+from kbguard.config import PROVIDERS, init_config, key_warnings
 from kbguard.errors import KbguardError
 from kbguard.estimate import estimate
 from kbguard.progress import human_duration
@@ -38,6 +38,10 @@ def init_cmd(
         "--model", help="The first space's model (openai: text-embedding-3-small).")] = "",
     base_url: Annotated[str, typer.Option(
         "--base-url", help="openai: any OpenAI-compatible /v1 endpoint.")] = "",
+    api_key_env: Annotated[str, typer.Option(
+        "--api-key-env", help="openai: the NAME of the environment variable holding the "
+        "endpoint's key (default: OPENAI_API_KEY for api.openai.com, none for another host).")
+    ] = "",
     dim: Annotated[int, typer.Option("--dim", help="Vector size, for a model kbguard does not "
                                      "know.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config.")] = False,
@@ -46,7 +50,9 @@ def init_cmd(
 
     With --provider openai: an API primary space and the bundled local model as its standby."""
     cfg = init_config(corpus, config, name=name, provider=provider, model=model,
-                      base_url=base_url, dim=dim, force=force)
+                      base_url=base_url, api_key_env=api_key_env, dim=dim, force=force)
+    for warning in key_warnings(cfg):
+        stderr.print(warning)
     stdout.print(f"Wrote {config} for KB '{cfg.kb}'. Build it with: kbguard rebuild --config "
                  f"{config}")
     keys = sorted({e.api_key_env for s in cfg.spaces for e in s.chain

@@ -4,6 +4,10 @@ An answer is accepted only whole: one finite, non-zero vector of the expected si
 text's vector found by its ``index`` (an answer in shuffled order is fine when every index is
 there exactly once). Anything else raises ``InvalidAnswer`` (or ``ProviderUnavailable`` for an
 ``error`` object sent with HTTP 200, as some gateways report rate limits).
+
+An answer is also no bigger than its batch can need (``answer_cap``): the bytes of every vector
+written as JSON numbers, the longer of the two encodings an endpoint may use, with room to
+spare. Reading stops there, so a runaway or hostile answer costs the cap, never the process.
 """
 
 from __future__ import annotations
@@ -19,6 +23,29 @@ import numpy as np
 from kbguard.errors import InvalidAnswer, ProviderUnavailable
 
 _NEXT = "Nothing of this answer is used; the chain fails over to its next provider."
+#: the most bytes one number of a vector may take: JSON text with room for 17 significant
+#: digits, an exponent and whitespace (base64 takes 16/3 bytes a float32)
+BYTES_PER_NUMBER = 48
+#: around each vector: ``{"object": "embedding", "index": 2047, "embedding": ...}``
+BYTES_PER_VECTOR = 256
+#: around the list: ``usage``, the model's name, and whatever else an endpoint adds
+ANSWER_ALLOWANCE = 64 * 1024
+
+
+def answer_cap(texts: int, dim: int) -> int:
+    """The most bytes (after inflating) an answer for ``texts`` texts of ``dim`` dimensions is
+    allowed to be."""
+    return texts * (dim * BYTES_PER_NUMBER + BYTES_PER_VECTOR) + ANSWER_ALLOWANCE
+
+
+def oversized(provider: str, cap: int, texts: int, dim: int, why: str) -> InvalidAnswer:
+    return InvalidAnswer(f"{provider} answered with {why} for {texts} texts of {dim} "
+                         f"dimensions, past the {cap:,} such an answer can need; reading stopped "
+                         f"there. {_NEXT}")
+
+
+def unreadable(provider: str, why: str) -> InvalidAnswer:
+    return InvalidAnswer(f"{provider} answered with {why}. {_NEXT}")
 
 
 def decode_answer(body: bytes, expected: int, dim: int, provider: str,

@@ -6,8 +6,9 @@
 
 While open, ``allow()`` answers at once, so a chain skips a dead provider in microseconds instead
 of paying its timeouts and retries on every batch. Failures count requests, not calls: a call
-that failed after the client's two retries is three failed requests, which with the default
-threshold opens the breaker at once (a hanging provider costs its timeouts once, not per batch).
+that failed after its two retries is three failed requests, and so is a call that ran out of its
+``timeout_s`` (it spent every attempt it had), which with the default threshold opens the
+breaker at once (a hanging provider costs its timeout once, not per batch).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class CircuitBreaker:
             self._trial_out = False
 
     def record_failure(self, attempts: int = 1) -> None:
-        """A failed call; ``attempts`` failed requests when the client retried within it."""
+        """A failed call; ``attempts`` failed requests when it was retried."""
         with self._lock:
             self._failures += max(1, attempts)
             if self._state == HALF_OPEN or self._failures >= self.failure_threshold:

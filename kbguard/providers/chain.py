@@ -1,7 +1,7 @@
 """A space's providers in order: the first healthy one embeds, the others stand by.
 
 A call goes to the first provider whose circuit breaker lets it through; on any failure a
-provider can have (unreachable, timed out, 5xx, 429 after the client's retries, a refused
+provider can have (unreachable, timed out, 5xx, 429 after its retries, a refused
 request, an invalid answer) the next one gets the same texts. The answer says which provider made
 the vectors and which ones were passed over and why.
 

@@ -1,17 +1,27 @@
-"""Any endpoint that speaks the OpenAI embeddings API, through the official ``openai`` client.
+"""Any endpoint that speaks the OpenAI embeddings API.
 
-The client does the HTTP and its own retries (408/409/429/5xx, connection errors and timeouts,
-honouring ``Retry-After``); this adapter plans requests within the endpoint's limits, sends up to
-``concurrency`` of them at once within a tokens-per-minute budget, checks every answer whole
-(``answer.decode_answer``) and translates every failure into a ``kbguard.errors`` class.
+This adapter plans requests within the endpoint's limits, sends up to ``concurrency`` of them at
+once within a tokens-per-minute budget, retries what may pass (connection errors, 408/409/429/5xx,
+honouring ``Retry-After``), checks every answer whole (``answer.decode_answer``) and translates
+every failure into a ``kbguard.errors`` class.
 
-The API key is read once, from the environment variable named by ``api_key_env`` or from
-``api_key_file``, and is scrubbed from every message this module raises (servers do echo keys);
-third-party exceptions are never chained, so no traceback carries their text.
+Each request has one deadline, ``timeout_s`` after it starts, that covers every attempt and every
+wait between them, enforced at the socket (``transport``): a server that hangs or trickles its
+answer costs at most ``timeout_s``, and a chain then fails over. What is read of an answer is
+capped by what the batch can need (``answer.answer_cap``).
+
+A request carries what the entry configures and nothing else: the key (read once, from the
+environment variable named by ``api_key_env`` or from ``api_key_file``) and fixed headers. No
+other variable is read (the official client would add ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``
+and ``OPENAI_CUSTOM_HEADERS`` to any ``base_url``). The key is scrubbed from every message this
+module raises (servers do echo keys); third-party exceptions are never chained, so no traceback
+carries their text.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import stat
 import time
@@ -30,11 +40,21 @@ from kbguard.errors import (
     ProviderRejected,
     ProviderUnavailable,
 )
-from kbguard.providers.answer import decode_answer
+from kbguard.providers.answer import answer_cap, decode_answer, oversized, unreadable
 from kbguard.providers.base import Embedded, Provider, Usage
 from kbguard.providers.budget import TokenBudget, plan_batches
 from kbguard.providers.settings import OpenAIProviderSettings
 from kbguard.providers.tokens import count_cl100k
+from kbguard.providers.transport import (
+    AnswerRefused,
+    ConnectionFailed,
+    DeadlinePassed,
+    HttpClient,
+    Reply,
+    backoff,
+    retry_after,
+    retryable,
+)
 
 #: OpenAI's embedding models: native size, whether a request may ask for fewer dimensions
 OPENAI_MODELS: dict[str, tuple[int, bool]] = {
@@ -45,6 +65,7 @@ OPENAI_MODELS: dict[str, tuple[int, bool]] = {
 #: the longest input OpenAI's embedding models read, in cl100k_base tokens
 OPENAI_MAX_INPUT_TOKENS = 8191
 _KEY_MARK = "[api key]"
+_log = logging.getLogger(__name__)
 
 
 class OpenAIProvider(Provider):
@@ -90,17 +111,15 @@ class OpenAIProvider(Provider):
             self._budget = TokenBudget(settings.tokens_per_minute)
             self._max_tokens = min(self._max_tokens, settings.tokens_per_minute)
         self._pool: ThreadPoolExecutor | None = None
-        try:
-            import httpx2
-            import openai
-        except ImportError as exc:
-            raise ProviderUnavailable("The `openai` package (3.x) is not installed: "
-                                      "`pip install 'openai>=3,<4'`.") from exc
-        self._openai = openai
-        self._response_type = httpx2.Response
-        self._client = openai.OpenAI(
-            api_key=self._key or "no-key", base_url=settings.base_url,
-            timeout=settings.timeout_s, max_retries=settings.max_retries)
+        self._url = f"{settings.base_url}/embeddings"
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
+                         "Accept-Encoding": "gzip", "User-Agent": "kbguard"}
+        if self._key:
+            self._headers["Authorization"] = f"Bearer {self._key}"
+        self._http = HttpClient(settings.base_url, max_connections=settings.concurrency)
+        warning = settings.key_in_clear() if self._key else None
+        if warning:
+            _log.warning(warning)  # stderr, unless the application routes kbguard's logs
 
     def __repr__(self) -> str:
         s = self.settings
@@ -162,28 +181,15 @@ class OpenAIProvider(Provider):
         return np.concatenate([v for v, _ in parts]), total
 
     def _request(self, batch: list[str], est_tokens: int) -> tuple[np.ndarray, Usage]:
-        """One HTTP request (with the client's retries): valid vectors and its usage."""
+        """One request (with its retries): valid vectors and its usage."""
         if self._key_error is not None:
             raise ProviderUnavailable(f"{self.name}: {self._key_error}")
         if self._budget is not None:
             self._budget.acquire(est_tokens)
         started = time.perf_counter()
-        try:
-            # The client's documented raw call: its retries and errors, without the typed
-            # layer that walks every input string and parses the answer a second time.
-            response = self._client.post(
-                "/embeddings", cast_to=self._response_type,
-                body={"input": batch, "model": self.model, "encoding_format": "base64",
-                      **self._extra})
-            body = response.content
-        except self._openai.OpenAIError as exc:
-            attempts = self._attempts(exc)
-            self._spent(Usage(requests=attempts, seconds=time.perf_counter() - started))
-            error = self._translate(exc, attempts)
-            error.attempts = attempts  # type: ignore[attr-defined]  # the breaker counts each
-            raise error from None
-        retries = response.request.headers.get("x-stainless-retry-count", "0")
-        requests = 1 + (int(retries) if retries.isdigit() else 0)
+        payload = json.dumps({"input": batch, "model": self.model, "encoding_format": "base64",
+                              **self._extra}).encode()
+        body, requests = self._post(payload, len(batch), started)
         try:
             vectors, reported = decode_answer(body, len(batch), self.space.dim, self.name,
                                               scrub=self._scrub)
@@ -196,6 +202,54 @@ class OpenAIProvider(Provider):
         self._spent(usage)
         return vectors, usage
 
+    def _post(self, payload: bytes, texts: int, started: float) -> tuple[bytes, int]:
+        """The body of a 2xx answer and the attempts it took. Every attempt and every wait
+        between them ends within timeout_s: a wait that would end later is not begun."""
+        s = self.settings
+        deadline = time.monotonic() + s.timeout_s
+        cap = answer_cap(texts, self.space.dim)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply = self._http.post(self._url, self._headers, payload, deadline=deadline,
+                                        max_bytes=cap)
+            except DeadlinePassed as exc:
+                raise self._failed(self._late(exc, attempt), attempt, started,
+                                   spent=True) from None
+            except AnswerRefused as exc:
+                error = (oversized(self.name, cap, texts, self.space.dim, str(exc))
+                         if exc.too_large else unreadable(self.name, str(exc)))
+                raise self._failed(error, attempt, started) from None
+            except ConnectionFailed as exc:
+                problem: ConnectionFailed | Reply = exc
+                wait = backoff(attempt)
+            else:
+                if 200 <= reply.status < 300:
+                    return reply.body, attempt
+                problem = reply
+                if not retryable(reply.status):
+                    raise self._failed(self._problem(reply, attempt), attempt, started)
+                asked = retry_after(reply.headers)
+                wait = backoff(attempt) if asked is None else asked
+            if attempt > s.max_retries:
+                raise self._failed(self._problem(problem, attempt), attempt, started)
+            if time.monotonic() + wait >= deadline:
+                # no time for the wait: as good as every attempt spent (the breaker opens)
+                note = (f"; the retry due in {wait:.3g} s would start past timeout_s = "
+                        f"{s.timeout_s:g} s")
+                raise self._failed(self._problem(problem, attempt, note), attempt, started,
+                                   spent=True)
+            time.sleep(wait)
+
+    def _failed(self, error: EmbedError, attempts: int, started: float, *,
+                spent: bool = False) -> EmbedError:
+        """``error`` with what it cost recorded. Its ``attempts`` are the failed requests the
+        circuit breaker counts: a call that ran out of time counts as every attempt it had."""
+        self._spent(Usage(requests=attempts, seconds=time.perf_counter() - started))
+        error.attempts = 1 + self.settings.max_retries if spent else attempts  # type: ignore[attr-defined]
+        return error
+
     def _cost(self, tokens: int) -> float:
         return tokens * self.settings.price_per_million_tokens / 1_000_000
 
@@ -203,53 +257,53 @@ class OpenAIProvider(Provider):
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, _KEY_MARK) if self._key else text
 
-    def _attempts(self, exc: Exception) -> int:
-        o = self._openai
-        retried = isinstance(exc, (o.APIConnectionError, o.RateLimitError, o.InternalServerError))
-        return 1 + self.settings.max_retries if retried else 1
+    def _late(self, exc: DeadlinePassed, attempts: int) -> EmbedError:
+        arrived = ("" if exc.received is None else
+                   f"; {exc.received:,} bytes of its answer had arrived")
+        return ProviderUnavailable(
+            f"{self.name} did not answer within timeout_s = {self.settings.timeout_s:g} s "
+            f"({_tries(attempts)}{arrived}). Check that the service is up, or raise timeout_s.")
 
-    def _translate(self, exc: Exception, attempts: int) -> EmbedError:
-        o, name, s = self._openai, self.name, self.settings
-        tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
-        if isinstance(exc, o.APITimeoutError):
+    def _problem(self, problem: ConnectionFailed | Reply, attempts: int,
+                 note: str = "") -> EmbedError:
+        if isinstance(problem, ConnectionFailed):
             return ProviderUnavailable(
-                f"{name} did not answer within timeout_s = {s.timeout_s:g} s ({tries}). Check "
-                "that the service is up, or raise timeout_s.")
-        if isinstance(exc, o.APIConnectionError):
-            cause = exc.__cause__ or exc.__context__
-            why = f"{type(cause).__name__}: {cause}" if cause else str(exc)
-            return ProviderUnavailable(
-                f"{name} cannot be reached ({_short(self._scrub(why))}; {tries}). Check "
-                "base_url and that the service is up.")
-        if isinstance(exc, o.APIStatusError):
-            code = exc.status_code
-            # scrubbed before shortening, so a cut can never leave part of a key behind
-            msg = _short(self._scrub(_status_message(exc)))
-            if isinstance(exc, o.RateLimitError):
-                text = (f"{name} rate-limited the requests (HTTP 429: {msg}; {tries}). Lower "
-                        "concurrency or set tokens_per_minute for this provider, or run again "
-                        "later.")
-                return ProviderUnavailable(self._scrub(text))
-            if code >= 500:
-                return ProviderUnavailable(self._scrub(
-                    f"{name} failed (HTTP {code}: {msg}; {tries}). Run again when the service "
-                    "is back."))
-            if code in (401, 403):
-                where = (f"the environment variable {s.api_key_env}" if s.api_key_env else
-                         f"api_key_file {s.api_key_file}" if s.api_key_file else
-                         "api_key_env (none is set for this provider)")
-                return ProviderRejected(self._scrub(
-                    f"{name} refused the API key (HTTP {code}: {msg}). Check the key in {where}."))
+                f"{self.name} cannot be reached ({_short(self._scrub(str(problem)))}; "
+                f"{_tries(attempts)}{note}). Check base_url and that the service is up.")
+        return self._refused(problem, f"{_tries(attempts)}{note}")
+
+    def _refused(self, reply: Reply, tries: str) -> EmbedError:
+        name, s, code = self.name, self.settings, reply.status
+        # scrubbed before shortening, so a cut can never leave part of a key behind
+        msg = _short(self._scrub(_status_message(reply.body)))
+        if code == 429:
+            return ProviderUnavailable(self._scrub(
+                f"{name} rate-limited the requests (HTTP 429: {msg}; {tries}). Lower "
+                "concurrency or set tokens_per_minute for this provider, or run again later."))
+        if code >= 500 or code in (408, 409):
+            return ProviderUnavailable(self._scrub(
+                f"{name} failed (HTTP {code}: {msg}; {tries}). Run again when the service "
+                "is back."))
+        if 300 <= code < 400:
+            return ProviderRejected(
+                f"{name} answered with a redirect (HTTP {code}), which is not followed: it "
+                "would carry the key to another address. Set base_url to the address the "
+                "endpoint answers at.")
+        if code in (401, 403):
+            where = (f"the environment variable {s.api_key_env}" if s.api_key_env else
+                     f"api_key_file {s.api_key_file}" if s.api_key_file else
+                     "api_key_env (none is set for this provider)")
             return ProviderRejected(self._scrub(
-                f"{name} refused the request (HTTP {code}: {msg}). Check model = "
-                f"{self.model!r} and this provider's settings."))
-        return ProviderUnavailable(f"{name} failed: {_short(self._scrub(str(exc)))}.")
+                f"{name} refused the API key (HTTP {code}: {msg}). Check the key in {where}."))
+        return ProviderRejected(self._scrub(
+            f"{name} refused the request (HTTP {code}: {msg}). Check model = "
+            f"{self.model!r} and this provider's settings."))
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        self._client.close()
+        self._http.close()
 
 
 def read_api_key(settings: OpenAIProviderSettings, env: Mapping[str, str]) -> str | None:
@@ -261,31 +315,54 @@ def read_api_key(settings: OpenAIProviderSettings, env: Mapping[str, str]) -> st
             raise ProviderUnavailable(
                 f"The environment variable {settings.api_key_env} (api_key_env) is not set or "
                 "empty. Export the API key in it and run again.")
+        if not _header_safe(key):
+            raise ProviderUnavailable(
+                f"The environment variable {settings.api_key_env} (api_key_env) holds "
+                "characters no HTTP header carries (a key is one line of printable ASCII). "
+                "Export the key alone in it.")
         return key
     if settings.api_key_file:
-        path = Path(settings.api_key_file).expanduser()
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise ConfigError(f"api_key_file {path} cannot be read ({exc.strerror}). Point it at "
-                              "a file holding the API key.") from None
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise ConfigError(f"api_key_file {path} is not a regular file.")
-            if mode & 0o077:
-                raise ConfigError(
-                    f"api_key_file {path} is open to group or others (mode "
-                    f"{stat.S_IMODE(mode):04o}); refusing to use it. Run `chmod 600 {path}`.")
-            with os.fdopen(fd, "rb", closefd=False) as fh:
-                data = fh.read(65536)
-        finally:
-            os.close(fd)
-        key = data.decode("utf-8", errors="replace").strip()
-        if not key:
-            raise ConfigError(f"api_key_file {path} is empty. Write the API key into it.")
-        return key
+        return _read_key_file(Path(settings.api_key_file).expanduser())
     return None
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ConfigError(f"api_key_file {path} cannot be read ({exc.strerror}). Point it at "
+                          "a file holding the API key.") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"api_key_file {path} is not a regular file (it is a "
+                              f"{_file_kind(mode)}). Point it at a file holding the API key.")
+        if mode & 0o077:
+            raise ConfigError(
+                f"api_key_file {path} is open to group or others (mode "
+                f"{stat.S_IMODE(mode):04o}); refusing to use it. Run `chmod 600 {path}`.")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(65536)
+    finally:
+        os.close(fd)
+    key = data.decode("utf-8", errors="replace").strip()
+    if not key:
+        raise ConfigError(f"api_key_file {path} is empty. Write the API key into it.")
+    if not _header_safe(key):
+        raise ConfigError(f"api_key_file {path} holds more than one line of printable ASCII, "
+                          "which no HTTP header carries. Write the API key alone into it.")
+    return key
+
+
+def _header_safe(key: str) -> bool:
+    return all("!" <= c <= "~" for c in key)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"), (stat.S_ISSOCK, "socket"),
+             (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _display_url(url: str) -> str:
@@ -297,15 +374,23 @@ def _display_url(url: str) -> str:
     return f"{host}{parts.path.rstrip('/')}"
 
 
-def _status_message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
+def _status_message(body: bytes) -> str:
+    """The message of an error answer: its ``error.message`` when it is JSON, else its text."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return body.decode("utf-8", errors="replace").strip() or "no message"
+    if isinstance(answer, dict):
+        err = answer.get("error", answer)
         if isinstance(err, dict) and err.get("message"):
             return str(err["message"])
-        if isinstance(body.get("message"), str):
-            return body["message"]
-    return str(getattr(exc, "message", "") or exc)
+        if isinstance(answer.get("message"), str):
+            return str(answer["message"])
+    return json.dumps(answer)
+
+
+def _tries(attempts: int) -> str:
+    return f"{attempts} attempt{'s' if attempts != 1 else ''}"
 
 
 def _short(text: str, limit: int = 240) -> str:

@@ -7,6 +7,7 @@ must not be repeated back in an error message.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,11 +72,22 @@ class OpenAIProviderSettings(_Entry):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
+        # no message here repeats the URL: what is wrong with it may be a key
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # raises for a port that is no number
+        except ValueError:
+            raise ValueError("must be an http:// or https:// URL, e.g. "
+                             "https://api.openai.com/v1") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL, e.g. https://api.openai.com/v1")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials; name them with api_key_env")
+        if "@" in parts.netloc:
+            raise ValueError("must not carry credentials (user:password@); put the key in an "
+                             "environment variable and name it with api_key_env")
+        if "?" in value or "#" in value:
+            raise ValueError("must not have a query string or fragment ('?...' or '#...'): the "
+                             "request path is appended to base_url. Remove them; a key goes in "
+                             "an environment variable named by api_key_env")
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -83,6 +95,28 @@ class OpenAIProviderSettings(_Entry):
         if self.api_key_env and self.api_key_file:
             raise ValueError("give api_key_env or api_key_file, not both")
         return self
+
+    def key_in_clear(self) -> str | None:
+        """A warning when this entry's key would travel over plain http to another machine."""
+        if not (self.api_key_env or self.api_key_file) or not sends_in_clear(self.base_url):
+            return None
+        source = (f"the key in {self.api_key_env}" if self.api_key_env else
+                  f"the key in {self.api_key_file}")
+        return (f"Warning: {source} is sent over plain http to {urlsplit(self.base_url).hostname}, "
+                "which is not this machine: anyone on the way can read it. Use an https:// "
+                "base_url, or no key for an endpoint that needs none.")
+
+
+def sends_in_clear(url: str) -> bool:
+    """Plain http to a host other than this machine (loopback addresses and localhost)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    if parts.scheme != "http" or host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 class SentenceTransformersProviderSettings(_Entry):
@@ -117,6 +151,7 @@ def parse_provider_settings(entry: Mapping[str, Any], where: str = "provider") -
             # loc is () when the type itself is wrong, else (type, key...)
             loc = [str(p) for p in err["loc"]]
             key = ".".join(loc[1:]) or "entry" if loc else "type"
-            problems.append(f"{key}: {err['msg']}")
+            # a validator's own message, without pydantic's "Value error, " before it
+            problems.append(f"{key}: {(err.get('ctx') or {}).get('error', err['msg'])}")
         raise ConfigError(f"{where}: {'; '.join(problems)}. Fix the entry (type is one of "
                           "\"openai\", \"sentence-transformers\", \"fake\").") from None
