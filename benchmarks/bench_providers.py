@@ -1,4 +1,4 @@
-"""Provider benchmark: embedding throughput through the OpenAI client, and failover times.
+"""Provider benchmark: embedding throughput through kbguard's provider transport, and failover times.
 
 Against tests/openai_server.py (a real HTTP server on 127.0.0.1, in its own process so that it
 does not share the client's interpreter), every request answered after ``--latency-ms`` (100):
@@ -10,7 +10,8 @@ does not share the client's interpreter), every request answered after ``--laten
 * failover, default settings (timeout_s 30, max_retries 2, breaker after 3 failed requests):
   the time from the first failed request to the first batch served by the next provider (a
   local fake standby) when the primary is killed (connection refused) or answers 503; with a hang,
-  with timeout_s 1 (median of runs) and once with the default 30 s (3 attempts: ~91 s), with
+  with timeout_s 1 (median of runs) and once with the default 30 s (one wall-clock deadline for the call, retries
+  included: ~30 s), with
   the next batch's time (the breaker is open by then);
 * with the breaker open: the time per batch, and the chain's own overhead over the standby.
 
