@@ -26,8 +26,9 @@ import numpy as np
 import pyarrow as pa
 
 from kbguard.disk import disk_full, file_in_message, is_disk_full, is_read_only_error, not_writable
-from kbguard.errors import KbguardError, ManifestError, ManifestReadOnly
+from kbguard.errors import KbguardError, LockedError, ManifestError, ManifestReadOnly
 from kbguard.faults import crash_point
+from kbguard.lock import lock_holder, locked_error
 from kbguard.migrations import MIGRATIONS
 from kbguard.redact import scrub_data
 from kbguard.store.base import Point, Store
@@ -136,6 +137,14 @@ class Manifest:
 
     def close(self) -> None:
         self._db.close()
+
+    def reader(self) -> Manifest:
+        """This manifest on a connection of its own, for reads from another thread while this
+        one writes: each statement sees what was committed, never half a transaction. Make it
+        on the thread that opened this one, and close it before this one."""
+        m = Manifest(self.path, self._db.cursor()._con, read_only=True)
+        m._db.translate_all = True
+        return m
 
     def __enter__(self) -> Manifest:
         return self
@@ -769,6 +778,12 @@ class Manifest:
             "(SELECT content_hash FROM embeddings WHERE space_id = ?)", [space_id]).fetchone()
         return int(row[0]), int(row[1])
 
+    def points_lacking_vector(self, name: str) -> int:
+        """Points recorded in the store (written, or being written) that carry no vector
+        ``name``: what a space misses in the store as it is while a rebuild writes it."""
+        return self._count("SELECT count(*) FROM store_state "
+                           "WHERE NOT list_contains(string_split(vectors, ','), ?)", [name])
+
     def counts(self) -> dict[str, int]:
         return {
             "documents": self._count("SELECT count(*) FROM documents WHERE status = 'ok'"),
@@ -1002,10 +1017,12 @@ def _translate(exc: Exception, path: Path, *, writing: bool) -> KbguardError:
             f"The manifest {path} cannot be opened: {first}. Nothing suggests it is damaged: "
             "check the permissions of the file and its folder, and run the command again.")
     if "lock" in text.lower():
-        return ManifestError(
-            f"The manifest {path} is in use by another process ({text.splitlines()[0]}). "
-            "Wait for the running kbguard command to finish."
-        )
+        # DuckDB lets no other process open a file one process writes: the KB is busy
+        if lock_holder(path) is not None:
+            return locked_error(path)
+        return LockedError(
+            f"The manifest {path} is open in another process ({text.splitlines()[0]}). Wait "
+            "for that process to finish and run again.")
     return ManifestError(
         f"The manifest {path} cannot be read: {text.splitlines()[0] if text else exc!r}. "
         "Restore it with `kbguard restore --latest`, or move it aside and run "
