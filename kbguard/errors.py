@@ -22,7 +22,8 @@
      ├── DiskFullError            a filesystem kbguard writes to is full, or too full for the next
      │                            write: names the filesystem, what is free and what is needed
      ├── RestoreNeeded            damage beyond a repair from the cache: restore a snapshot
-     └── RestorePending           a killed restore must be finished before anything else
+     ├── RestorePending           a killed restore must be finished before anything else
+     └── NotConfirmed             a command that replaces or deletes data was not confirmed
 
 The CLI maps these (and the library's verdicts) to exit codes in one place,
 ``kbguard.cli.common.exit_code_for``; the library never prints and never exits. Third-party
@@ -133,3 +134,8 @@ class RestoreNeeded(KbguardError):
 
 class RestorePending(KbguardError):
     """A restore was killed after its commit point; only `kbguard restore` may run."""
+
+
+class NotConfirmed(KbguardError):
+    """A command that replaces or deletes data was declined, or run without ``--yes`` where
+    nobody can be asked: nothing was changed."""
