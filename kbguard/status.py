@@ -64,6 +64,7 @@ def _add_files(cfg: Config, report: StatusReport) -> None:
         report.restore_pending = {"error": str(exc)}
 
 
+INTERRUPTED = "interrupted"   # the status of a run whose process died before it ended
 _RESUME = {
     "rebuild": "the next `kbguard rebuild` resumes it",
     "rebuild-full": "the next `kbguard rebuild` resumes it",
@@ -76,7 +77,7 @@ def _mark_interrupted(cfg: Config, run: dict[str, Any] | None) -> None:
     never recorded how it ended. Say so, and what picks it up again."""
     if run is None or run["status"] != "running" or lock_holder(cfg.manifest) is not None:
         return
-    run["status"] = "interrupted"
+    run["status"] = INTERRUPTED
     resume = _RESUME.get(run["kind"], f"run `kbguard {run['kind']}` again")
     run["note"] = f"its process ended before the run finished; {resume}"
 
