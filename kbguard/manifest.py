@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,7 +117,7 @@ class Manifest:
             except OSError as exc:
                 raise _translate(exc, path, writing=True) from exc
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = _connect(path, read_only)
         except duckdb.Error as exc:
             raise _translate(exc, path, writing=not read_only) from exc
         m = cls(path, con, read_only)
@@ -927,6 +929,28 @@ def _wal(path: Path) -> Path:
     return path.with_name(path.name + ".wal")
 
 
+WRITER_WAITS_S = 10.0   # how long a writer waits for readers that hold the file to let it go
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file. DuckDB lets no process open a file another process has open to
+    read, even for a moment: a `status` or `search` that opened it just before a writer took
+    the KB's lock holds it for a second at most, and a writer waits that out instead of
+    failing. (Once the lock is taken, no new reader opens the file: they ask the writer.)"""
+    deadline = time.monotonic() + (0.0 if read_only else WRITER_WAITS_S)
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _held_elsewhere(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _held_elsewhere(exc: Exception) -> bool:
+    return "could not set lock" in str(exc).lower()
+
+
 class _Connection:
     """The manifest's DuckDB connection, with its errors translated into kbguard's.
 
@@ -1016,9 +1040,10 @@ def _translate(exc: Exception, path: Path, *, writing: bool) -> KbguardError:
         return ManifestError(
             f"The manifest {path} cannot be opened: {first}. Nothing suggests it is damaged: "
             "check the permissions of the file and its folder, and run the command again.")
-    if "lock" in text.lower():
+    if _held_elsewhere(exc):
         # DuckDB lets no other process open a file one process writes: the KB is busy
-        if lock_holder(path) is not None:
+        holder = lock_holder(path)
+        if holder is not None and holder.get("pid") != os.getpid():
             return locked_error(path)
         return LockedError(
             f"The manifest {path} is open in another process ({text.splitlines()[0]}). Wait "

@@ -205,7 +205,11 @@ class ReadService:
             thread.join(_STOP_WAIT_S)
         with self._reader_lock:
             self._reader.close()
-        self.shared.close()
+        try:
+            # the store stage closed the store already; only a read can have opened it since
+            self.shared.close()
+        except KbguardError as exc:
+            self.progress.note(f"closing the store after the reads of this rebuild: {exc}")
 
     def _accept_loop(self) -> None:
         assert self._listener is not None

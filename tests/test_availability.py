@@ -183,3 +183,44 @@ def test_the_shared_store_serialises_a_qdrant_local_store(tmp_path: Path) -> Non
     assert not errors, errors[:3]
     assert store.count() == 20 * 64
     store.close()
+
+
+@contextmanager
+def manifest_held_open(kb: KB, seconds: float) -> Iterator[subprocess.Popen]:
+    """Another process holding the manifest open to read for ``seconds``, as a `status` or a
+    `search` does for a moment (DuckDB then lets no other process open it)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time\n"
+         f"con = duckdb.connect({str(kb.cfg.manifest)!r}, read_only=True)\n"
+         f"print('open', flush=True)\ntime.sleep({seconds})\n"],
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "open"
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_rebuild_waits_for_a_reader_that_holds_the_manifest(built_kb) -> None:
+    kb = built_kb()
+    edit_corpus(kb)
+    with manifest_held_open(kb, 1.5):
+        started = time.monotonic()
+        res = kb.cli("rebuild", "--json")
+        assert res.code == 0, (res.stdout, res.stderr, res.exception)
+        assert time.monotonic() - started >= 1.0   # it waited for the reader
+    assert json.loads(res.stdout)["documents"]["added"] == 1
+
+
+def test_a_reader_that_never_lets_go_is_named_not_the_rebuild_itself(
+        built_kb, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kbguard import manifest
+
+    kb = built_kb()
+    monkeypatch.setattr(manifest, "WRITER_WAITS_S", 0.3)
+    with manifest_held_open(kb, 60):
+        res = kb.cli("rebuild", "--json")
+    assert res.code == 3, (res.stdout, res.stderr)
+    assert f"The manifest {kb.cfg.manifest} is open in another process" in res.stderr
+    assert "This KB is busy: `kbguard rebuild`" not in res.stderr   # not itself
