@@ -112,6 +112,10 @@ class SpaceConfig(_Table):
             if "provider" in data or "model_path" in data:
                 raise ValueError("a space with [[spaces.providers]] names its providers there; "
                                  "remove provider and model_path from the [[spaces]] table")
+            if isinstance(entries, list) and not entries:
+                raise ValueError("providers is empty, and a space needs at least one provider: "
+                                 "add a [[spaces.providers]] entry, or remove providers and "
+                                 'name the one provider with provider = "..."')
             first = entries[0] if isinstance(entries, list) and entries else {}
             if not isinstance(first, dict):
                 return data

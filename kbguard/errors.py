@@ -28,7 +28,8 @@
      ├── OverBudget               work estimated to spend more on embedding than the ceiling
      │                            it was given (`kbguard drill --max-cost`)
      ├── RestoreNeeded            damage beyond a repair from the cache: restore a snapshot
-     └── RestorePending           a killed restore must be finished before anything else
+     ├── RestorePending           a killed restore must be finished before anything else
+     └── NotConfirmed             a command that replaces or deletes data was not confirmed
 
 The CLI maps these (and the library's verdicts) to exit codes in one place,
 ``kbguard.cli.common.exit_code_for``; the library never prints and never exits. Third-party
@@ -167,3 +168,7 @@ class RestoreNeeded(KbguardError):
 class RestorePending(KbguardError):
     """A restore was killed after its commit point; only `kbguard restore` may run."""
 
+
+class NotConfirmed(KbguardError):
+    """A command that replaces or deletes data was declined, or run without ``--yes`` where
+    nobody can be asked: nothing was changed."""

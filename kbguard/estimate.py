@@ -179,12 +179,12 @@ class _Estimate:
             todo_by_space, scan_s, parse_s, all_points, 0,
             measured + "; every point written again from the cache")
         every = m.future_texts()
-        parse_all_s, parse_basis = self._parse_estimate(documents["total"])
+        per_doc = parse_s / len(todo) if todo else None
+        parse_all_s, parse_basis = self._parse_estimate(documents["total"], per_doc)
         scenarios["full_reembed"] = self._scenario(
             {s.name: every for s in cfg.spaces}, scan_s, parse_all_s, all_points, 0,
             f"scan measured now; {parse_basis}", every_provider=True)
         files = {path: f.file_hash for path, f in planned.scan.files.items()}
-        per_doc = parse_s / len(todo) if todo else None
         scenarios["restore_latest"] = self._restore_latest(scan_s, files, per_doc)
         scenarios["primary_down"] = self._primary_down(todo_by_space, scan_s, parse_s,
                                                        points_now, deletes_now, measured)
@@ -425,7 +425,10 @@ class _Estimate:
                      f"store: {points / spent if spent else float('inf'):,.0f} points/s over "
                      f"runs {_ids(busy)}")
 
-    def _parse_estimate(self, documents: int) -> tuple[float | None, str]:
+    def _parse_estimate(self, documents: int, measured_per_doc: float | None = None
+                        ) -> tuple[float | None, str]:
+        """Parse seconds for ``documents``: at the pace of earlier rebuilds here, else at
+        ``measured_per_doc``, the seconds per document this estimate took to parse some."""
         if not documents:
             return 0.0, "nothing to parse"
 
@@ -434,8 +437,12 @@ class _Estimate:
             return int(d.get("added", 0) + d.get("changed", 0))
         runs = self._runs_with(parsed)
         docs = sum(parsed(r["summary"]) for r in runs)
+        if not docs and measured_per_doc:
+            return (round(measured_per_doc * documents, 3),
+                    f"parse at the pace measured now ({1 / measured_per_doc:.1f} documents/s)")
         if not docs:
-            return None, "no document parsed here yet: run a rebuild first"
+            return None, ("no parse measured yet: no rebuild here has parsed a document, nor "
+                          "has this estimate; run a rebuild first")
         spent = sum(r["summary"]["stages"].get("parse", 0.0) for r in runs)
         return (round(spent / docs * documents, 3),
                 f"parse: {docs / spent if spent else float('inf'):.1f} documents/s over runs "

@@ -7,24 +7,47 @@ confirmed), store-delete (after the store delete, before the manifest forgets th
 snapshot-write (the points file written, the snapshot not yet in place), restore-build (after
 each batch built into the staging store), restore-commit (the restore committed, nothing
 switched yet), restore-switch (the store switched, the manifest not yet).
+
+The same points can hold a run instead, for tests of what other commands see meanwhile: with
+``KBGUARD_PAUSE_AT=point:n`` and ``KBGUARD_PAUSE_FILE=PATH``, the n-th arrival at the point
+creates PATH and waits, its other threads running on, until PATH is deleted.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "KBGUARD_CRASH_AT"
+PAUSE_ENV = "KBGUARD_PAUSE_AT"
+PAUSE_FILE_ENV = "KBGUARD_PAUSE_FILE"
 _seen: dict[str, int] = {}
+_paused: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
-    spec = os.environ.get(ENV)
-    if not spec:
+    _pause_point(name)
+    if _reached(os.environ.get(ENV), name, _seen):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _pause_point(name: str) -> None:
+    flag = os.environ.get(PAUSE_FILE_ENV)
+    if not flag or not _reached(os.environ.get(PAUSE_ENV), name, _paused):
         return
+    with open(flag, "w") as fh:
+        fh.write(str(os.getpid()))
+    while os.path.exists(flag):
+        time.sleep(0.05)
+
+
+def _reached(spec: str | None, name: str, counts: dict[str, int]) -> bool:
+    """Whether this arrival at ``name`` is the one ``spec`` (``point:n``) names."""
+    if not spec:
+        return False
     point, _, nth = spec.partition(":")
     if point != name:
-        return
-    _seen[name] = _seen.get(name, 0) + 1
-    if _seen[name] >= int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        return False
+    counts[name] = counts.get(name, 0) + 1
+    return counts[name] == int(nth or 1)

@@ -126,7 +126,12 @@ def lock_holder(manifest: Path) -> dict[str, Any] | None:
 def check_unlocked(manifest: Path) -> None:
     """Raise LockedError if a writer holds the KB (readers cannot open a manifest being written)."""
     if lock_holder(manifest) is not None:
-        raise _locked(lock_path(manifest))
+        raise locked_error(manifest)
+
+
+def locked_error(manifest: Path) -> LockedError:
+    """The error of a command that finds the KB busy, naming the holder of its lock."""
+    return _locked(lock_path(manifest))
 
 
 def _holder_info(path: Path) -> dict[str, Any]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,8 +28,9 @@ import numpy as np
 import pyarrow as pa
 
 from kbguard.disk import disk_full, file_in_message, is_disk_full, is_read_only_error, not_writable
-from kbguard.errors import KbguardError, ManifestError, ManifestReadOnly
+from kbguard.errors import KbguardError, LockedError, ManifestError, ManifestReadOnly
 from kbguard.faults import crash_point
+from kbguard.lock import lock_holder, locked_error
 from kbguard.migrations import MIGRATIONS
 from kbguard.redact import scrub_data
 from kbguard.store.base import Point, Store
@@ -114,7 +117,7 @@ class Manifest:
             except OSError as exc:
                 raise _translate(exc, path, writing=True) from exc
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = _connect(path, read_only)
         except duckdb.Error as exc:
             raise _translate(exc, path, writing=not read_only) from exc
         m = cls(path, con, read_only)
@@ -136,6 +139,14 @@ class Manifest:
 
     def close(self) -> None:
         self._db.close()
+
+    def reader(self) -> Manifest:
+        """This manifest on a connection of its own, for reads from another thread while this
+        one writes: each statement sees what was committed, never half a transaction. Make it
+        on the thread that opened this one, and close it before this one."""
+        m = Manifest(self.path, self._db.cursor()._con, read_only=True)
+        m._db.translate_all = True
+        return m
 
     def __enter__(self) -> Manifest:
         return self
@@ -797,6 +808,12 @@ class Manifest:
             "(SELECT content_hash FROM embeddings WHERE space_id = ?)", [space_id]).fetchone()
         return int(row[0]), int(row[1])
 
+    def points_lacking_vector(self, name: str) -> int:
+        """Points recorded in the store (written, or being written) that carry no vector
+        ``name``: what a space misses in the store as it is while a rebuild writes it."""
+        return self._count("SELECT count(*) FROM store_state "
+                           "WHERE NOT list_contains(string_split(vectors, ','), ?)", [name])
+
     def counts(self) -> dict[str, int]:
         return {
             "documents": self._count("SELECT count(*) FROM documents WHERE status = 'ok'"),
@@ -940,6 +957,28 @@ def _wal(path: Path) -> Path:
     return path.with_name(path.name + ".wal")
 
 
+WRITER_WAITS_S = 10.0   # how long a writer waits for readers that hold the file to let it go
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file. DuckDB lets no process open a file another process has open to
+    read, even for a moment: a `status` or `search` that opened it just before a writer took
+    the KB's lock holds it for a second at most, and a writer waits that out instead of
+    failing. (Once the lock is taken, no new reader opens the file: they ask the writer.)"""
+    deadline = time.monotonic() + (0.0 if read_only else WRITER_WAITS_S)
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _held_elsewhere(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _held_elsewhere(exc: Exception) -> bool:
+    return "could not set lock" in str(exc).lower()
+
+
 class _Connection:
     """The manifest's DuckDB connection, with its errors translated into kbguard's.
 
@@ -1029,11 +1068,14 @@ def _translate(exc: Exception, path: Path, *, writing: bool) -> KbguardError:
         return ManifestError(
             f"The manifest {path} cannot be opened: {first}. Nothing suggests it is damaged: "
             "check the permissions of the file and its folder, and run the command again.")
-    if "lock" in text.lower():
-        return ManifestError(
-            f"The manifest {path} is in use by another process ({text.splitlines()[0]}). "
-            "Wait for the running kbguard command to finish."
-        )
+    if _held_elsewhere(exc):
+        # DuckDB lets no other process open a file one process writes: the KB is busy
+        holder = lock_holder(path)
+        if holder is not None and holder.get("pid") != os.getpid():
+            return locked_error(path)
+        return LockedError(
+            f"The manifest {path} is open in another process ({text.splitlines()[0]}). Wait "
+            "for that process to finish and run again.")
     return ManifestError(
         f"The manifest {path} cannot be read: {text.splitlines()[0] if text else exc!r}. "
         "Restore it with `kbguard restore --latest`, or move it aside and run "

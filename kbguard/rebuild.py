@@ -23,7 +23,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -41,6 +42,7 @@ from kbguard.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest
 from kbguard.progress import SILENT, Progress
 from kbguard.providers import Usage, chain_for
+from kbguard.read_service import serve_reads
 from kbguard.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
 from kbguard.store import Point, Store
 from kbguard.dvc_corpus import dvc_view
@@ -96,8 +98,10 @@ def rebuild(cfg: Config, *, full: bool = False, progress: Progress = SILENT) -> 
     with kb_lock(cfg.manifest, "rebuild"):
         if not full and not cfg.manifest.exists():
             _refuse_lost_manifest(cfg)
-        with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest:
-            return _Rebuild(cfg, manifest, progress).run(full)
+        # the KB stays readable meanwhile: this process answers `status` and `search`
+        with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest, \
+                serve_reads(cfg, manifest, progress) as reads:
+            return _Rebuild(cfg, manifest, reads.progress, reads.store).run(full)
 
 
 def _refuse_lost_manifest(cfg: Config) -> None:
@@ -254,8 +258,10 @@ def _end_with_parent(parent: int) -> None:
 
 
 class _Rebuild:
-    def __init__(self, cfg: Config, manifest: Manifest, progress: Progress):
+    def __init__(self, cfg: Config, manifest: Manifest, progress: Progress,
+                 open_store: Callable[[], AbstractContextManager[Store]]):
         self.cfg, self.manifest, self.progress = cfg, manifest, progress
+        self.open_store = open_store   # the store, shared with the reads served meanwhile
         self.stages: dict[str, float] = {}
         self.used: dict[str, dict[str, int]] = {}        # space -> provider -> texts embedded
         self.usage: dict[str, Usage] = {}                # space -> what its embedding cost
@@ -459,7 +465,7 @@ class _Rebuild:
     def _sync_store(self, full: bool, run_id: int) -> tuple[int, int, int]:
         manifest, cfg = self.manifest, self.cfg
         names = ",".join(sorted(s.name for s in cfg.spaces))
-        with store_for(cfg) as store:
+        with self.open_store() as store:
             self.progress.stage("store")
             if full:
                 # A store that cannot be opened is what --full exists to replace: drop() deletes

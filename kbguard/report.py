@@ -16,7 +16,7 @@ import html
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +252,7 @@ def _recovery_chart(data: ReportData) -> tuple[Any, int, str]:
             text=_label(f"objective {_seconds(objective)}: {', '.join(sorted(names))}"))
     fig.update_yaxes(title_text="seconds" + (" (log scale)" if log else ""),
                      type="log" if log else "linear")
-    fig.update_xaxes(title_text="drill started (UTC)")
+    _time_axis(fig, [d["started_at"] for d in measured], "drill started (UTC)")
     return fig, len(measured), ""
 
 
@@ -296,7 +296,7 @@ def _findings_chart(data: ReportData) -> tuple[Any, int, str]:
         hovertemplate="total %{y} (%{text})<br>%{x}<extra></extra>"))
     fig.update_layout(barmode="stack")
     fig.update_yaxes(title_text="findings", rangemode="tozero")
-    fig.update_xaxes(title_text="check (UTC)")
+    _time_axis(fig, xs, "check (UTC)")
     return fig, len(data.checks), ""
 
 
@@ -383,7 +383,7 @@ def _size_chart(data: ReportData) -> tuple[Any, int, str]:
     fig.update_layout(yaxis={"title": {"text": "chunks"}, "rangemode": "tozero"},
                       yaxis2={"title": {"text": "documents"}, "overlaying": "y",
                               "side": "right", "rangemode": "tozero", "showgrid": False})
-    fig.update_xaxes(title_text="rebuild finished (UTC)")
+    _time_axis(fig, xs, "rebuild finished (UTC)")
     return fig, len(sizes), ""
 
 
@@ -398,6 +398,21 @@ def _size_table(data: ReportData) -> str:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+SINGLE_MOMENT_SPAN = timedelta(days=1)   # either side of a chart's only moment
+SINGLE_MOMENT_BAR = timedelta(hours=4)   # the width of a bar at that moment
+
+
+def _time_axis(fig: Any, times: list[str], title: str) -> None:
+    """A date axis titled ``title``. Where every point of a chart falls on one moment (one
+    drill, one check, one rebuild), Plotly zooms to a millisecond around it and draws its bars
+    a millisecond wide: show a day either side, and bars a few hours wide, instead."""
+    fig.update_xaxes(title_text=title)
+    if len(set(times)) != 1:
+        return
+    at = datetime.fromisoformat(times[0])
+    fig.update_xaxes(range=[_iso(at - SINGLE_MOMENT_SPAN), _iso(at + SINGLE_MOMENT_SPAN)])
+    fig.update_traces(width=SINGLE_MOMENT_BAR.total_seconds() * 1000, selector={"type": "bar"})
 
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf"]

@@ -9,7 +9,6 @@ estimated says why.
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from kbguard.dvc_corpus import find_dvc_root
 from kbguard.estimate import EstimateReport, Scenario, estimate
 from kbguard.manifest import Manifest
 from kbguard.progress import human_duration
+from kbguard.status import INTERRUPTED
 from kbguard.verify import STORE_CLASSES
 
 
@@ -47,18 +47,25 @@ FAILURES = (
 
 
 def render_runbook(cfg: Config, *, estimates: EstimateReport | None = None,
-                   now: datetime | None = None) -> str:
-    """The runbook as Markdown. ``estimates``: reuse an estimate (else one is made now)."""
+                   now: datetime | None = None, config_path: Path | None = None) -> str:
+    """The runbook as Markdown. ``estimates``: reuse an estimate (else one is made now).
+    ``config_path``: the config as its commands name it, as the user gave it (default: its
+    absolute path); a relative one holds from the current folder, which the runbook names."""
     now = now or datetime.now(timezone.utc)
     drills = _latest_drills(cfg)
     if estimates is None:
         estimates = estimate(cfg)
-    flag = f"--config {shlex.quote(_shown_path(cfg.path))}"
+    shown = config_path if config_path is not None else cfg.path
+    flag = f"--config {shlex.quote(str(shown))}"
+    where = ("The commands name the config by its absolute path: run them from any folder."
+             if shown.is_absolute() else
+             f"Run the commands from `{Path.cwd()}`: the config path `{shown}` is relative "
+             "to that folder.")
     out = [f"# Recovery runbook: KB `{cfg.kb}`", "",
            f"Written by `kbguard runbook {flag}` on {now:%Y-%m-%d %H:%M} UTC from the config, "
            "the drills recorded in the manifest and an estimate made then. Durations are the "
            "newest drill's; a failure never drilled says so. Run `kbguard drill "
-           f"{flag}` to measure them, and write this file again.", "",
+           f"{flag}` to measure them, and write this file again.", "", where, "",
            f"Objectives (`[recovery]`): one failure {human_duration(cfg.rto_single_failure_s)}, "
            f"everything lost {human_duration(cfg.rto_full_rebuild_s)}.", "",
            "| failure | last drill | recovery | objective | estimated cost now |",
@@ -118,7 +125,8 @@ def _steps(cfg: Config, f: _Failure, flag: str) -> tuple[str, list[str], str]:
                  "a catch-up rebuild"], verify_ok)
     if f.drill == "killed-rebuild":
         return ("the rebuild's exit code (137 after SIGKILL, 130 after Ctrl-C); `kbguard status` "
-                "shows the last run as running or failed and points pending.",
+                f"shows the last run as `{INTERRUPTED}` after a kill (`failed`, with its error, "
+                "after Ctrl-C) and, if it was writing the store, points pending.",
                 [kb.format("rebuild") + "   # resumes: committed batches are not redone"],
                 verify_ok + " `kbguard status` shows no point pending.")
     if f.drill == "provider-outage":
@@ -220,11 +228,6 @@ def _when(d: dict[str, Any] | None) -> str:
 
 def _secs(seconds: float | None) -> str:
     return "time unknown" if seconds is None else f"about {human_duration(seconds)}"
-
-
-def _shown_path(path: Path) -> str:
-    rel = os.path.relpath(path)
-    return path.as_posix() if rel.startswith("..") else rel
 
 
 def _git(root: Path, *args: str) -> str | None:

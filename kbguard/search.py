@@ -5,11 +5,17 @@ when its providers embed the query within ``search.query_timeout_s`` and every c
 vector in that space; otherwise the next complete space answers, and the result says which
 space answered and why. One query never mixes spaces: its vector and the points it is compared
 with come from one model.
+
+While a rebuild holds the KB, no other process can open its manifest (nor an embedded store),
+so the rebuild answers: it reports its store's points and, per space, the points that lack the
+space's vector, and runs the query this process embedded (kbguard.read_service). The same rules
+choose the space, applied to the store as the rebuild has written it so far.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,13 +23,15 @@ import numpy as np
 
 from kbguard.config import Config, SpaceConfig
 from kbguard.providers import chain_for
-from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, StoreError,
-                            StoreUnavailable)
-from kbguard.lock import check_unlocked
+from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, LockedError,
+                            StoreError, StoreUnavailable)
+from kbguard.lock import locked_error
 from kbguard.manifest import Manifest
 from kbguard.kb import empty_corpus_message, store_for
 from kbguard.lost_manifest import missing_manifest
+from kbguard.read_socket import ask_writer, vector_text
 from kbguard.scan import walk_corpus
+from kbguard.store import Hit
 
 SNIPPET_CHARS = 240
 
@@ -49,10 +57,14 @@ class SearchResult:
     degraded: bool = False
     reason: str | None = None
     passed_over: list[dict[str, str]] = field(default_factory=list)
+    rebuild: dict[str, Any] | None = None   # the progress of the rebuild that answered
 
     def to_dict(self) -> dict[str, Any]:
-        return {"space": self.space, "degraded": self.degraded, "reason": self.reason,
-                "passed_over": self.passed_over, "results": [h.to_dict() for h in self.hits]}
+        out = {"space": self.space, "degraded": self.degraded, "reason": self.reason,
+               "passed_over": self.passed_over, "results": [h.to_dict() for h in self.hits]}
+        if self.rebuild is not None:
+            out["rebuild"] = self.rebuild
+        return out
 
 
 def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> SearchResult:
@@ -63,7 +75,9 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
     if k < 1:
         raise ConfigError(f"-k must be at least 1, got {k}.")
     asked = cfg.space(space) if space else cfg.spaces[0]
-    check_unlocked(cfg.manifest)
+    plan = ask_writer(cfg.manifest, {"op": "search-plan"})
+    if plan is not None:
+        return _search_during_rebuild(cfg, query, k, asked, plan)
     if not cfg.manifest.exists():
         raise missing_manifest(cfg, never_built="Run `kbguard rebuild` first.")
     with store_for(cfg) as store:
@@ -75,29 +89,71 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
         if not info.points:
             raise _nothing_to_search(cfg)
         order = [asked, *(s for s in cfg.spaces if s is not asked)]
-        lacking = _lacking(cfg, order)
-        passed: list[dict[str, str]] = []
-        for sp in order:
-            if lacking[sp.name]:
-                passed.append({"space": sp.name, "reason": (
-                    f"space {sp.name!r} is incomplete: {lacking[sp.name]} chunks have no "
-                    "vector in it yet (the next `kbguard rebuild` fills them)")})
-        # complete spaces first; an incomplete one still beats no answer at all
-        candidates = sorted(order, key=lambda sp: bool(lacking[sp.name]))
-        for n, sp in enumerate(candidates, 1):
-            # Cut the wait short only for a remote provider (a local model loading is no
-            # outage) and only when another space can answer instead.
-            remote = any(e.type == "openai" for e in sp.chain)
-            timeout = cfg.query_timeout_s if remote and n < len(candidates) else None
-            try:
-                vector = _embed_query(sp, query, timeout)
-            except EmbedError as exc:
-                passed.append({"space": sp.name, "reason": str(exc)})
-                continue
-            hits = store.query(sp.name, vector, k)
-            return SearchResult(
-                [_hit(h) for h in hits], sp.name, degraded=bool(passed),
-                reason="; ".join(p["reason"] for p in passed) or None, passed_over=passed)
+        return _answer(cfg, query, order, _lacking(cfg, order),
+                       lambda sp, vector: store.query(sp.name, vector, k))
+
+
+def _search_during_rebuild(cfg: Config, query: str, k: int, asked: SpaceConfig,
+                           plan: dict[str, Any]) -> SearchResult:
+    """Search the store as the running rebuild has it now. The query is embedded here, with
+    this process's providers and timeout; the rebuild, which holds the store, runs the query
+    (a Qdrant server takes a second client, so there it is asked directly)."""
+    progress = plan["rebuild"]
+    if not plan["exists"] or not plan["points"]:
+        busy = locked_error(cfg.manifest)
+        raise LockedError(
+            f"KB '{cfg.kb}' has nothing to search yet: the running rebuild (pid "
+            f"{busy.pid or '?'}, at stage {progress.get('stage') or '?'}) has not written a "
+            "point to its store. Search again when it has.",
+            pid=busy.pid, command=busy.command, since=busy.since)
+    order = [asked, *(s for s in cfg.spaces if s is not asked)]
+    lacking = {sp.name: int(plan["lacking"].get(sp.name, 0)) for sp in order}
+
+    def run_query(sp: SpaceConfig, vector: np.ndarray) -> list[Hit]:
+        if cfg.store_url:
+            with store_for(cfg) as store:
+                return store.query(sp.name, vector, k)
+        got = ask_writer(cfg.manifest, {"op": "query", "space": sp.name, "k": k,
+                                        "vector": vector_text(vector)})
+        if got is None:   # the rebuild ended meanwhile: the store is free to open
+            with store_for(cfg) as store:
+                return store.query(sp.name, vector, k)
+        return [Hit(h["id"], float(h["score"]), h["payload"]) for h in got["hits"]]
+
+    result = _answer(cfg, query, order, lacking, run_query,
+                     lacks="{n} points in the store have no vector in it yet (the running "
+                           "rebuild or the next fills them)")
+    result.rebuild = progress
+    return result
+
+
+def _answer(cfg: Config, query: str, order: list[SpaceConfig], lacking: dict[str, int],
+            run_query: Callable[[SpaceConfig, np.ndarray], list[Hit]], *,
+            lacks: str = "{n} chunks have no vector in it yet (the next `kbguard rebuild` "
+                         "fills them)") -> SearchResult:
+    """Embed ``query`` in the first space of ``order`` that can, complete spaces first, and
+    run it there. ``lacking``: per space, how many lack a vector in it (``lacks`` says what)."""
+    passed: list[dict[str, str]] = []
+    for sp in order:
+        if lacking[sp.name]:
+            passed.append({"space": sp.name, "reason": (
+                f"space {sp.name!r} is incomplete: " + lacks.format(n=lacking[sp.name]))})
+    # complete spaces first; an incomplete one still beats no answer at all
+    candidates = sorted(order, key=lambda sp: bool(lacking[sp.name]))
+    for n, sp in enumerate(candidates, 1):
+        # Cut the wait short only for a remote provider (a local model loading is no
+        # outage) and only when another space can answer instead.
+        remote = any(e.type == "openai" for e in sp.chain)
+        timeout = cfg.query_timeout_s if remote and n < len(candidates) else None
+        try:
+            vector = _embed_query(sp, query, timeout)
+        except EmbedError as exc:
+            passed.append({"space": sp.name, "reason": str(exc)})
+            continue
+        hits = run_query(sp, vector)
+        return SearchResult(
+            [_hit(h) for h in hits], sp.name, degraded=bool(passed),
+            reason="; ".join(p["reason"] for p in passed) or None, passed_over=passed)
     raise EmbedError(
         f"No space of KB '{cfg.kb}' could answer: "
         + "; ".join(p["reason"] for p in passed)

@@ -106,3 +106,48 @@ def test_search_before_the_first_build_says_to_build(tmp_path: Path) -> None:
     res = kb.cli("search", "anything")
     assert res.code == 2
     assert "has not been built yet" in res.stderr and "kbguard rebuild" in res.stderr
+
+
+def _json_commands() -> list[tuple[tuple[str, ...], typer.core.TyperCommand]]:
+    """Every command that has a --json option, by its path of names."""
+    def walk(group, prefix: tuple[str, ...]):
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):
+                yield from walk(cmd, (*prefix, name))
+            elif any("--json" in getattr(p, "opts", ()) for p in cmd.params):
+                yield (*prefix, name), cmd
+    return list(walk(typer.main.get_command(app), ()))
+
+
+def _one_json_error(res, code: int) -> dict:
+    """The run printed exactly one JSON object, an error with its exit code."""
+    err = json.loads(res.stdout)   # anything but one JSON value does not parse
+    assert isinstance(err, dict) and {"error", "exit_code"} <= err.keys(), res.stdout
+    exit_code = res.exit_code if hasattr(res, "exit_code") else res.code
+    assert err["exit_code"] == exit_code == code, (res.stdout, res.stderr)
+    return err
+
+
+def test_every_json_run_prints_one_json_object_when_it_fails(built_kb, tmp_path: Path) -> None:
+    commands = _json_commands()
+    assert {("status",), ("search",), ("restore",), ("snapshot", "prune"),
+            ("snapshot", "verify"), ("drill",)} <= {path for path, _ in commands}
+    runner = CliRunner()
+    nowhere = str(tmp_path / "nowhere.toml")
+    for path, cmd in commands:
+        needed = ["x" for p in cmd.params if p.param_type_name == "argument" and p.required]
+        res = runner.invoke(app, [*path, *needed, "--json", "--config", nowhere])
+        assert "No config at" in _one_json_error(res, 2)["error"], path
+        res = runner.invoke(app, [*path, *needed, "--json", "--no-such-option"])
+        assert "--no-such-option" in _one_json_error(res, 2)["error"], path
+
+    # refusals: what replaces or deletes data, run without --yes where nobody can be asked
+    kb = built_kb(tmp_path / "kb")
+    first, second = (kb.cli_json("snapshot", "create")["id"] for _ in range(2))
+    for args in (["restore", "--latest"], ["restore", first],
+                 ["restore", "--from-qdrant-snapshot", str(tmp_path / "shard.snapshot")],
+                 ["snapshot", "prune", "--keep-last", "1"]):
+        res = kb.cli(*args, "--json")
+        assert "Pass --yes to confirm" in _one_json_error(res, 2)["error"], args
+        assert "Pass --yes to confirm" in res.stderr
+    assert [s["id"] for s in kb.cli_json("snapshot", "list")["snapshots"]] == [first, second]

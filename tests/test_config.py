@@ -70,6 +70,8 @@ def _nothing_written(tmp_path: Path) -> None:
     (BASE.replace('provider = "fake"\n', 'model = "fake-hash"\n'),
      "[[spaces]] #1: model 'fake-hash' of space 'local' has no local copy"),
     ('[kb]\nname = "t"\n[corpus]\npath = "corpus"\n', "missing [[spaces]] table"),
+    (BASE.replace('provider = "fake"\n', 'model = "m"\nproviders = []\n'),
+     "[[spaces]] #1: providers is empty, and a space needs at least one provider"),
     (BASE + '[[spaces]]\nname = "local"\nprovider = "fake"\n', "space names must be unique"),
 ])
 def test_a_config_mistake_is_one_clear_error_and_nothing_is_written(

@@ -144,6 +144,11 @@ def test_a_kb_never_built_is_estimated_without_creating_anything(tmp_path: Path)
     assert not (tmp_path / "state").exists()
     inc = est["scenarios"]["incremental"]
     assert inc["seconds"] is None and "--calibrate" in inc["basis"]
+    # every document was parsed for the estimate just now: that pace prices a full re-embed
+    full = est["scenarios"]["full_reembed"]
+    assert full["stages"]["parse"] is not None and full["stages"]["parse"] > 0
+    assert "parse at the pace measured now" in full["basis"]
+    assert "no document parsed" not in full["basis"]
     report = _rebuild(kb)
     assert inc["texts"] == report["chunks"]["embedded"]
     assert inc["tokens"] == report["cost"]["tokens"]

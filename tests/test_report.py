@@ -14,7 +14,8 @@ import pytest
 from conftest import KB
 
 from kbguard.manifest import Manifest, now
-from kbguard.report import EMPTY, NO_RECOVERY
+from kbguard.report import (EMPTY, NO_RECOVERY, ReportData, _findings_chart, _recovery_chart,
+                            _size_chart)
 
 CHARTS = ("recovery", "findings", "spend", "size")
 NASTY_SCENARIO = "<b>bold</b> lost"
@@ -250,3 +251,34 @@ def test_bad_output_and_missing_manifest_are_refused_and_nothing_is_written(
         "`kbguard rebuild`.")
     assert out.read_text() == "the previous report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kb", "r.html"]
+
+
+def _history(*times: str) -> ReportData:
+    """A history of one drill, one check and one rebuild at each of ``times``."""
+    return ReportData(
+        kb="t", generated_at=times[-1], manifest="m.duckdb",
+        objectives={"single_failure_s": 900.0, "full_rebuild_s": 3600.0},
+        drills=[{"drill_id": i, "scenario": "store-lost", "started_at": t, "status": "passed",
+                 "healthy": True, "detection_s": 1.0, "recovery_s": 12.0, "objective_s": 900.0,
+                 "cost_usd": 0.0, "message": None} for i, t in enumerate(times)],
+        checks=[{"run_id": i, "kind": "verify", "started_at": t, "status": "findings",
+                 "points_checked": 10, "findings": {"missing_points": 3}}
+                for i, t in enumerate(times)],
+        spend=[], sizes=[{"run_id": i, "kind": "rebuild", "finished_at": t, "documents": 34,
+                          "chunks": 805} for i, t in enumerate(times)])
+
+
+@pytest.mark.parametrize("chart", [_recovery_chart, _findings_chart, _size_chart],
+                         ids=["recovery", "findings", "size"])
+def test_a_time_axis_with_one_moment_spans_days_not_milliseconds(chart) -> None:
+    fig, points, _ = chart(_history("2026-12-05 17:55:12"))
+    assert points == 1
+    lo, hi = (datetime.fromisoformat(x) for x in fig.layout.xaxis.range)
+    assert (lo, hi) == (datetime(2026, 12, 4, 17, 55, 12), datetime(2026, 12, 6, 17, 55, 12))
+    for trace in fig.data:   # a bar is hours wide, not a millisecond (the axis is in ms)
+        if trace.type == "bar":
+            assert trace.width == 4 * 3600 * 1000
+    # two moments: Plotly's own range fits them
+    fig, points, _ = chart(_history("2026-12-05 17:55:12", "2026-12-06 03:00:00"))
+    assert points == 2 and fig.layout.xaxis.range is None
+    assert all(trace.width is None for trace in fig.data if trace.type == "bar")

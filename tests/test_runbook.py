@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+from typer.testing import CliRunner
+
+from kbguard.cli.main import app
 from kbguard.manifest import Manifest
 from kbguard.runbook import FAILURES
 from tests.conftest import DVC, KB, git_dvc_repo, make_kb
@@ -124,3 +131,43 @@ def test_runbook_works_before_the_first_build(tmp_path: Path) -> None:
     assert "not yet drilled" in res.stdout
     assert not (tmp_path / "state").exists()
 
+
+
+def _command(text: str, starts: str) -> list[str]:
+    """The runbook's command line that starts with ``starts``, as a process runs it."""
+    line = next(line for line in text.splitlines() if line.startswith(starts))
+    args = shlex.split(line.partition("#")[0])
+    assert args[0] == "kbguard"
+    return [sys.executable, "-m", "kbguard", *args[1:]]
+
+
+def test_the_config_path_is_written_as_given_and_where_to_run_from(
+        built_kb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kb = built_kb(tmp_path / "kb")
+    monkeypatch.chdir(kb.root)   # the config's own folder: an absolute path stays absolute
+    text = CliRunner().invoke(app, ["runbook", "--config", str(kb.config_path)]).stdout
+    assert f"kbguard verify --repair --config {kb.config_path}" in text
+    assert "run them from any folder" in text
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(_command(text, "kbguard status --config"), cwd=elsewhere,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "KB 'testkb'" in done.stdout, done.stderr
+
+    monkeypatch.chdir(tmp_path)   # a relative path holds from one folder: the runbook names it
+    text = CliRunner().invoke(app, ["runbook", "--config", "kb/kbguard.toml"]).stdout
+    assert "kbguard verify --repair --config kb/kbguard.toml" in text
+    assert f"Run the commands from `{tmp_path}`" in text
+    done = subprocess.run(_command(text, "kbguard status --config"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "KB 'testkb'" in done.stdout, done.stderr
+
+
+def test_a_killed_rebuild_is_described_with_the_status_it_shows(built_kb) -> None:
+    kb = built_kb()
+    with Manifest.open(kb.cfg.manifest) as m:
+        m.start_run("rebuild")   # what a killed rebuild leaves: a run that never ended
+    shown = kb.cli_json("status")["last_run"]["status"]
+    assert shown == "interrupted"
+    section = _section(kb.cli("runbook").stdout, "killed-rebuild")
+    assert f"shows the last run as `{shown}` after a kill" in section

@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar, overload
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from kbguard.config import DEFAULT_CONFIG, Config, load_config
 from kbguard.errors import KbguardError, LockedError
@@ -64,6 +65,29 @@ def exit_code_for(outcome: BaseException | Any) -> int:
     if verdict is not None:
         return int(verdict)   # a Verdict's value is its documented exit code
     return EXIT_OK
+
+
+class JsonErrorsGroup(TyperGroup):
+    """The command group: a usage error (an unknown option, a bad value, a missing argument)
+    of a run with ``--json`` is printed as JSON too, as ``guarded`` prints every other error,
+    so that every ``--json`` run prints one JSON object."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if "--json" in args:
+            ctx.meta[_JSON_RUN] = True   # meta is shared with the subcommands' contexts
+        return super().resolve_command(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:   # the base of the errors click shows
+            if ctx.meta.get(_JSON_RUN):
+                emit_json({"error": exc.format_message(), "error_type": "UsageError",
+                           "exit_code": exc.exit_code})
+            raise   # click shows it on stderr, with the usage, and exits with its code
+
+
+_JSON_RUN = "kbguard.json"
 
 
 # what Ctrl-C means for most commands: they commit as they go

@@ -209,6 +209,9 @@ def _print_status(st: dict[str, Any]) -> None:
             stdout.print(f"             error: {run['error']}")
     else:
         stdout.print("  last run   none")
+    if st.get("rebuild"):
+        stdout.print(f"  rebuild    {_progress_line(st['rebuild'])}; the corpus is checked "
+                     "once it has finished")
     check = st.get("last_check")
     if check:
         found = ", ".join(f"{k} {v}" for k, v in check["findings"].items())
@@ -237,6 +240,16 @@ def _print_status(st: dict[str, Any]) -> None:
                          f"{p['removed']} removed; run `kbguard rebuild`")
 
 
+def _progress_line(run: dict[str, Any]) -> str:
+    """A running rebuild's progress: its current stage and the stages before it."""
+    def stage(s: dict[str, Any]) -> str:
+        return s["name"] + (f" {s['done']}/{s['total']}" if s.get("total") else "")
+    *done, current = run["stages"] or [{"name": "starting", "total": None}]
+    line = (f"running now (pid {run['pid']}, run #{run.get('run_id') or '?'}, "
+            f"{human_duration(run['seconds'])}): {stage(current)}")
+    return line + (f" (done: {', '.join(stage(s) for s in done)})" if done else "")
+
+
 @guarded
 def search_cmd(
     query: Annotated[str, typer.Argument(help="The text to search for.")],
@@ -252,6 +265,9 @@ def search_cmd(
     if json_out:
         emit_json({"query": query, **result.to_dict()})
         return
+    if result.rebuild:
+        stderr.print(f"A rebuild is {_progress_line(result.rebuild)}; answered from its "
+                     "store as written so far.")
     if result.degraded:
         stderr.print(f"Answered from space {result.space!r}: {result.reason}")
     if not hits:

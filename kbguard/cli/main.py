@@ -6,6 +6,7 @@ import typer
 
 from kbguard.cli import (drill_commands, kb_commands, report_commands, runbook_commands,
                          snapshot_commands, verify_commands)
+from kbguard.cli.common import JsonErrorsGroup
 
 app = typer.Typer(
     name="kbguard",
@@ -13,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=JsonErrorsGroup,
 )
 kb_commands.register(app)
 snapshot_commands.register(app)

@@ -30,7 +30,7 @@ def runbook_cmd(
     if output is not None and not output.parent.is_dir():
         raise KbguardError(f"{output.parent} is not a folder; create it or choose another "
                            "--output.")
-    text = render_runbook(cfg)
+    text = render_runbook(cfg, config_path=config)
     if output is None:
         stdout.out(text, end="", highlight=False)
         return

@@ -8,10 +8,9 @@ from typing import Annotated
 
 import typer
 
-from kbguard.cli.common import (DEFAULT_CONFIG_PATH, EXIT_ERROR, ConfigOpt, JsonOpt, QuietOpt,
-                                RichProgress, emit_json, exit_code_for, guarded, load, stderr,
-                                stdout)
-from kbguard.errors import SnapshotError
+from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
+                                emit_json, exit_code_for, guarded, load, stderr, stdout)
+from kbguard.errors import NotConfirmed, SnapshotError
 from kbguard.restore import RestoreReport, restore, restore_from_qdrant_snapshot
 from kbguard.snapshot import (create_snapshot, list_snapshots, prune_snapshots,
                               verify_snapshot)
@@ -38,11 +37,9 @@ def _confirm(question: str, flag: str) -> None:
     """Ask on a terminal; anywhere else the flag is required (a script never hangs)."""
     if sys.stdin.isatty():
         if not typer.confirm(question, default=False, err=True):
-            stderr.print("Nothing changed.")
-            raise typer.Exit(EXIT_ERROR)
+            raise NotConfirmed("Not confirmed: nothing changed.")
         return
-    stderr.print(f"Error: {question} Pass {flag} to confirm.")
-    raise typer.Exit(EXIT_ERROR)
+    raise NotConfirmed(f"{question} Pass {flag} to confirm.")
 
 
 def _size(n: int | None) -> str:
