@@ -135,6 +135,7 @@ def json_outputs() -> dict[str, list[str]]:
         run("snapshot prune --dry-run", "snapshot", "prune", "--keep-last", "1", "--dry-run")
         run("restore", "restore", str(snap["id"]), "--yes")
         run("report", "report", "-o", str(report))
+        run("drill store-lost", "drill", "store-lost")
         (corpus / "doc0.md").write_text("# Document 0\n\nChanged text of the first document.\n")
         run("rebuild (incremental)", "rebuild")
         run("error (restore without --yes)", "restore", "--latest", expect=None)
