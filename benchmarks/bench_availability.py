@@ -20,7 +20,7 @@ Three ways, interleaved run by run:
 Then two closer looks: the store lock alone (30,000 points upserted and flushed in batches of
 256 into an Edge store, bare and through ``SharedStore``, alternately), and `kbguard status`
 and `kbguard search` as processes (start-up included) on a small KB, idle and while a rebuild
-is held at its first store write (kbguard.faults).
+is held at its first store write (kbguard.core.faults).
 
     .venv/bin/python benchmarks/bench_availability.py --before /tmp/kbguard-before --runs 3
 """
@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 
 import kbguard  # noqa: E402
 from kbguard.errors import LockedError  # noqa: E402
-from kbguard.read_service import SharedStore  # noqa: E402
+from kbguard.kb.read_service import SharedStore  # noqa: E402
 from kbguard.store import Point, VectorSpec, open_store  # noqa: E402
 
 ENV = {**os.environ, "DO_NOT_TRACK": "1", "SCARF_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}

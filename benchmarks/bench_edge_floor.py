@@ -4,7 +4,7 @@ kbguard's verify must get every point's vector (bit for bit) and payload out of 
 its restore must put every point in and read it back. This script times only the calls that
 any Python program doing that through `qdrant_edge` must make, on points shaped like
 kbguard's (a canonical UUID id, one 384-d float32 vector, the six-key payload of
-`kbguard.rebuild.point_payload` with ~60 words of text), and nothing of kbguard's own work:
+`kbguard.ingest.rebuild.point_payload` with ~60 words of text), and nothing of kbguard's own work:
 
 - write: build the bindings' `Point` objects (vector as a float32 buffer, the fastest input
   the bindings take), `update` in batches of 1,024, `flush`;
@@ -45,7 +45,7 @@ BATCH = 1024
 
 
 def make_points(n: int, dim: int, seed: int) -> tuple[list[str], np.ndarray, list[dict]]:
-    from kbguard.kb import point_payload
+    from kbguard.ingest.plan import point_payload
 
     rng = np.random.default_rng(seed)
     vecs = rng.standard_normal((n, dim)).astype(np.float32)

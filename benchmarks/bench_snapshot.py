@@ -46,11 +46,12 @@ sys.path.insert(0, str(HERE.parent))
 
 from kbguard.config import load_config  # noqa: E402
 from kbguard.manifest import Manifest, vector_bytes, vector_checksum  # noqa: E402
-from kbguard.kb import point_payload, store_for, vector_specs  # noqa: E402
-import kbguard.restore as restore_mod  # noqa: E402
-from kbguard.restore import restore  # noqa: E402
-import kbguard.snapshot as snapshot_mod  # noqa: E402
-from kbguard.snapshot import create_snapshot  # noqa: E402
+from kbguard.ingest.plan import point_payload  # noqa: E402
+from kbguard.store import store_for, vector_specs  # noqa: E402
+import kbguard.recovery.restore as restore_mod  # noqa: E402
+from kbguard.recovery.restore import restore  # noqa: E402
+import kbguard.recovery.snapshot as snapshot_mod  # noqa: E402
+from kbguard.recovery.snapshot import create_snapshot  # noqa: E402
 from kbguard.store import Point  # noqa: E402
 from synthetic import write_synthetic_config  # noqa: E402
 

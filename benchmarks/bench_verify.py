@@ -39,11 +39,11 @@ mode, config = sys.argv[1], sys.argv[2]
 cfg = load_config(config)
 t = time.perf_counter()
 if mode == "verify":
-    from kbguard.verify import verify_kb
+    from kbguard.integrity.verify import verify_kb
     r = verify_kb(cfg)
     out = {"points": r.points_checked, "findings": r.total, "exit_code": r.exit_code}
 else:
-    from kbguard.kb import store_for
+    from kbguard.store import store_for
     n = 0
     with store_for(cfg) as store:
         store.will_read_all()

@@ -18,25 +18,25 @@ needs it, such as the parsers.
 from __future__ import annotations
 
 from kbguard.config import Config, init_config, load_config
-from kbguard.drill import DrillReport, DrillResult, DrillStep, drill_kb
+from kbguard.operations.drill import DrillReport, DrillResult, DrillStep, drill_kb
 from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, LockedError,
                             ManifestError, ParseError, ProviderUnavailable, RestoreNeeded,
                             RestorePending, SnapshotDamaged, SnapshotError, StoreError,
                             StoreUnavailable)
-from kbguard.estimate import EstimateReport, Scenario, estimate as estimate_rebuild
-from kbguard.rebuild import RebuildReport, rebuild as rebuild_kb
-from kbguard.repair import RepairReport, repair_kb
-from kbguard.report import ReportResult, write_report
-from kbguard.restore import RestoreReport, restore as restore_snapshot
-from kbguard.runbook import render_runbook
-from kbguard.search import SearchHit, SearchResult, search as search_kb
-from kbguard.snapshot import (CreateReport, PruneReport, SnapshotCheck, SnapshotEntry,
+from kbguard.operations.estimate import EstimateReport, Scenario, estimate as estimate_rebuild
+from kbguard.ingest.rebuild import RebuildReport, rebuild as rebuild_kb
+from kbguard.integrity.repair import RepairReport, repair_kb
+from kbguard.operations.report import ReportResult, write_report
+from kbguard.recovery.restore import RestoreReport, restore as restore_snapshot
+from kbguard.operations.runbook import render_runbook
+from kbguard.operations.search import SearchHit, SearchResult, search as search_kb
+from kbguard.recovery.snapshot import (CreateReport, PruneReport, SnapshotCheck, SnapshotEntry,
                               create_snapshot, list_snapshots, prune_snapshots, verify_snapshot)
-from kbguard.status import StatusReport, kb_status
-from kbguard.verify import Verdict, VerifyReport, verify_kb
+from kbguard.operations.status import StatusReport, kb_status
+from kbguard.integrity.verify import Verdict, VerifyReport, verify_kb
 
-# No public name is also a module's name (kbguard.rebuild, kbguard.verify, ...): a function
-# bound over a submodule would break `import kbguard.verify as v` and monkeypatching.
+# No public name is also a module's name (kbguard.ingest.rebuild, kbguard.integrity.verify, ...): a function
+# bound over a submodule would break `import kbguard.integrity.verify as v` and monkeypatching.
 __all__ = [
     "load_config", "init_config", "Config",
     "rebuild_kb", "RebuildReport", "kb_status", "StatusReport", "search_kb", "SearchResult", "SearchHit",

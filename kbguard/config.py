@@ -30,7 +30,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 from kbguard.errors import ConfigError, CorpusError
 from kbguard.providers.settings import (EnvName, FakeProviderSettings, OpenAIProviderSettings,
                                         ProviderSettings, SentenceTransformersProviderSettings)
-from kbguard.durable import atomic_write_text
+from kbguard.core.durable import atomic_write_text
 from kbguard.providers.openai_api import OPENAI_MODELS
 
 DEFAULT_CONFIG = "kbguard.toml"
@@ -74,7 +74,7 @@ class ParsingTable(_Table):
     @field_validator("read_as")
     @classmethod
     def _known_formats(cls, value: dict[str, str]) -> dict[str, str]:
-        from kbguard.parse import SUPPORTED_SUFFIXES
+        from kbguard.ingest.parse import SUPPORTED_SUFFIXES
 
         out = {}
         for suffix, fmt in value.items():

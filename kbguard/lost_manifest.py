@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from kbguard.config import Config
 from kbguard.errors import ManifestError, ManifestLost
-from kbguard.snapshot import list_snapshots
+from kbguard.recovery.snapshot import list_snapshots
 
 
 def store_on_disk(cfg: Config) -> bool:

@@ -27,12 +27,12 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from kbguard.disk import disk_full, file_in_message, is_disk_full, is_read_only_error, not_writable
+from kbguard.core.disk import disk_full, file_in_message, is_disk_full, is_read_only_error, not_writable
 from kbguard.errors import KbguardError, LockedError, ManifestError, ManifestReadOnly
-from kbguard.faults import crash_point
-from kbguard.lock import lock_holder, locked_error
+from kbguard.core.faults import crash_point
+from kbguard.core.lock import lock_holder, locked_error
 from kbguard.migrations import MIGRATIONS
-from kbguard.redact import scrub_data
+from kbguard.core.redact import scrub_data
 from kbguard.store.base import Point, Store
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -88,7 +88,7 @@ class Manifest:
         # Every method goes through _db. Until open() has checked the file, its errors stay
         # DuckDB's: open() translates them knowing whether it opened to read or to write.
         self._db = _Connection(con, path, translate_all=False)
-        # Raw SQL for kbguard.verify until its queries move behind methods here: it tells a
+        # Raw SQL for kbguard.integrity.verify until its queries move behind methods here: it tells a
         # manifest it cannot read from one it can by catching duckdb.Error itself.
         self.con: Any = _Connection(con, path, translate_all=False)
 
@@ -239,7 +239,7 @@ class Manifest:
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """The first value of raw ``sql``; raises DuckDB's own errors, as ``con`` does (for
-        kbguard.verify, see ``__init__``)."""
+        kbguard.integrity.verify, see ``__init__``)."""
         return self.con.execute(sql, list(params)).fetchone()[0]
 
     def checkpoint(self) -> None:

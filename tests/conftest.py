@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from kbguard import providers
 from kbguard.cli.main import app
 from kbguard.config import Config, load_config
-from kbguard.durable import copy_sparse
+from kbguard.core.durable import copy_sparse
 from tests.openai_server import OpenAIServer
 
 BACKENDS = ["edge", "qdrant"]
@@ -200,7 +200,7 @@ def clean_edited_build(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
 
 def store_contents(cfg: Config) -> dict[str, tuple[dict[str, bytes], dict]]:
     """Every point of the KB's store: id -> (vector bytes per name, payload)."""
-    from kbguard.kb import store_for
+    from kbguard.store import store_for
 
     out: dict[str, tuple[dict[str, bytes], dict]] = {}
     with store_for(cfg) as store:

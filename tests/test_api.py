@@ -86,11 +86,11 @@ def test_importing_kbguard_changes_no_global_state() -> None:
                               if k not in ("DO_NOT_TRACK", "SCARF_NO_ANALYTICS",
                                            "UNSTRUCTURED_DISABLE_NOTICE")})
     assert out.returncode == 0, out.stderr
-    assert "'kbguard.rebuild'" in out.stdout
+    assert "'kbguard.ingest.rebuild'" in out.stdout
 
 
 def test_errors_carry_what_callers_act_on(tmp_path: Path) -> None:
-    from kbguard.lock import kb_lock
+    from kbguard.core.lock import kb_lock
 
     cfg = _built(tmp_path)
     with kb_lock(cfg.manifest, "snapshot create"):
@@ -99,7 +99,7 @@ def test_errors_carry_what_callers_act_on(tmp_path: Path) -> None:
     assert (err.value.pid, err.value.command) == (os.getpid(), "snapshot create")
 
     snap = kbguard.create_snapshot(cfg)
-    from kbguard.snapshot import POINTS_FILE, verify_folder
+    from kbguard.recovery.snapshot import POINTS_FILE, verify_folder
 
     points = Path(snap.path) / POINTS_FILE
     points.write_bytes(points.read_bytes()[:-10] + b"0123456789")
@@ -111,7 +111,7 @@ def test_errors_carry_what_callers_act_on(tmp_path: Path) -> None:
 
 def test_exit_codes_are_decided_in_one_place() -> None:
     from kbguard.cli.common import exit_code_for
-    from kbguard.snapshot import SnapshotCheck
+    from kbguard.recovery.snapshot import SnapshotCheck
 
     assert exit_code_for(kbguard.LockedError("busy", pid=1)) == 3
     assert exit_code_for(kbguard.ConfigError("bad")) == 2

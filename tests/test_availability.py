@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kbguard.lock import kb_lock
-from kbguard.read_service import SharedStore
+from kbguard.core.lock import kb_lock
+from kbguard.kb.read_service import SharedStore
 from kbguard.store import Point, VectorSpec, open_store
 from tests.conftest import KB, edit_corpus, make_kb, manifest_chunk_ids
 from tests.openai_server import OpenAIServer
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow  # each test holds a real rebuild in another proce
 
 @contextmanager
 def paused_rebuild(kb: KB, at: str, *args: str) -> Iterator[subprocess.Popen]:
-    """`kbguard rebuild` in another process, held at the point ``at`` (kbguard.faults) while
+    """`kbguard rebuild` in another process, held at the point ``at`` (kbguard.core.faults) while
     the block runs, then let go; the block's caller checks how it ended."""
     flag = kb.root / "rebuild-paused"
     proc = subprocess.Popen(

@@ -11,10 +11,10 @@ from conftest import KB, make_kb, manifest_chunk_ids, store_contents
 from typer.testing import CliRunner
 
 from kbguard.cli.main import app
-from kbguard.lock import kb_lock
+from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest
-from kbguard.progress import Progress
-from kbguard.rebuild import rebuild
+from kbguard.core.progress import Progress
+from kbguard.ingest.rebuild import rebuild
 
 
 class _DeleteAtParse(Progress):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import store_contents
 
-from kbguard.chaos import ACTIONS, inject
+from kbguard.integrity.chaos import ACTIONS, inject
 from kbguard.errors import KbguardError
 
 
@@ -45,7 +45,7 @@ def test_unknown_action_and_impossible_counts_are_clear_errors(built_kb) -> None
 
 
 def test_every_action_is_documented() -> None:
-    import kbguard.chaos as chaos
+    import kbguard.integrity.chaos as chaos
 
     # the first word of each row of the table in the module docstring, header aside
     documented = set(re.findall(r"^    ([a-z]+(?:-[a-z]+)*) ", chaos.__doc__ or "", re.M))

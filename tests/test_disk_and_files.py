@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from conftest import BACKENDS, KB, long_markdown, make_kb, manifest_chunk_ids, store_contents
 
-from kbguard.disk import free_bytes
-from kbguard.durable import atomic_write_text
+from kbguard.core.disk import free_bytes
+from kbguard.core.durable import atomic_write_text
 from kbguard.errors import DiskFullError
 from kbguard.manifest import Manifest
-from kbguard.progress import Progress
-from kbguard.rebuild import rebuild
+from kbguard.core.progress import Progress
+from kbguard.ingest.rebuild import rebuild
 from kbguard.store import Point, VectorSpec
 from kbguard.store.edge import EdgeStore
 
@@ -163,7 +163,7 @@ def test_snapshot_root_on_a_full_disk(tmp_path: Path, mounts: list[Path]) -> Non
 
     # Room for the estimate, then the disk fills while the files are written: still one
     # clear error, and no partial snapshot left behind.
-    from kbguard.snapshot import create_snapshot
+    from kbguard.recovery.snapshot import create_snapshot
 
     for stage in ("snapshot points", "snapshot manifest"):
         with pytest.raises(DiskFullError) as err:

@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from kbguard.drill import SCENARIOS
+from kbguard.operations.drill import SCENARIOS
 from kbguard.manifest import Manifest
 from tests.conftest import BACKENDS, DVC, KB, edit_corpus, git_dvc_repo, make_kb, write_config
 from tests.openai_server import OpenAIServer
@@ -254,7 +254,7 @@ def test_scratch_copies_are_kept_where_asked(tmp_path: Path, built_kb) -> None:
 
 
 def test_a_busy_live_kb_is_not_copied_half_way(tmp_path: Path, built_kb) -> None:
-    from kbguard.lock import kb_lock
+    from kbguard.core.lock import kb_lock
 
     kb = built_kb()
     with kb_lock(kb.cfg.manifest, "rebuild"):
@@ -491,7 +491,7 @@ def test_an_interrupted_drill_says_it_starts_over_and_leaves_no_copy(tmp_path: P
 
 def test_a_drill_whose_recovery_was_not_timed_does_not_pass(
         tmp_path: Path, built_kb, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kbguard import drill
+    from kbguard.operations import drill
 
     kb = built_kb()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kbguard.lock import kb_lock
+from kbguard.core.lock import kb_lock
 from tests.conftest import KB, edit_corpus, long_markdown, make_kb
 from tests.openai_server import OpenAIServer
 from tests.test_spaces import api_kb

@@ -14,8 +14,8 @@ import pytest
 from conftest import KB, edit_corpus, store_contents
 
 from kbguard.manifest import Manifest
-from kbguard.restore import pending_restore
-from kbguard.snapshot import (ENGINE, META_FILE, SHARD_DIR, engine_version, read_meta,
+from kbguard.recovery.restore import pending_restore
+from kbguard.recovery.snapshot import (ENGINE, META_FILE, SHARD_DIR, engine_version, read_meta,
                               render_meta, snapshot_folder, verify_folder)
 
 

@@ -71,4 +71,4 @@ def test_the_check_finds_a_cycle() -> None:
 
 
 def test_verify_leaves_the_metrics_to_its_caller() -> None:
-    assert "kbguard.prom" not in _graph()["kbguard.verify"]
+    assert "kbguard.integrity.prom" not in _graph()["kbguard.integrity.verify"]

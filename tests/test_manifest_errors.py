@@ -12,7 +12,7 @@ from conftest import make_kb
 
 from kbguard.errors import ManifestError
 from kbguard.manifest import Manifest
-from kbguard.rebuild import rebuild
+from kbguard.ingest.rebuild import rebuild
 
 OTTERS = "# Changed\n\nA new text about otters and the rivers they live in.\n"
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from kbguard.chunk import chunk_elements
+from kbguard.ingest.chunk import chunk_elements
 from kbguard.config import SpaceConfig
 from kbguard.embed import FakeEmbedder
-from kbguard.parse import parse_file
-from kbguard.parse_markdown import is_html_element
+from kbguard.ingest.parse import parse_file
+from kbguard.ingest.parse_markdown import is_html_element
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = sorted((ROOT / "samples" / "corpus").rglob("*.md")) + sorted(

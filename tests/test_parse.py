@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kbguard.errors import ParseError
-from kbguard.parse import Element, parse_file
+from kbguard.ingest.parse import Element, parse_file
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "corpus"
 

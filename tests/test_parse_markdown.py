@@ -7,8 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from kbguard.parse import parse_file
-from kbguard.parse_markdown import is_html_element
+from kbguard.ingest.parse import parse_file
+from kbguard.ingest.parse_markdown import is_html_element
 
 
 def _parse(tmp_path: Path, source: str) -> list[tuple[str, str, int]]:
@@ -112,7 +112,7 @@ def test_what_counts_as_an_html_element() -> None:
 def test_markdown_needs_neither_unstructured_nor_spacy(tmp_path: Path) -> None:
     p = tmp_path / "a.md"
     p.write_text("# Title\n\nSome text.\n")
-    code = ("import sys; from pathlib import Path; from kbguard.parse import parse_file; "
+    code = ("import sys; from pathlib import Path; from kbguard.ingest.parse import parse_file; "
             f"assert parse_file(Path({str(p)!r})); "
             "print(sorted(m for m in ('unstructured', 'spacy', 'docutils') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

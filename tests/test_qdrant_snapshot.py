@@ -19,7 +19,7 @@ import pytest
 from conftest import KB, FAKE_DIM, edit_corpus, make_kb, manifest_chunk_ids, store_contents
 
 from kbguard.errors import SnapshotWrongModel
-from kbguard.restore import pending_restore, restore_from_qdrant_snapshot
+from kbguard.recovery.restore import pending_restore, restore_from_qdrant_snapshot
 from kbguard.store import Point, VectorSpec
 from kbguard.store.edge import EdgeStore
 from tests.openai_server import OpenAIServer

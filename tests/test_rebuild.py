@@ -164,9 +164,9 @@ def test_an_empty_corpus_says_that_nothing_matched(tmp_path: Path) -> None:
 
 def test_a_new_parser_version_rechunks_every_document(built_kb, monkeypatch) -> None:
     kb = built_kb(docs=2)
-    import kbguard.parse
+    import kbguard.ingest.parse
 
-    monkeypatch.setattr(kbguard.parse, "PARSER_VERSION", kbguard.parse.PARSER_VERSION + 1)
+    monkeypatch.setattr(kbguard.ingest.parse, "PARSER_VERSION", kbguard.ingest.parse.PARSER_VERSION + 1)
     report = kb.cli_json("rebuild")
     assert report["documents"]["changed"] == 2 and report["chunks"]["embedded"] == 0
     assert kb.cli_json("rebuild")["documents"]["changed"] == 0

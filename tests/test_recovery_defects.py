@@ -251,7 +251,7 @@ def test_no_manifest_and_an_empty_collection_name_is_a_clear_error(tmp_path: Pat
 # -- a killed rebuild -------------------------------------------------------------------------
 
 def test_status_after_a_killed_rebuild_says_interrupted(tmp_path: Path) -> None:
-    from kbguard.lock import lock_holder
+    from kbguard.core.lock import lock_holder
 
     kb = make_kb(tmp_path)
     killed = kb.subprocess("rebuild", "--quiet", env={"KBGUARD_CRASH_AT": "embed-batch:2"})
@@ -271,7 +271,7 @@ def test_status_after_a_killed_rebuild_says_interrupted(tmp_path: Path) -> None:
 
 
 def test_lock_holder_names_a_live_holder_only(tmp_path: Path) -> None:
-    from kbguard.lock import kb_lock, lock_holder
+    from kbguard.core.lock import kb_lock, lock_holder
 
     manifest = tmp_path / "m.duckdb"
     assert lock_holder(manifest) is None

@@ -14,7 +14,7 @@ import pytest
 from conftest import KB
 
 from kbguard.manifest import Manifest, now
-from kbguard.report import (EMPTY, NO_RECOVERY, ReportData, _findings_chart, _recovery_chart,
+from kbguard.operations.report import (EMPTY, NO_RECOVERY, ReportData, _findings_chart, _recovery_chart,
                             _size_chart)
 
 CHARTS = ("recovery", "findings", "spend", "size")

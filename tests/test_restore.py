@@ -14,10 +14,10 @@ from conftest import (KB, edit_corpus, long_markdown, manifest_chunk_ids, store_
 
 from kbguard.errors import StoreError
 from kbguard.manifest import Manifest
-from kbguard.restore import _verify_copy, pending_restore
-from kbguard.snapshot import read_meta, snapshot_folder
+from kbguard.recovery.restore import _verify_copy, pending_restore
+from kbguard.recovery.snapshot import read_meta, snapshot_folder
 from kbguard.store import Point
-from kbguard.kb import store_for
+from kbguard.store import store_for
 
 
 def _snapshot(kb: KB) -> str:
@@ -208,7 +208,7 @@ def store_contents_ids(store) -> list[str]:
 
 
 def _silent():
-    from kbguard.progress import SILENT
+    from kbguard.core.progress import SILENT
 
     return SILENT
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import DVC, git_dvc_repo
 
 from kbguard.manifest import DocumentRow
-from kbguard.scan import file_md5, matches, scan_corpus
-from kbguard.dvc_corpus import dvc_view
+from kbguard.ingest.scan import file_md5, matches, scan_corpus
+from kbguard.ingest.dvc_corpus import dvc_view
 
 
 def test_globs() -> None:

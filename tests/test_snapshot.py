@@ -14,7 +14,7 @@ import pytest
 from conftest import DVC, KB, git_dvc_repo, make_kb, store_contents
 
 from kbguard.errors import SnapshotError
-from kbguard.snapshot import (DATA_FILES, META_FILE, SnapshotDamaged, SnapshotEntry,
+from kbguard.recovery.snapshot import (DATA_FILES, META_FILE, SnapshotDamaged, SnapshotEntry,
                               create_snapshot, plan_prune, read_meta, render_meta,
                               snapshot_folder, verify_folder)
 

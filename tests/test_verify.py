@@ -1,7 +1,7 @@
 """`kbguard verify`: each injected fault is reported as exactly its class, and `--repair` heals it.
 
 Every test builds a real KB (real DuckDB manifest, real store under tmp_path, the fake embedder),
-damages it with `kbguard.chaos`, and reads the verdict through the CLI.
+damages it with `kbguard.integrity.chaos`, and reads the verdict through the CLI.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 from benchmarks.synthetic import fill_synthetic
 from conftest import KB, long_markdown, make_kb, store_contents
 
-from kbguard.chaos import inject
+from kbguard.integrity.chaos import inject
 from kbguard.providers import chain_for
 from kbguard.manifest import Manifest
-from kbguard.verify import FINDINGS
+from kbguard.integrity.verify import FINDINGS
 
 CANARY = """
 [[canaries]]
@@ -287,14 +287,14 @@ dim = 24
 def test_the_cache_joined_in_several_passes_gives_the_same_verdict(
         built_kb, monkeypatch: pytest.MonkeyPatch, action: str, n: int,
         finding: str) -> None:
-    import kbguard.verify
+    import kbguard.integrity.verify
 
     kb = built_kb(extra=SECOND_SPACE)
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
         cache_bytes = sum(4 * s.dim * m.scalar("SELECT count(*) FROM embeddings WHERE "
                                                "space_id = ?", [s.space_id])
                           for s in kb.cfg.spaces)
-    monkeypatch.setattr(kbguard.verify, "JOIN_BYTES", cache_bytes // 4)  # four passes, not one
+    monkeypatch.setattr(kbguard.integrity.verify, "JOIN_BYTES", cache_bytes // 4)  # four passes, not one
     code, report = verify(kb)
     assert code == 0 and report["points_checked"] == report["manifest_points"]
     inject(kb.cfg, action, count=n, seed=5)
@@ -305,13 +305,13 @@ def test_the_cache_joined_in_several_passes_gives_the_same_verdict(
 
 def test_a_cache_row_many_points_share_is_one_finding_however_the_points_are_batched(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kbguard.verify
+    import kbguard.integrity.verify
 
     kb = make_kb(tmp_path, docs=0)
     for i in range(6):  # six copies: every text is cached once and used by six points
         kb.write(f"copy{i}.md", long_markdown("Same", sections=2))
     kb.cli_json("rebuild")
-    monkeypatch.setattr(kbguard.verify, "BATCH", 4)  # the copies of a text land in many batches
+    monkeypatch.setattr(kbguard.integrity.verify, "BATCH", 4)  # the copies of a text land in many batches
     inject(kb.cfg, "drop-cache-rows", count=2, seed=1)
     code, report = verify(kb, "--deep")
     assert code == 1
@@ -354,7 +354,7 @@ def _prom_sample(text: str, name: str) -> str:
 
 def test_prom_file_is_written_atomically_with_every_class(tmp_path: Path, built_kb) -> None:
     kb = built_kb()
-    prom = tmp_path / "metrics" / "kbguard.prom"
+    prom = tmp_path / "metrics" / "kbguard.integrity.prom"
     prom.parent.mkdir()
     t0 = time.time()
     assert kb.cli("verify", "--prom-file", str(prom)).code == 0
@@ -370,7 +370,7 @@ def test_prom_file_is_written_atomically_with_every_class(tmp_path: Path, built_
     last = float(last_text)
     assert t0 - 0.001 <= last <= t1
     assert float(_prom_sample(text, "kbguard_verify_last_run_timestamp_seconds")) == last
-    assert [p.name for p in prom.parent.iterdir()] == ["kbguard.prom"]  # no temp file left
+    assert [p.name for p in prom.parent.iterdir()] == ["kbguard.integrity.prom"]  # no temp file left
 
     kb.cfg.manifest.unlink()  # now it cannot check: the last success time must survive
     t2 = time.time()
@@ -389,7 +389,7 @@ def test_no_manifest_means_could_not_check(tmp_path: Path) -> None:
 
 
 def test_verify_does_not_wait_for_a_busy_kb(built_kb) -> None:
-    from kbguard.lock import kb_lock
+    from kbguard.core.lock import kb_lock
 
     kb = built_kb()
     with kb_lock(kb.cfg.manifest, "rebuild"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import make_kb, store_contents
 
-from kbguard.chaos import inject
+from kbguard.integrity.chaos import inject
 from kbguard.manifest import Manifest
 
 

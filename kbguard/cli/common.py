@@ -18,9 +18,9 @@ from typer.core import TyperGroup
 
 from kbguard.config import DEFAULT_CONFIG, Config, load_config
 from kbguard.errors import KbguardError, LockedError
-from kbguard.progress import Progress
-from kbguard.redact import scrub
-from kbguard.snapshot import SnapshotCheck
+from kbguard.core.progress import Progress
+from kbguard.core.redact import scrub
+from kbguard.recovery.snapshot import SnapshotCheck
 
 # Exit codes are an interface: documented in the README, never reused for something else.
 EXIT_OK = 0

@@ -12,11 +12,11 @@ from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOp
                                 stdout)
 from kbguard.config import PROVIDERS, init_config, key_warnings
 from kbguard.errors import KbguardError
-from kbguard.estimate import estimate
-from kbguard.progress import human_duration
-from kbguard.rebuild import rebuild
-from kbguard.search import search
-from kbguard.status import kb_status
+from kbguard.operations.estimate import estimate
+from kbguard.core.progress import human_duration
+from kbguard.ingest.rebuild import rebuild
+from kbguard.operations.search import search
+from kbguard.operations.status import kb_status
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ import typer
 
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, emit_json, guarded,
                                 load, one_line, stdout)
-from kbguard.report import write_report
+from kbguard.operations.report import write_report
 
 
 def register(app: typer.Typer) -> None:

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from kbguard.cli.common import DEFAULT_CONFIG_PATH, ConfigOpt, guarded, load, stdout
-from kbguard.durable import atomic_write_text
+from kbguard.core.durable import atomic_write_text
 from kbguard.errors import KbguardError
-from kbguard.runbook import render_runbook
+from kbguard.operations.runbook import render_runbook
 
 
 def register(app: typer.Typer) -> None:

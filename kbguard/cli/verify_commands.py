@@ -11,10 +11,10 @@ import typer
 from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
                                 emit_json, exit_code_for, guarded, load, one_line, stdout)
 from kbguard.errors import ConfigError, KbguardError
-from kbguard.prom import check_target, write_metrics
-from kbguard.repair import repair_kb
-from kbguard.verify import FINDINGS, verify_kb
-from kbguard.chaos import ACTIONS, inject
+from kbguard.integrity.prom import check_target, write_metrics
+from kbguard.integrity.repair import repair_kb
+from kbguard.integrity.verify import FINDINGS, verify_kb
+from kbguard.integrity.chaos import ACTIONS, inject
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kbguard.errors import StoreError
 from kbguard.store.base import (
@@ -14,6 +15,9 @@ from kbguard.store.base import (
     Store,
     VectorSpec,
 )
+
+if TYPE_CHECKING:
+    from kbguard.config import Config
 
 BACKENDS = ("edge", "qdrant")
 
@@ -27,6 +31,8 @@ __all__ = [
     "Store",
     "VectorSpec",
     "open_store",
+    "store_for",
+    "vector_specs",
 ]
 
 
@@ -60,3 +66,14 @@ def open_store(
     raise StoreError(
         f"Unknown store backend {backend!r}; the known backends are {', '.join(BACKENDS)}."
     )
+
+
+def store_for(cfg: Config) -> Store:
+    """The configured store of a KB (not yet opened: adapters open lazily)."""
+    return open_store(cfg.store_backend, path=cfg.store_path, url=cfg.store_url,
+                      collection=cfg.collection, api_key_env=cfg.store_api_key_env)
+
+
+def vector_specs(cfg: Config) -> list[VectorSpec]:
+    """The named vectors of the KB's points: one per space."""
+    return [VectorSpec(s.name, s.dim, "cosine") for s in cfg.spaces]

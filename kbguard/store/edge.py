@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from kbguard.disk import disk_full, free_bytes
+from kbguard.core.disk import disk_full, free_bytes
 from kbguard.errors import StoreDamaged, StoreError, StoreUnavailable
-from kbguard.durable import fsync_path
+from kbguard.core.durable import fsync_path
 from kbguard.store._common import (
     canonical_id,
     canonical_ids,

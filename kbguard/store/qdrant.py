@@ -19,11 +19,11 @@ from uuid import UUID
 
 import numpy as np
 
-from kbguard.disk import disk_full, is_disk_full
-from kbguard.durable import atomic_write_text, fsync_path
+from kbguard.core.disk import disk_full, is_disk_full
+from kbguard.core.durable import atomic_write_text, fsync_path
 from kbguard.errors import (ConfigError, KbguardError, StoreDamaged, StoreError,
                             StoreUnavailable)
-from kbguard.redact import redact_url, scrub, url_secrets
+from kbguard.core.redact import redact_url, scrub, url_secrets
 from kbguard.store._common import (
     canonical_id,
     check_specs,

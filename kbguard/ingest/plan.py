@@ -1,9 +1,5 @@
-"""The KB seam: what every command knows about a KB beyond its config.
-
-Its store (not yet opened), the vectors each point carries, a point's payload, what decides a
-document's chunks, and how the corpus compares with the manifest. Rebuild, verify, repair,
-snapshot, restore, status and search all build on these, and on nothing of each other's.
-"""
+"""What decides a document's chunks, what a point carries, and how the corpus compares with the
+manifest: the plan a rebuild (and its estimate) follows before any document is read."""
 
 from __future__ import annotations
 
@@ -12,24 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kbguard.config import Config
+from kbguard.ingest.scan import ScannedFile, ScanResult
 from kbguard.manifest import DocumentRow
-from kbguard.scan import ScannedFile, ScanResult
-from kbguard.store import Store, VectorSpec, open_store
-
-
-def store_for(cfg: Config) -> Store:
-    """The configured store of a KB (not yet opened: adapters open lazily)."""
-    return open_store(cfg.store_backend, path=cfg.store_path, url=cfg.store_url,
-                      collection=cfg.collection, api_key_env=cfg.store_api_key_env)
-
-
-def vector_specs(cfg: Config) -> list[VectorSpec]:
-    return [VectorSpec(s.name, s.dim, "cosine") for s in cfg.spaces]
 
 
 def parse_settings(cfg: Config) -> str:
     """What decides a document's chunks besides its bytes; a change re-chunks every document."""
-    from kbguard.parse import PARSER_VERSION
+    from kbguard.ingest.parse import PARSER_VERSION
 
     space = cfg.spaces[0]  # its tokenizer measures the chunk cap
     return json.dumps({"parser": PARSER_VERSION, "max_tokens": cfg.max_tokens,

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kbguard.disk import disk_full, is_disk_full
+from kbguard.core.disk import disk_full, is_disk_full
 
 
 def fsync_path(path: Path) -> None:

@@ -2,7 +2,7 @@
 
 No other process can open the manifest while a rebuild writes it (DuckDB), nor an Edge shard or
 a qdrant-client local folder while the rebuild has it open; so `kbguard status` and
-`kbguard search` ask the rebuild instead (kbguard.read_socket has the asking side). A thread
+`kbguard search` ask the rebuild instead (kbguard.kb.read_socket has the asking side). A thread
 of the rebuild answers on a Unix socket, to processes of the same user (or root) only:
 
     {"op": "status"}        the status the manifest and the store give, with the run's progress
@@ -33,11 +33,11 @@ import numpy as np
 
 from kbguard.config import Config
 from kbguard.errors import ConfigError, KbguardError
-from kbguard.kb import store_for
+from kbguard.store import store_for
 from kbguard.manifest import Manifest
-from kbguard.progress import Progress
-from kbguard.read_socket import socket_name, text_vector
-from kbguard.status_report import status_from_manifest, store_summary
+from kbguard.core.progress import Progress
+from kbguard.kb.read_socket import socket_name, text_vector
+from kbguard.kb.status_report import status_from_manifest, store_summary
 from kbguard.store import CollectionInfo, Hit, Point, PointArrays, Store, VectorSpec
 
 _REQUEST_TIMEOUT_S = 10.0  # a client that connects and sends nothing is dropped

@@ -44,16 +44,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kbguard.config import Config
-from kbguard.disk import disk_full, is_disk_full, require_free
+from kbguard.core.disk import disk_full, is_disk_full, require_free
 from kbguard.errors import SnapshotDamaged, SnapshotError
-from kbguard.faults import crash_point
-from kbguard.durable import fsync_path
-from kbguard.lock import kb_lock
+from kbguard.core.faults import crash_point
+from kbguard.core.durable import fsync_path
+from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest, vector_checksum
-from kbguard.progress import SILENT, Progress
+from kbguard.core.progress import SILENT, Progress
 from kbguard.store import Point
-from kbguard.dvc_corpus import find_dvc_root
-from kbguard.kb import store_for
+from kbguard.ingest.dvc_corpus import find_dvc_root
+from kbguard.store import store_for
 from kbguard.store.edge import EdgeStore
 
 FORMAT_VERSION = 1

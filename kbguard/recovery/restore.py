@@ -43,17 +43,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kbguard.config import Config
-from kbguard.disk import disk_full, existing_ancestor, free_bytes, is_disk_full
+from kbguard.core.disk import disk_full, existing_ancestor, free_bytes, is_disk_full
 from kbguard.errors import (DiskFullError, EmbedError, KbguardError, ManifestError,
                             ProviderUnavailable, SnapshotDamaged, SnapshotError,
                             SnapshotWrongModel, StoreDamaged, StoreError)
-from kbguard.faults import crash_point
-from kbguard.durable import atomic_write_text, fsync_path
-from kbguard.lock import kb_lock
+from kbguard.core.faults import crash_point
+from kbguard.core.durable import atomic_write_text, fsync_path
+from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest, now
-from kbguard.progress import SILENT, Progress
+from kbguard.core.progress import SILENT, Progress
 from kbguard.providers import Usage, spent, spent_since
-from kbguard.snapshot import (
+from kbguard.recovery.snapshot import (
     BATCH,
     ENGINE,
     PointBatch,
@@ -73,9 +73,9 @@ from kbguard.snapshot import (
 )
 from kbguard.store import Store, VectorSpec
 from kbguard.store.edge import EdgeStore
-from kbguard.kb import store_for
-from kbguard.rebuild import rebuild
-from kbguard.verify import DRIFT_MIN_COSINE, ReembedPoint, reembed_cosines
+from kbguard.store import store_for
+from kbguard.ingest.rebuild import rebuild
+from kbguard.integrity.verify import DRIFT_MIN_COSINE, ReembedPoint, reembed_cosines
 
 BUILDING, SWITCHING = "building", "switching"
 
@@ -694,7 +694,7 @@ def _tables_from_points(cfg: Config, stage: EdgeStore, folder: Path, name: str,
                     "for any other, run `kbguard rebuild --full`. The KB was not touched.")
         progress.advance(len(page))
     _check_model(cfg, pages, name)
-    from kbguard.snapshot import _write_points  # the same points file a snapshot holds
+    from kbguard.recovery.snapshot import _write_points  # the same points file a snapshot holds
 
     points = _write_points(folder / POINTS_FILE, iter(pages), specs, SILENT)
     _write_tables(cfg, pages, folder)

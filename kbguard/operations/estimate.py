@@ -37,15 +37,16 @@ from typing import Any
 
 from kbguard.config import Config, SpaceConfig
 from kbguard.errors import KbguardError
-from kbguard.kb import point_payload, store_for, vector_specs
-from kbguard.lock import check_unlocked
+from kbguard.ingest.plan import point_payload
+from kbguard.store import store_for, vector_specs
+from kbguard.core.lock import check_unlocked
 from kbguard.lost_manifest import lost_manifest
 from kbguard.manifest import Manifest
-from kbguard.progress import SILENT, Progress
+from kbguard.core.progress import SILENT, Progress
 from kbguard.providers import Provider, chain_for
-from kbguard.rebuild import parse_all, parse_jobs, plan_rebuild
-from kbguard.scan import require_corpus
-from kbguard.snapshot import list_snapshots, read_meta
+from kbguard.ingest.rebuild import parse_all, parse_jobs, plan_rebuild
+from kbguard.ingest.scan import require_corpus
+from kbguard.recovery.snapshot import list_snapshots, read_meta
 from kbguard.store import Point
 
 SCENARIOS = ("incremental", "store_lost", "full_reembed", "restore_latest", "primary_down")

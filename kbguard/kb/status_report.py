@@ -1,7 +1,7 @@
 """The status report of a KB, and the parts of it that its manifest and its store give.
 
-`kbguard status` (kbguard.status) adds the files around the KB and the corpus check; a running
-rebuild fills the same parts for the status it serves (kbguard.read_service).
+`kbguard status` (kbguard.operations.status) adds the files around the KB and the corpus check; a running
+rebuild fills the same parts for the status it serves (kbguard.kb.read_service).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 
 from kbguard.config import Config
 from kbguard.errors import KbguardError
-from kbguard.kb import store_for
+from kbguard.store import store_for
 from kbguard.manifest import Manifest
-from kbguard.redact import redact_url
+from kbguard.core.redact import redact_url
 from kbguard.store import Store
-from kbguard.verify import last_check
+from kbguard.integrity.verify import last_check
 
 
 @dataclass

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from kbguard.config import Config
-from kbguard.durable import atomic_write_text
+from kbguard.core.durable import atomic_write_text
 from kbguard.errors import ConfigError
-from kbguard.lock import check_unlocked
+from kbguard.core.lock import check_unlocked
 from kbguard.lost_manifest import missing_manifest
 from kbguard.manifest import Manifest
 

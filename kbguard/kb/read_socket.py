@@ -1,4 +1,4 @@
-"""Asking the process that holds a KB to read it for us (the other end: kbguard.read_service).
+"""Asking the process that holds a KB to read it for us (the other end: kbguard.kb.read_service).
 
 While a rebuild writes a KB, no other process can open its manifest (DuckDB) or, for an Edge
 store or qdrant-client's local mode, its store; the rebuild answers reads for them instead, on
@@ -22,7 +22,7 @@ import numpy as np
 
 from kbguard import errors
 from kbguard.errors import KbguardError, LockedError
-from kbguard.lock import lock_holder, locked_error
+from kbguard.core.lock import lock_holder, locked_error
 
 ANSWER_TIMEOUT_S = 30.0   # a status over millions of rows takes seconds; more is a stuck writer
 START_GRACE_S = 2.0       # a rebuild takes the lock a moment before its service listens

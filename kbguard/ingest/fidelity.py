@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kbguard.parse_markdown import is_html_element
+from kbguard.ingest.parse_markdown import is_html_element
 
 if TYPE_CHECKING:
-    from kbguard.chunk import Chunk
-    from kbguard.elements import Element
+    from kbguard.ingest.chunk import Chunk
+    from kbguard.ingest.elements import Element
 
 # Measured on 800 real pages (Django's reST docs, the Rust book and nomicon in Markdown, the
 # samples), every page with body text kept at least 0.69 of it (a table of contents), nearly all

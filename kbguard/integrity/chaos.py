@@ -41,10 +41,10 @@ import numpy as np
 
 from kbguard.config import Config, SpaceConfig
 from kbguard.errors import ConfigError, StoreError
-from kbguard.lock import kb_lock
+from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest
 from kbguard.store import Point, Store, VectorSpec
-from kbguard.kb import store_for, vector_specs
+from kbguard.store import store_for, vector_specs
 
 OTHER_MODEL = "chaos-other-model"
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from kbguard.config import Config
-from kbguard.dvc_corpus import find_dvc_root
-from kbguard.estimate import EstimateReport, Scenario, estimate
+from kbguard.ingest.dvc_corpus import find_dvc_root
+from kbguard.operations.estimate import EstimateReport, Scenario, estimate
 from kbguard.manifest import Manifest
-from kbguard.progress import human_duration
-from kbguard.status import INTERRUPTED
-from kbguard.verify import STORE_CLASSES
+from kbguard.core.progress import human_duration
+from kbguard.operations.status import INTERRUPTED
+from kbguard.integrity.verify import STORE_CLASSES
 
 
 @dataclass(frozen=True)

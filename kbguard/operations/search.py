@@ -8,7 +8,7 @@ with come from one model.
 
 While a rebuild holds the KB, no other process can open its manifest (nor an embedded store),
 so the rebuild answers: it reports its store's points and, per space, the points that lack the
-space's vector, and runs the query this process embedded (kbguard.read_service). The same rules
+space's vector, and runs the query this process embedded (kbguard.kb.read_service). The same rules
 choose the space, applied to the store as the rebuild has written it so far.
 """
 
@@ -25,12 +25,13 @@ from kbguard.config import Config, SpaceConfig
 from kbguard.providers import chain_for
 from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, LockedError,
                             StoreError, StoreUnavailable)
-from kbguard.lock import locked_error
+from kbguard.core.lock import locked_error
 from kbguard.manifest import Manifest
-from kbguard.kb import empty_corpus_message, store_for
+from kbguard.ingest.plan import empty_corpus_message
+from kbguard.store import store_for
 from kbguard.lost_manifest import missing_manifest
-from kbguard.read_socket import ask_writer, vector_text
-from kbguard.scan import walk_corpus
+from kbguard.kb.read_socket import ask_writer, vector_text
+from kbguard.ingest.scan import walk_corpus
 from kbguard.store import Hit
 
 SNIPPET_CHARS = 240

@@ -20,13 +20,14 @@ from typing import Any
 from kbguard.config import Config
 from kbguard.lost_manifest import missing_manifest
 from kbguard.errors import RestoreNeeded
-from kbguard.lock import kb_lock
+from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest, require_writable
-from kbguard.progress import SILENT, Progress
+from kbguard.core.progress import SILENT, Progress
 from kbguard.store import Point, Store
-from kbguard.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
+from kbguard.integrity.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
 from kbguard.providers import chain_for, spent, spent_since
-from kbguard.kb import point_payload, store_for, vector_specs
+from kbguard.ingest.plan import point_payload
+from kbguard.store import store_for, vector_specs
 
 
 @dataclass

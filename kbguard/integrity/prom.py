@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from kbguard.durable import atomic_write_text
+from kbguard.core.durable import atomic_write_text
 from kbguard.errors import ConfigError, KbguardError
-from kbguard.redact import scrub
-from kbguard.verify import FINDINGS, VerifyReport
+from kbguard.core.redact import scrub
+from kbguard.integrity.verify import FINDINGS, VerifyReport
 
 LAST_SUCCESS = "kbguard_verify_last_success_timestamp_seconds"
 
@@ -70,7 +70,7 @@ def check_target(path: Path) -> None:
     folder = path.parent
     if path.is_dir():
         raise ConfigError(f"--prom-file {path} is a folder; name a file in it, such as "
-                          f"{path / 'kbguard.prom'}. Nothing was checked.")
+                          f"{path / 'kbguard.integrity.prom'}. Nothing was checked.")
     if not folder.is_dir():
         raise ConfigError(
             f"--prom-file {path}: the folder {folder} does not exist, and kbguard does not "

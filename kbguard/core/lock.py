@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kbguard.errors import LockedError, ManifestReadOnly, RestorePending
-from kbguard.disk import disk_full, is_disk_full, not_writable
+from kbguard.core.disk import disk_full, is_disk_full, not_writable
 
 
 def lock_path(manifest: Path) -> Path:

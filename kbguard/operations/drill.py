@@ -30,10 +30,10 @@ its manifest's ``drills`` table.
 What a run embeds it embeds once: the embedding-cache rows each drill's copy gained are carried
 into the copies of the drills after it (for a drill that restores a snapshot, into the restored
 manifest, with the restore's catch-up run as its own `rebuild`). Before the first drill the run
-estimates its spend (kbguard.drill_spend), refuses to start past ``max_cost`` and stops before a
+estimates its spend (kbguard.operations.drill_spend), refuses to start past ``max_cost`` and stops before a
 drill whose estimate would take it past. A full scratch disk, like a busy KB, is not a failed
 recovery: it is an error, and nothing is recorded for that drill. The scratch folder rules are in
-kbguard.drill_scratch.
+kbguard.operations.drill_scratch.
 """
 
 from __future__ import annotations
@@ -57,21 +57,21 @@ from pathlib import Path
 from typing import Any
 
 from kbguard.config import Config, load_config
-from kbguard.disk import disk_full, is_disk_full
-from kbguard.drill_scratch import (refuse_inside_kb, remove_stale, require_room, room_needed,
+from kbguard.core.disk import disk_full, is_disk_full
+from kbguard.operations.drill_scratch import (refuse_inside_kb, remove_stale, require_room, room_needed,
                                    temporary_parent, temporary_root)
-from kbguard.drill_spend import DrillSpend, plan_spend
-from kbguard.durable import copy_sparse, copy_tree_sparse
-from kbguard.dvc_corpus import corpus_revision, find_dvc_root, tracking_file
+from kbguard.operations.drill_spend import DrillSpend, plan_spend
+from kbguard.core.durable import copy_sparse, copy_tree_sparse
+from kbguard.ingest.dvc_corpus import corpus_revision, find_dvc_root, tracking_file
 from kbguard.errors import ConfigError, DiskFullError, KbguardError, LockedError, OverBudget
-from kbguard.faults import ENV as CRASH_ENV
-from kbguard.lock import kb_lock
+from kbguard.core.faults import ENV as CRASH_ENV
+from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest
-from kbguard.progress import SILENT, Progress
+from kbguard.core.progress import SILENT, Progress
 from kbguard.providers.settings import OpenAIProviderSettings
-from kbguard.scan import matches
-from kbguard.snapshot import list_snapshots
-from kbguard.verify import Verdict
+from kbguard.ingest.scan import matches
+from kbguard.recovery.snapshot import list_snapshots
+from kbguard.integrity.verify import Verdict
 
 SCENARIOS = ("killed-rebuild", "provider-outage", "store-corruption", "store-lost",
              "manifest-lost", "everything-lost")

@@ -20,7 +20,7 @@ text's too) > wrong space (the vector equals a cached vector of another model) >
 Payload damage is judged on its own. The sampled re-embedding looks only at points that passed
 every other check, so one injected fault is reported by exactly one class.
 
-``kbguard.repair`` heals what this finds.
+``kbguard.integrity.repair`` heals what this finds.
 """
 
 from __future__ import annotations
@@ -38,18 +38,19 @@ import duckdb
 import numpy as np
 
 from kbguard.config import Config, SpaceConfig
-from kbguard.disk import not_writable
+from kbguard.core.disk import not_writable
 from kbguard.errors import (DiskFullError, KbguardError, ManifestError, ManifestReadOnly,
                             StoreError)
-from kbguard.lock import kb_lock
+from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest, now, vector_checksum
 from kbguard.lost_manifest import missing_manifest
-from kbguard.redact import redact_url, scrub_data
-from kbguard.progress import SILENT, Progress
+from kbguard.core.redact import redact_url, scrub_data
+from kbguard.core.progress import SILENT, Progress
 from kbguard.store import PointArrays, Store
-from kbguard.scan import scan_corpus
-from kbguard.dvc_corpus import dvc_view
-from kbguard.kb import point_payload, store_for, vector_specs
+from kbguard.ingest.scan import scan_corpus
+from kbguard.ingest.dvc_corpus import dvc_view
+from kbguard.ingest.plan import point_payload
+from kbguard.store import store_for, vector_specs
 from kbguard.embed import normalize
 from kbguard.providers import chain_for, spent, spent_since
 

@@ -59,10 +59,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kbguard.elements import Element as Element  # parsing's result type, re-exported
+from kbguard.ingest.elements import Element as Element  # parsing's result type, re-exported
 from kbguard.errors import ParseError
-from kbguard.fidelity import source_text_chars, text_lost
-from kbguard.parse_markdown import markdown_elements
+from kbguard.ingest.fidelity import source_text_chars, text_lost
+from kbguard.ingest.parse_markdown import markdown_elements
 
 
 # unstructured pings its servers when imported and on every partition call, and prints a sales

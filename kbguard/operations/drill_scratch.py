@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 
 from kbguard.config import Config
-from kbguard.disk import require_free
-from kbguard.durable import atomic_write_text
+from kbguard.core.disk import require_free
+from kbguard.core.durable import atomic_write_text
 from kbguard.errors import ConfigError
 
 PREFIX = "kbguard-drill-"

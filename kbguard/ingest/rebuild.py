@@ -31,25 +31,25 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kbguard.chunk import Chunk, chunk_elements
+from kbguard.ingest.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
 from kbguard.errors import KbguardError, ParseError, ProviderUnavailable, StoreDamaged, StoreError
-from kbguard.faults import crash_point
-from kbguard.fidelity import LowText, low_text, text_lost
-from kbguard.kb import (DocPlan, empty_corpus_message, parse_settings, plan_documents,
-                        point_payload, store_for, vector_specs)
-from kbguard.lock import kb_lock
+from kbguard.core.faults import crash_point
+from kbguard.ingest.fidelity import LowText, low_text, text_lost
+from kbguard.ingest.plan import DocPlan, empty_corpus_message, parse_settings, plan_documents, point_payload
+from kbguard.store import store_for, vector_specs
+from kbguard.core.lock import kb_lock
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest
-from kbguard.progress import SILENT, Progress
+from kbguard.core.progress import SILENT, Progress
 from kbguard.providers import Usage, chain_for
-from kbguard.read_service import serve_reads
-from kbguard.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
+from kbguard.kb.read_service import serve_reads
+from kbguard.ingest.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
 from kbguard.store import Point, Store
-from kbguard.dvc_corpus import dvc_view
+from kbguard.ingest.dvc_corpus import dvc_view
 from kbguard.lost_manifest import lost_manifest
 
 if TYPE_CHECKING:
-    from kbguard.parse import ParsedDocument
+    from kbguard.ingest.parse import ParsedDocument
 
 DOC_COMMIT_EVERY = 32          # parsed documents per manifest transaction
 INLINE_PARSE_BELOW = 6         # fewer documents than this are parsed without worker processes
@@ -189,7 +189,7 @@ def parse_and_chunk(job: _ParseJob) -> ParseResult:
     """Parse one file and chunk it: (path, chunks, None, encoding of a text file, low text) or
     (path, None, reason, None, None). Never raises. Low text is a ``LowText`` when the chunks
     hold much less text than the source, else None."""
-    from kbguard.parse import parse_document
+    from kbguard.ingest.parse import parse_document
 
     full = Path(job.root) / job.path
     try:

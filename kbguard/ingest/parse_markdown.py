@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from kbguard.elements import Element
+from kbguard.ingest.elements import Element
 
 # The elements of the HTML Living Standard, and the obsolete ones still common in Markdown.
 _HTML_ELEMENTS = frozenset("""

@@ -1,0 +1,2 @@
+"""Foundations every layer uses: durable writes, disk room, redaction, fault points, progress,
+the KB lock."""

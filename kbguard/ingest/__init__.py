@@ -1,0 +1,2 @@
+"""Ingest: corpus -> documents -> elements -> chunks -> embeddings -> points (scan, parse, chunk,
+plan, rebuild)."""

@@ -1,0 +1,2 @@
+"""Operations: what people ask of a KB (status, search, estimate), and rehearsals (drill),
+runbook and report."""

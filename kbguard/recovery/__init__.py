@@ -1,0 +1,1 @@
+"""Recovery: snapshots (create, list, verify, prune) and restores."""
