@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from openai_server import OpenAIServer
 
 from kbguard.config import SpaceConfig
-from kbguard.embed import FakeEmbedder
+from kbguard.providers.local import FakeEmbedder
 from kbguard.providers import (
     LocalProvider,
     OpenAIProvider,

@@ -68,7 +68,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kbguard.config import SpaceConfig
-from kbguard.embed import FakeEmbedder, normalize
+from kbguard.providers.base import normalize
+from kbguard.providers.local import FakeEmbedder
 
 NATIVE_DIMS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072,
                "text-embedding-ada-002": 1536}

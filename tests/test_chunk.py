@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kbguard.ingest.chunk import chunk_elements, content_hash, normalize_text, point_id, sections
-from kbguard.embed import FakeEmbedder
+from kbguard.providers.local import FakeEmbedder
 from kbguard.config import SpaceConfig
 from kbguard.ingest.parse import Element
 

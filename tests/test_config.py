@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import re
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from kbguard.cli.main import app
-from kbguard.config import (ConfigFile, CorpusTable, RebuildTable, SpaceConfig, load_config,
-                            render_config)
+from kbguard.config import (PROVIDERS, ConfigFile, CorpusTable, RebuildTable, SpaceConfig,
+                            load_config, render_config)
 from kbguard.errors import ConfigError
 from tests.conftest import KB, make_kb
 
@@ -156,13 +157,41 @@ def test_what_init_writes_is_the_schema_defaults(tmp_path: Path) -> None:
         SpaceConfig.model_fields[k].default for k in ("dim", "batch_size", "normalize"))
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_init_writes_every_table_and_key_of_the_schema_that_has_a_value(
+        tmp_path: Path, provider: str) -> None:
+    (tmp_path / "docs").mkdir()
+    text = render_config(kb="docs", corpus=tmp_path / "docs", config_dir=tmp_path,
+                         provider=provider)
+    data = tomllib.loads(text)
+    assert set(data) == set(ConfigFile.model_fields) - {"canaries"}
+    for table in ("chunking", "rebuild", "search", "recovery"):
+        assert set(data[table]) == set(ConfigFile.model_fields[table].annotation.model_fields)
+    assert all("normalize" in space for space in data["spaces"])
+    # keys with no value are shown commented out, with an example and what they mean
+    assert '# url = "http://127.0.0.1:6333"  # a Qdrant server, instead of path' in text
+    (tmp_path / "kb.toml").write_text(text)
+    assert load_config(tmp_path / "kb.toml").kb == "docs"
+
+
+@pytest.mark.parametrize("folder", ['my "docs"', "back\\slash", "tab\tand ünïcode"])
+def test_init_writes_a_corpus_path_of_any_name_as_a_toml_string(
+        tmp_path: Path, folder: str) -> None:
+    corpus = tmp_path / folder
+    corpus.mkdir()
+    res = CliRunner().invoke(app, ["init", "--corpus", str(corpus), "--config",
+                                   str(tmp_path / "kb.toml")])
+    assert res.exit_code == 0, res.output
+    assert load_config(tmp_path / "kb.toml").corpus == corpus.resolve()
+
+
 def _schema_keys() -> set[str]:
-    from kbguard.config import _inner_model
-    from kbguard.providers import settings
+    from kbguard.config import provider_settings as settings
+    from kbguard.config.schema import inner_models
 
     keys = set()
     for table, field in ConfigFile.model_fields.items():
-        inner = _inner_model(field.annotation)
+        (inner,) = inner_models(field.annotation)
         for key in inner.model_fields:
             keys.add(f"{table}.{key}")
     for entry in (settings.OpenAIProviderSettings, settings.SentenceTransformersProviderSettings,

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_kb
 
 from kbguard.config import SpaceConfig, load_config
-from kbguard.embed import FakeEmbedder, SentenceTransformerEmbedder, local_embedder
+from kbguard.providers.local import FakeEmbedder, SentenceTransformerEmbedder, local_embedder
 from kbguard.errors import EmbedError, ProviderUnavailable
 
 FAKE = SpaceConfig(name="local", provider="fake", model="fake-hash", dim=64)

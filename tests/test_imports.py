@@ -72,3 +72,19 @@ def test_the_check_finds_a_cycle() -> None:
 
 def test_verify_leaves_the_metrics_to_its_caller() -> None:
     assert "kbguard.integrity.prom" not in _graph()["kbguard.integrity.verify"]
+
+
+def test_the_config_builds_on_nothing_above_it() -> None:
+    """The providers and the parsers read the config's facts, never the other way round; an
+    import only for type checkers counts, and so does one of a package's ``__init__``."""
+    allowed = ("kbguard.config", "kbguard.errors", "kbguard.core")
+    config = [p for p in PACKAGE.rglob("*.py")
+              if _module(p).split(".")[:2] == ["kbguard", "config"]]
+    assert config
+    for path in config:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                if name.startswith("kbguard"):
+                    assert name.startswith(allowed), f"{_module(path)} imports {name}"

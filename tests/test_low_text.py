@@ -9,7 +9,7 @@ from conftest import make_kb
 
 from kbguard.ingest.chunk import chunk_elements
 from kbguard.config import SpaceConfig
-from kbguard.embed import FakeEmbedder
+from kbguard.providers.local import FakeEmbedder
 from kbguard.ingest.fidelity import LOW_TEXT_SHARE, low_text, source_text_chars, text_chars
 from kbguard.ingest.parse import parse_document
 

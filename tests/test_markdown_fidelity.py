@@ -21,7 +21,7 @@ import pytest
 
 from kbguard.ingest.chunk import chunk_elements
 from kbguard.config import SpaceConfig
-from kbguard.embed import FakeEmbedder
+from kbguard.providers.local import FakeEmbedder
 from kbguard.ingest.parse import parse_file
 from kbguard.ingest.parse_markdown import is_html_element
 

@@ -26,7 +26,7 @@ from conftest import KB, make_kb
 from openai_server import OpenAIServer
 
 from kbguard.config import SpaceConfig
-from kbguard.embed import FakeEmbedder
+from kbguard.providers.local import FakeEmbedder
 from kbguard.manifest import Manifest
 from kbguard.errors import (
     ConfigError,

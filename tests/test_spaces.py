@@ -220,7 +220,7 @@ def test_sampled_re_embedding_by_verify_is_in_the_ledger(tmp_path: Path,
 def test_a_local_model_is_waited_for_however_short_the_query_timeout(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # loading a local model is no outage: only a remote provider's wait is cut short
-    from kbguard.embed import FakeEmbedder
+    from kbguard.providers.local import FakeEmbedder
 
     kb = make_kb(tmp_path, extra="[search]\nquery_timeout_s = 0.05\n")
     assert kb.cli("rebuild").code == 0

@@ -11,6 +11,7 @@ from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOp
                                 emit_json, exit_code_for, guarded, load, one_line, stderr,
                                 stdout)
 from kbguard.config import PROVIDERS, init_config, key_warnings
+from kbguard.config.provider_settings import OpenAIProviderSettings
 from kbguard.errors import KbguardError
 from kbguard.operations.estimate import estimate
 from kbguard.core.progress import human_duration
@@ -56,7 +57,7 @@ def init_cmd(
     stdout.print(f"Wrote {config} for KB '{cfg.kb}'. Build it with: kbguard rebuild --config "
                  f"{config}")
     keys = sorted({e.api_key_env for s in cfg.spaces for e in s.chain
-                   if getattr(e, "api_key_env", None)})
+                   if isinstance(e, OpenAIProviderSettings) and e.api_key_env})
     if keys:
         stdout.print(f"Set the API key first: export {keys[0]}=...")
 

@@ -59,6 +59,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# the formats, by suffix, are the config's to know: it checks parsing.read_as against them
+from kbguard.config.catalog import SUPPORTED_SUFFIXES, TEXT_SUFFIXES
 from kbguard.ingest.elements import Element as Element  # parsing's result type, re-exported
 from kbguard.errors import ParseError
 from kbguard.ingest.fidelity import source_text_chars, text_lost
@@ -73,9 +75,6 @@ OFFLINE_ENV = {"DO_NOT_TRACK": "1", "SCARF_NO_ANALYTICS": "1", "UNSTRUCTURED_DIS
 # Bump when a change here changes the elements of a file that parsed before: a rebuild then
 # re-chunks every document (chunks whose text is unchanged keep their vectors).
 PARSER_VERSION = 3
-
-TEXT_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".rst", ".html", ".htm"})
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | {".pdf", ".docx"}
 
 # Page furniture and pictures: repeated or empty text that would only pollute chunks.
 _SKIPPED_CATEGORIES = frozenset({"PageBreak", "Header", "Footer", "PageNumber", "Image"})

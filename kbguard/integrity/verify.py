@@ -51,7 +51,7 @@ from kbguard.ingest.scan import scan_corpus
 from kbguard.ingest.dvc_corpus import dvc_view
 from kbguard.ingest.plan import point_payload
 from kbguard.store import store_for, vector_specs
-from kbguard.embed import normalize
+from kbguard.providers.base import normalize
 from kbguard.providers import chain_for, spent, spent_since
 
 BATCH = 1024                  # chunks per comparison batch: the memory bound of a check

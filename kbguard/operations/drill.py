@@ -68,7 +68,7 @@ from kbguard.core.faults import ENV as CRASH_ENV
 from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest
 from kbguard.core.progress import SILENT, Progress
-from kbguard.providers.settings import OpenAIProviderSettings
+from kbguard.config.provider_settings import OpenAIProviderSettings
 from kbguard.ingest.scan import matches
 from kbguard.recovery.snapshot import list_snapshots
 from kbguard.integrity.verify import Verdict

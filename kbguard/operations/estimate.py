@@ -31,7 +31,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -530,8 +530,7 @@ class _Estimate:
 
     def _calibrate_store(self, tmp: Path, scratch_m: Manifest, texts: list[str],
                          hashes: list[str]) -> None:
-        scratch = replace(self.cfg, store_path=tmp / "calibration-store",
-                          collection="calibration")
+        scratch = self.cfg.with_store(tmp / "calibration-store", collection="calibration")
         names = ",".join(sorted(s.name for s in self.cfg.spaces))
         ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(CALIBRATION_POINTS)]
         batch = self.cfg.upsert_batch

@@ -1,32 +1,36 @@
 """Embedding providers and provider chains.
 
-    Provider (an Embedder that also says who embedded and what it cost)
-     ├── OpenAIProvider   any OpenAI-compatible /v1/embeddings endpoint (openai_api)
-     ├── LocalProvider    an in-process Embedder: sentence-transformers or fake (local)
-     └── ProviderChain    a space's providers in order, with failover and breakers (chain)
+    Embedder (texts -> vectors of a space: base)
+     ├── FakeEmbedder, SentenceTransformerEmbedder   in-process models (local)
+     └── Provider (an Embedder that also says who embedded and what it cost: base)
+          ├── OpenAIProvider  any OpenAI-compatible /v1/embeddings endpoint (openai_api)
+          ├── LocalProvider   an in-process Embedder: sentence-transformers or fake (local)
+          └── ProviderChain   a space's providers in order, failover and breakers (chain)
 
-``build_chain(space, entries)`` turns a space and its provider entries (``settings``) into a
-chain; a one-entry chain is what today's single ``provider =`` key means.
+``build_chain(space, entries)`` turns a space and its provider entries (the config's
+``provider_settings``) into a chain; a one-entry chain is what the single ``provider =`` key
+means.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kbguard.providers.base import Embedded, Failover, Provider, Usage
-from kbguard.providers.breaker import CircuitBreaker
-from kbguard.providers.chain import MIN_PROBE_COSINE, PROBE_TEXTS, ProviderChain
-from kbguard.providers.local import LocalProvider
-from kbguard.providers.openai_api import OpenAIProvider, read_api_key
-from kbguard.providers.settings import (
+from kbguard.config import SpaceConfig
+from kbguard.config.provider_settings import (
     FakeProviderSettings,
     OpenAIProviderSettings,
+    ProviderEntry,
     ProviderSettings,
     SentenceTransformersProviderSettings,
     parse_provider_settings,
 )
+from kbguard.providers.base import Embedded, Failover, Provider, Usage
+from kbguard.providers.breaker import CircuitBreaker
+from kbguard.providers.chain import MIN_PROBE_COSINE, PROBE_TEXTS, ProviderChain
+from kbguard.providers.local import LocalProvider, local_embedder
+from kbguard.providers.openai_api import OpenAIProvider, read_api_key
 
 __all__ = [
     "MIN_PROBE_COSINE",
@@ -54,25 +58,25 @@ __all__ = [
 ]
 
 
-def build_provider(space: Any, settings: Any, env: Mapping[str, str] | None = None) -> Provider:
+def build_provider(space: SpaceConfig, settings: ProviderEntry,
+                   env: Mapping[str, str] | None = None) -> Provider:
     """The provider one entry describes, filling ``space`` (name, model, dim, normalize)."""
-    from kbguard.embed import local_embedder
-
     if isinstance(settings, OpenAIProviderSettings):
         return OpenAIProvider(space, settings, env=env)
     if isinstance(settings, SentenceTransformersProviderSettings):
-        local = _space_with(space, provider="sentence-transformers",
-                            model=settings.model or space.model,
-                            model_path=settings.model_path or getattr(space, "model_path", None))
+        local = space.model_copy(update={
+            "provider": "sentence-transformers", "model": settings.model or space.model,
+            "model_path": settings.model_path or space.model_path})
         return LocalProvider(local_embedder(local), f"sentence-transformers:{local.model}")
     if isinstance(settings, FakeProviderSettings):
-        local = _space_with(space, provider="fake", model=settings.model or space.model)
+        local = space.model_copy(update={"provider": "fake",
+                                         "model": settings.model or space.model})
         return LocalProvider(local_embedder(local), f"fake:{local.model}")
     raise TypeError(f"not a provider entry: {type(settings).__name__}")
 
 
-def build_chain(space: Any, entries: Sequence[Any], env: Mapping[str, str] | None = None,
-                **options: Any) -> ProviderChain:
+def build_chain(space: SpaceConfig, entries: Sequence[ProviderEntry | Mapping[str, Any]],
+                env: Mapping[str, str] | None = None, **options: Any) -> ProviderChain:
     """A chain of the entries' providers (settings objects or plain mappings), in order.
 
     ``options`` go to ``ProviderChain`` (failure_threshold, cooldown_s, ...)."""
@@ -91,10 +95,10 @@ def build_chain(space: Any, entries: Sequence[Any], env: Mapping[str, str] | Non
         raise
 
 
-_CHAINS: dict[Any, ProviderChain] = {}
+_CHAINS: dict[SpaceConfig, ProviderChain] = {}
 
 
-def chain_for(space: Any) -> ProviderChain:
+def chain_for(space: SpaceConfig) -> ProviderChain:
     """The provider chain of a configured space (``SpaceConfig.chain``), built once per process
     so that breakers and the probe check hold across a run's batches."""
     chain = _CHAINS.get(space)
@@ -103,13 +107,17 @@ def chain_for(space: Any) -> ProviderChain:
     return chain
 
 
-def spent(spaces: Sequence[Any]) -> dict[tuple[Any, str], Usage]:
+#: what each provider (by name) of each space has cost
+Spending = dict[tuple[SpaceConfig, str], Usage]
+
+
+def spent(spaces: Sequence[SpaceConfig]) -> Spending:
     """What each provider of each space's chain has cost this process so far; the difference
     of two readings is what the work between them cost."""
     return {(space, p.name): p.usage_total for space in spaces for p in chain_for(space).providers}
 
 
-def spent_since(before: dict[tuple[Any, str], Usage]) -> dict[tuple[Any, str], Usage]:
+def spent_since(before: Spending) -> Spending:
     """The usage since ``before`` (a ``spent`` reading), for the providers that did anything."""
     now = spent([space for space, _ in before])
     out = {}
@@ -126,10 +134,3 @@ def forget_chains() -> None:
     for chain in _CHAINS.values():
         chain.close()
     _CHAINS.clear()
-
-
-def _space_with(space: Any, **changes: Any) -> Any:
-    """A copy of a space config with some fields changed (a dataclass or a pydantic model)."""
-    if dataclasses.is_dataclass(space):
-        return dataclasses.replace(space, **changes)  # type: ignore[type-var]
-    return space.model_copy(update=changes)

@@ -1,22 +1,64 @@
-"""What every provider returns: vectors, who made them, and what they cost.
+"""What every embedder and provider is, and what a provider returns.
 
-A ``Provider`` is an ``Embedder`` (``embed_batch``, ``count_tokens``, ``max_input_tokens``) that
-also answers ``embed(texts) -> Embedded``: the vectors with the provider's name and the usage of
-the call, so a caller can record which provider produced each vector and what it cost.
+An ``Embedder`` turns texts into float32 vectors of its space's dimension, L2-normalised when the
+space says so (normalised float32 vectors round-trip bit-exact through Qdrant, so checksums of
+stored vectors can be exact). A ``Provider`` is an ``Embedder`` (``embed_batch``,
+``count_tokens``, ``max_input_tokens``) that also answers ``embed(texts) -> Embedded``: the
+vectors with the provider's name and the usage of the call, so a caller can record which provider
+produced each vector and what it cost.
 """
 
 from __future__ import annotations
 
 import threading
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from kbguard.embed import Embedder
-from kbguard.errors import TextTooLong
+from kbguard.config import SpaceConfig
+from kbguard.errors import EmbedError, TextTooLong
+
+
+class Embedder(ABC):
+    """Base of all embedders. Subclasses implement ``_embed`` and ``count_tokens``."""
+
+    def __init__(self, space: SpaceConfig):
+        self.space = space
+        self.texts_embedded = 0
+
+    #: the longest input (in tokens, without special tokens) the model reads in full
+    max_input_tokens: int = 512
+
+    @abstractmethod
+    def _embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    @abstractmethod
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts``, shape (len(texts), dim), float32, normalised if the space is."""
+        if not texts:
+            return np.zeros((0, self.space.dim), dtype=np.float32)
+        vectors = np.asarray(self._embed(texts), dtype=np.float32)
+        if vectors.shape != (len(texts), self.space.dim):
+            raise EmbedError(
+                f"{self.space.provider} model {self.space.model} returned vectors of shape "
+                f"{vectors.shape}, expected ({len(texts)}, {self.space.dim}). Fix `dim` of space "
+                f"{self.space.name!r} in the config."
+            )
+        if self.space.normalize:
+            vectors = normalize(vectors)
+        self.texts_embedded += len(texts)
+        return vectors
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True).astype(np.float32)
+    norms[norms == 0] = 1.0
+    return (vectors / norms).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -72,7 +114,7 @@ class Provider(Embedder):
     #: texts over ``max_input_tokens`` are refused (``TextTooLong``), never truncated
     enforces_limit: bool = False
 
-    def __init__(self, space: Any, name: str):
+    def __init__(self, space: SpaceConfig, name: str):
         super().__init__(space)
         self.name = name
         self._usage_lock = threading.Lock()

@@ -16,18 +16,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
-from kbguard.embed import normalize
 from kbguard.errors import (
     EmbedError,
     ProvidersDisagree,
     ProviderUnavailable,
     TextTooLong,
 )
-from kbguard.providers.base import Embedded, Failover, Provider, Usage
+from kbguard.config import SpaceConfig
+from kbguard.providers.base import Embedded, Failover, Provider, Usage, normalize
 from kbguard.providers.breaker import CircuitBreaker
 
 #: short texts of different kinds: two different models disagree on them by far more than
@@ -48,7 +47,7 @@ MIN_PROBE_COSINE = 0.999
 class ProviderChain(Provider):
     """Embeds with the first healthy provider of ``providers``; see the module docstring."""
 
-    def __init__(self, space: Any, providers: Sequence[Provider], *,
+    def __init__(self, space: SpaceConfig, providers: Sequence[Provider], *,
                  failure_threshold: int = 3, cooldown_s: float = 30.0,
                  min_probe_cosine: float = MIN_PROBE_COSINE,
                  probe_texts: Sequence[str] = PROBE_TEXTS, probe_on_first_use: bool = True,

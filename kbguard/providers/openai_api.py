@@ -33,7 +33,9 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from kbguard.embed import normalize
+from kbguard.config import SpaceConfig
+from kbguard.config.catalog import OPENAI_MAX_INPUT_TOKENS, OPENAI_MODELS
+from kbguard.config.provider_settings import OpenAIProviderSettings
 from kbguard.errors import (
     ConfigError,
     EmbedError,
@@ -41,9 +43,8 @@ from kbguard.errors import (
     ProviderUnavailable,
 )
 from kbguard.providers.answer import answer_cap, decode_answer, oversized, unreadable
-from kbguard.providers.base import Embedded, Provider, Usage
+from kbguard.providers.base import Embedded, Provider, Usage, normalize
 from kbguard.providers.budget import TokenBudget, plan_batches
-from kbguard.providers.settings import OpenAIProviderSettings
 from kbguard.providers.tokens import count_cl100k
 from kbguard.providers.transport import (
     AnswerRefused,
@@ -56,14 +57,6 @@ from kbguard.providers.transport import (
     retryable,
 )
 
-#: OpenAI's embedding models: native size, whether a request may ask for fewer dimensions
-OPENAI_MODELS: dict[str, tuple[int, bool]] = {
-    "text-embedding-3-small": (1536, True),
-    "text-embedding-3-large": (3072, True),
-    "text-embedding-ada-002": (1536, False),
-}
-#: the longest input OpenAI's embedding models read, in cl100k_base tokens
-OPENAI_MAX_INPUT_TOKENS = 8191
 _KEY_MARK = "[api key]"
 _log = logging.getLogger(__name__)
 
@@ -71,7 +64,7 @@ _log = logging.getLogger(__name__)
 class OpenAIProvider(Provider):
     """One OpenAI-compatible ``/v1/embeddings`` endpoint filling a space."""
 
-    def __init__(self, space: Any, settings: OpenAIProviderSettings,
+    def __init__(self, space: SpaceConfig, settings: OpenAIProviderSettings,
                  env: Mapping[str, str] | None = None):
         self.settings = settings
         self.model = settings.model or space.model
@@ -85,10 +78,10 @@ class OpenAIProvider(Provider):
             self._key = read_api_key(settings, os.environ if env is None else env)
         except ProviderUnavailable as exc:
             self._key_error = exc
-        native = OPENAI_MODELS.get(self.model.rsplit("/", 1)[-1])
+        known = OPENAI_MODELS.get(self.model.rsplit("/", 1)[-1])
         self._extra: dict[str, Any] = {}
-        if native is not None:
-            size, shortens = native
+        if known is not None:
+            size, shortens = known.dim, known.shortens
             if space.dim > size or (space.dim < size and not shortens):
                 raise ConfigError(
                     f"Space {space.name!r} has dim = {space.dim} but {self.model} makes "
@@ -96,7 +89,7 @@ class OpenAIProvider(Provider):
                     f"Set dim = {size}" + (" or below" if shortens else "") + ".")
             if space.dim < size:
                 self._extra["dimensions"] = space.dim
-            self.max_input_tokens = OPENAI_MAX_INPUT_TOKENS
+            self.max_input_tokens = known.max_input_tokens
             self.exact_tokens = True
             self.enforces_limit = True
         else:

@@ -25,11 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from kbguard.config.catalog import MAX_BATCH_TEXTS, MAX_BATCH_TOKENS
 from kbguard.errors import ConfigError
-
-#: OpenAI's own limits for one embeddings request
-MAX_BATCH_TEXTS = 2048
-MAX_BATCH_TOKENS = 300_000
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -55,19 +52,26 @@ class OpenAIProviderSettings(_Entry):
 
     type: Literal["openai"] = "openai"
     base_url: str = "https://api.openai.com/v1"
-    api_key_env: EnvName | None = None   # the NAME of an environment variable, never the key
-    api_key_file: Path | None = None     # a file holding the key, readable by its owner only
-    model: str | None = None             # what the endpoint expects; defaults to the space's
-    timeout_s: float = Field(30.0, gt=0, le=3600)
+    api_key_env: EnvName | None = Field(None, description=(
+        "the NAME of the variable that holds the key, never the key"),
+        examples=["EMBEDDINGS_API_KEY"])
+    api_key_file: Path | None = Field(None, description=(
+        "a file holding the key, readable by its owner only"))
+    model: str | None = Field(None, description=(
+        "what the endpoint expects; defaults to the space's"))
+    timeout_s: float = Field(30.0, gt=0, le=3600, description=(
+        "the most one request may take, retries included"))
     max_retries: int = Field(2, ge=0, le=10)
-    concurrency: int = Field(4, ge=1, le=64)
-    max_batch_texts: int = Field(256, ge=1, le=MAX_BATCH_TEXTS)
-    max_batch_tokens: int = Field(100_000, ge=1, le=MAX_BATCH_TOKENS)
-    tokens_per_minute: int = Field(0, ge=0)
-    price_per_million_tokens: float = Field(0.0, ge=0)
-    # Only for models that are not OpenAI's: their input limit in tokens. OpenAI's own models
-    # are known (8191 tokens, counted with their tokenizer).
-    max_input_tokens: int | None = Field(None, ge=1)
+    concurrency: int = Field(4, ge=1, le=64, description="requests in flight")
+    max_batch_texts: int = Field(256, ge=1, le=MAX_BATCH_TEXTS, description="texts per request")
+    max_batch_tokens: int = Field(100_000, ge=1, le=MAX_BATCH_TOKENS,
+                                  description="tokens per request")
+    tokens_per_minute: int = Field(0, ge=0, description="a client-side budget; 0: none")
+    price_per_million_tokens: float = Field(0.0, ge=0, description=(
+        "USD; what the cost ledger and estimates use"))
+    # OpenAI's own models are known (8191 tokens, counted with their tokenizer)
+    max_input_tokens: int | None = Field(None, ge=1, description=(
+        "only for models that are not OpenAI's: their input limit in tokens"))
 
     @field_validator("base_url")
     @classmethod
@@ -134,14 +138,13 @@ class FakeProviderSettings(_Entry):
     model: str | None = None
 
 
-ProviderSettings = Annotated[
-    OpenAIProviderSettings | SentenceTransformersProviderSettings | FakeProviderSettings,
-    Field(discriminator="type"),
-]
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(ProviderSettings)
+ProviderEntry = OpenAIProviderSettings | SentenceTransformersProviderSettings | FakeProviderSettings
+#: one ``[[spaces.providers]]`` entry: its ``type`` picks the model
+ProviderSettings = Annotated[ProviderEntry, Field(discriminator="type")]
+_ADAPTER: TypeAdapter[ProviderEntry] = TypeAdapter(ProviderSettings)
 
 
-def parse_provider_settings(entry: Mapping[str, Any], where: str = "provider") -> Any:
+def parse_provider_settings(entry: Mapping[str, Any], where: str = "provider") -> ProviderEntry:
     """One provider entry, validated; ``ConfigError`` naming each bad key (never its value)."""
     try:
         return _ADAPTER.validate_python(dict(entry))
