@@ -188,6 +188,36 @@ def test_an_unreadable_manifest_is_a_finding_and_repair_refuses(built_kb) -> Non
     assert "this is a restore" in res.stderr
 
 
+def test_a_damaged_manifest_in_a_folder_named_like_a_lock_is_still_a_finding(
+        built_kb, tmp_path: Path) -> None:
+    """Damage is told from a busy manifest by what the error carries, not by its text, which
+    quotes the file's path."""
+    kb = built_kb(tmp_path / "padlock")
+    inject(kb.cfg, "damage-manifest")
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"manifest_damage": 1}
+    assert report["findings"]["manifest_damage"]["examples"][0]["error"].startswith(
+        "the DuckDB file cannot be read: ")
+
+
+def test_a_table_that_fails_to_read_mid_check_keeps_what_was_found_before(built_kb) -> None:
+    kb = built_kb()
+    [(runs,)] = manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM runs")
+    [(points,)] = manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM chunks")
+    # read by the comparison of the points only, after the cache, the corpus and the store's count
+    manifest_sql(kb.cfg.manifest, "ALTER TABLE chunks RENAME COLUMN section TO heading",
+                 write=True)
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"manifest_damage": 1}
+    error = report["findings"]["manifest_damage"]["examples"][0]["error"]
+    assert error.startswith("the DuckDB file cannot be read: Binder Error: "), error
+    assert report["store_points"] == points   # counted before the manifest failed
+    assert "the check is not recorded: the manifest cannot be read" in report["notes"]
+    assert manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM runs") == [(runs,)]
+
+
 def test_a_corpus_change_since_the_build_is_reported_and_left_to_rebuild(built_kb) -> None:
     kb = built_kb()
     kb.write("doc1.md", "# Changed\n\nNew text entirely.\n")
