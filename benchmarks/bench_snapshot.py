@@ -39,6 +39,7 @@ import time
 import uuid
 from pathlib import Path
 
+import duckdb
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
@@ -66,7 +67,8 @@ def build_kb(cfg, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     space = cfg.spaces[0]
     batch = 5000
-    with Manifest.open(cfg.manifest, kb=cfg.kb) as m, store_for(cfg) as store:
+    Manifest.open(cfg.manifest, kb=cfg.kb).close()   # the schema; the rows go in raw, in bulk
+    with duckdb.connect(str(cfg.manifest)) as con, store_for(cfg) as store:
         store.create(vector_specs(cfg))
         for lo in range(0, n, batch):
             hi = min(n, lo + batch)
@@ -89,17 +91,17 @@ def build_kb(cfg, n: int, seed: int = 0) -> None:
                 state.append((pid, path, h, "local", True, ts))
             store.upsert(points)
             store.flush()
-            with m.transaction():
-                m.con.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", chunks)
-                m.con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?)", emb)
-                m.con.executemany("INSERT INTO store_state VALUES (?, ?, ?, ?, ?, ?)", state)
+            con.begin()
+            con.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)", chunks)
+            con.executemany("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?)", emb)
+            con.executemany("INSERT INTO store_state VALUES (?, ?, ?, ?, ?, ?)", state)
+            con.commit()
         docs = (n + PER_DOC - 1) // PER_DOC
-        with m.transaction():
-            m.con.execute(
-                "INSERT INTO documents (path, file_hash, size, mtime_ns, indexed_hash, status, "
-                "error, chunks, updated_at) SELECT 'docs/doc' || lpad(i::VARCHAR, 5, '0') || '.md', "
-                "md5(i::VARCHAR), 4096, 0, md5(i::VARCHAR), 'ok', NULL, ?, now() "
-                "FROM range(?) t(i)", [PER_DOC, docs])
+        con.execute(
+            "INSERT INTO documents (path, file_hash, size, mtime_ns, indexed_hash, status, "
+            "error, chunks, updated_at) SELECT 'docs/doc' || lpad(i::VARCHAR, 5, '0') || '.md', "
+            "md5(i::VARCHAR), 4096, 0, md5(i::VARCHAR), 'ok', NULL, ?, now() "
+            "FROM range(?) t(i)", [PER_DOC, docs])
 
 
 def du(path: Path) -> int:

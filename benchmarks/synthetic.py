@@ -49,7 +49,7 @@ def fill_synthetic(cfg: Config, *, points: int, per_doc: int = 100, words: int =
                    seed: int = 0, page: int = 2048) -> int:
     """Write a consistent KB of ``points`` generated chunks into corpus, manifest and store
     (embedded with each space's configured embedder), without parsing: for scale tests and
-    benchmarks. Points go to the store through ``Manifest.write_points``, as a rebuild's do.
+    benchmarks. Points go to the store through ``Manifest.points.write``, as a rebuild's do.
 
     The manifest and store must be empty. Returns the number of points written.
     """
@@ -72,11 +72,11 @@ def fill_synthetic(cfg: Config, *, points: int, per_doc: int = 100, words: int =
             vectors = {s.name: chain_for(s).embed_batch(texts) for s in cfg.spaces}
             with manifest.transaction():
                 for s in cfg.spaces:
-                    manifest.cache_vectors(
+                    manifest.cache.add(
                         s.space_id,
                         list(zip([c.content_hash for c in pending], vectors[s.name],
                                  strict=True)), None)
-            manifest.write_points(store, [
+            manifest.points.write(store, [
                 (Point(c.point_id, {s.name: vectors[s.name][i] for s in cfg.spaces},
                        point_payload(cfg.kb, c.path, c.content_hash, 0, c.section, c.text)),
                  c.path, c.content_hash)
@@ -102,8 +102,8 @@ def fill_synthetic(cfg: Config, *, points: int, per_doc: int = 100, words: int =
                 chunks.append(ChunkRow(point_id(cfg.kb, rel, h, 0), rel, seq, h, 0, "Synthetic",
                                        text, words))
             with manifest.transaction():
-                manifest.record_document(DocumentRow(rel, digest, st.st_size, st.st_mtime_ns,
-                                                     digest, "ok", None, n, "utf-8"), chunks)
+                manifest.documents.record(DocumentRow(rel, digest, st.st_size, st.st_mtime_ns,
+                                                      digest, "ok", None, n, "utf-8"), chunks)
             pending.extend(chunks)
             if len(pending) >= page:
                 write_pending()

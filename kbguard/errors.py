@@ -62,7 +62,13 @@ class LockedError(KbguardError):
 
 
 class ManifestError(KbguardError):
-    pass
+    """``engine_error``: the first line of what DuckDB said when it refused the file or a
+    statement on it; None when kbguard refused it itself (an empty file, another KB's, a
+    schema this version cannot read)."""
+
+    def __init__(self, message: str, *, engine_error: str | None = None):
+        super().__init__(message)
+        self.engine_error = engine_error
 
 
 class ManifestReadOnly(ManifestError):

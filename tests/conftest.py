@@ -8,10 +8,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pytest
 from typer.testing import CliRunner
 
@@ -216,7 +218,18 @@ def manifest_chunk_ids(cfg: Config) -> set[str]:
     from kbguard.manifest import Manifest
 
     with Manifest.open(cfg.manifest, read_only=True) as m:
-        return {r[0] for r in m.con.execute("SELECT point_id FROM chunks").fetchall()}
+        return set(m.chunks.point_ids())
+
+
+def manifest_sql(path: Path, sql: str, params: Sequence[Any] = (), *,
+                 write: bool = False) -> list[tuple]:
+    """The rows of raw ``sql`` on the manifest file at ``path``, run by DuckDB itself: what a
+    test reads beside kbguard's API (or, with ``write``, changes behind its back)."""
+    con = duckdb.connect(str(path), read_only=not write)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
 
 
 def git_dvc_repo(root: Path):

@@ -215,10 +215,10 @@ def test_a_rebuild_waits_for_a_reader_that_holds_the_manifest(built_kb) -> None:
 
 def test_a_reader_that_never_lets_go_is_named_not_the_rebuild_itself(
         built_kb, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kbguard import manifest
+    from kbguard.manifest import connection
 
     kb = built_kb()
-    monkeypatch.setattr(manifest, "WRITER_WAITS_S", 0.3)
+    monkeypatch.setattr(connection, "WRITER_WAITS_S", 0.3)
     with manifest_held_open(kb, 60):
         res = kb.cli("rebuild", "--json")
     assert res.code == 3, (res.stdout, res.stderr)

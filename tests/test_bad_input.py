@@ -7,12 +7,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import KB, make_kb, manifest_chunk_ids, store_contents
+from conftest import KB, make_kb, manifest_chunk_ids, manifest_sql, store_contents
 from typer.testing import CliRunner
 
 from kbguard.cli.main import app
 from kbguard.core.lock import kb_lock
-from kbguard.manifest import Manifest
 from kbguard.core.progress import Progress
 from kbguard.ingest.rebuild import rebuild
 
@@ -61,10 +60,9 @@ def test_bad_files_are_recorded_as_failed_and_the_rest_is_indexed(tmp_path: Path
     assert report["documents"]["failed"] == 7
     assert report["documents"]["added"] == 3
 
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        rows = dict(m.con.execute(
-            "SELECT path, error FROM documents WHERE status = 'failed'").fetchall())
-        indexed = {r[0] for r in m.con.execute("SELECT DISTINCT path FROM chunks").fetchall()}
+    rows = dict(manifest_sql(kb.cfg.manifest,
+                             "SELECT path, error FROM documents WHERE status = 'failed'"))
+    indexed = {r[0] for r in manifest_sql(kb.cfg.manifest, "SELECT DISTINCT path FROM chunks")}
     assert rows == failed
     assert indexed == {"doc0.md", "doc1.md", "doc2.md"}
     points = store_contents(kb.cfg)

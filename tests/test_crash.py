@@ -10,9 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KB, edit_corpus, make_kb, manifest_chunk_ids, store_contents
-
-from kbguard.manifest import Manifest
+from conftest import KB, edit_corpus, make_kb, manifest_chunk_ids, manifest_sql, store_contents
 
 pytestmark = pytest.mark.slow  # every test here runs kbguard in a process it kills
 
@@ -20,31 +18,26 @@ BATCH = 8  # the embedding batch of the test configs (conftest.write_config)
 
 
 def _cached(cfg) -> set[str]:
-    with Manifest.open(cfg.manifest, read_only=True) as m:
-        return {r[0] for r in m.con.execute("SELECT content_hash FROM embeddings").fetchall()}
+    return {r[0] for r in manifest_sql(cfg.manifest, "SELECT content_hash FROM embeddings")}
 
 
 def _distinct_hashes(cfg) -> set[str]:
-    with Manifest.open(cfg.manifest, read_only=True) as m:
-        return {r[0] for r in m.con.execute("SELECT DISTINCT content_hash FROM chunks").fetchall()}
+    return {r[0] for r in manifest_sql(cfg.manifest, "SELECT DISTINCT content_hash FROM chunks")}
 
 
 def _runs(cfg) -> list[tuple[str, str, bool]]:
     """(kind, status, finished) of every run, oldest first."""
-    with Manifest.open(cfg.manifest, read_only=True) as m:
-        return [(kind, status, finished is not None) for kind, status, finished in m.con.execute(
-            "SELECT kind, status, finished_at FROM runs ORDER BY run_id").fetchall()]
+    return [(kind, status, finished is not None) for kind, status, finished in manifest_sql(
+        cfg.manifest, "SELECT kind, status, finished_at FROM runs ORDER BY run_id")]
 
 
 def _store_state(cfg) -> dict[str, bool]:
     """point id -> confirmed, as the manifest records the store."""
-    with Manifest.open(cfg.manifest, read_only=True) as m:
-        return dict(m.con.execute("SELECT point_id, confirmed FROM store_state").fetchall())
+    return dict(manifest_sql(cfg.manifest, "SELECT point_id, confirmed FROM store_state"))
 
 
 def _chunk_paths(cfg) -> set[str]:
-    with Manifest.open(cfg.manifest, read_only=True) as m:
-        return {r[0] for r in m.con.execute("SELECT DISTINCT path FROM chunks").fetchall()}
+    return {r[0] for r in manifest_sql(cfg.manifest, "SELECT DISTINCT path FROM chunks")}
 
 
 CRASH_POINTS = ["parse-commit:1", "embed-batch:3", "store-upsert:2", "store-delete:1"]

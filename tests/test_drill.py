@@ -63,7 +63,7 @@ def live_state(kb: KB) -> dict[str, str]:
 
 def history(kb: KB) -> list[dict]:
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        return m.drill_history()
+        return m.drills.history()
 
 
 def repo_kb(root: Path, url: str) -> tuple[KB, str]:

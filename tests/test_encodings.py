@@ -8,9 +8,9 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import make_kb
+from conftest import make_kb, manifest_sql
 
-import kbguard.manifest
+import kbguard.manifest.migrations
 from kbguard.errors import ParseError
 from kbguard.manifest import Manifest, now
 from kbguard.ingest.parse import parse_document, parse_file
@@ -98,9 +98,8 @@ def test_binary_content_with_a_text_name_is_still_refused(tmp_path: Path, name: 
 
 
 def _documents(manifest: Path) -> dict[str, tuple[str, str | None]]:
-    with Manifest.open(manifest, read_only=True) as m:
-        return {p: (s, e) for p, s, e in m.con.execute(
-            "SELECT path, status, encoding FROM documents").fetchall()}
+    return {p: (s, e) for p, s, e in manifest_sql(
+        manifest, "SELECT path, status, encoding FROM documents")}
 
 
 def test_a_rebuild_indexes_legacy_files_and_records_their_encoding(tmp_path: Path) -> None:
@@ -116,10 +115,9 @@ def test_a_rebuild_indexes_legacy_files_and_records_their_encoding(tmp_path: Pat
     assert _documents(kb.cfg.manifest) == {
         "doc0.md": ("ok", "utf-8"), "report.txt": ("ok", "cp1252"),
         "cafes.md": ("ok", "cp1252"), "blob.txt": ("failed", None)}
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        chunks = dict(m.con.execute(
-            "SELECT path, string_agg(text, '\n' ORDER BY seq) FROM chunks "
-            "WHERE path <> 'doc0.md' GROUP BY path").fetchall())
+    chunks = dict(manifest_sql(
+        kb.cfg.manifest, "SELECT path, string_agg(text, '\n' ORDER BY seq) FROM chunks "
+        "WHERE path <> 'doc0.md' GROUP BY path"))
     assert chunks == {
         "report.txt": "Quarterly report\n\n" + CP1252_TEXT.split("\n\n")[1].strip(),
         "cafes.md": "Caf\u00e9s de Montr\u00e9al\n\n" + LATIN1_TEXT.split("\n\n")[1].strip()}
@@ -139,17 +137,18 @@ def test_files_refused_as_not_utf8_before_are_parsed_again_after_the_upgrade(
     hash that would stop it being retried: the migration lets the next rebuild read it."""
     kb = make_kb(tmp_path, docs=1)
     legacy = kb.write("cafes.md", LATIN1_TEXT.encode("latin-1"))
+    migrations = kbguard.manifest.migrations
     with monkeypatch.context() as old:
-        old.setattr(kbguard.manifest, "MIGRATIONS", kbguard.manifest.MIGRATIONS[:2])
-        old.setattr(kbguard.manifest, "SCHEMA_VERSION", 2)
-        with Manifest.open(kb.cfg.manifest, kb=kb.cfg.kb) as m, m.transaction():
-            st = legacy.stat()
-            m.con.execute(
-                "INSERT INTO documents VALUES (?, ?, ?, ?, NULL, 'failed', ?, 0, ?)",
-                ["cafes.md", file_md5(legacy), st.st_size, st.st_mtime_ns,
-                 ("cafes.md: invalid UTF-8 at byte offset 6 (line 1, byte 0xe9); kbguard reads "
-                 "text files as UTF-8. Convert the file, e.g. `iconv -f WINDOWS-1252 -t UTF-8` "
-                 "if it came from Windows."), now()])
+        old.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+        old.setattr(migrations, "SCHEMA_VERSION", 2)
+        Manifest.open(kb.cfg.manifest, kb=kb.cfg.kb).close()
+    st = legacy.stat()
+    manifest_sql(
+        kb.cfg.manifest, "INSERT INTO documents VALUES (?, ?, ?, ?, NULL, 'failed', ?, 0, ?)",
+        ["cafes.md", file_md5(legacy), st.st_size, st.st_mtime_ns,
+         ("cafes.md: invalid UTF-8 at byte offset 6 (line 1, byte 0xe9); kbguard reads "
+          "text files as UTF-8. Convert the file, e.g. `iconv -f WINDOWS-1252 -t UTF-8` "
+          "if it came from Windows."), now()], write=True)
     con = duckdb.connect(str(kb.cfg.manifest), read_only=True)
     assert con.execute("SELECT max(version) FROM migrations").fetchone() == (2,)
     con.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kbguard.core.lock import kb_lock
-from tests.conftest import KB, edit_corpus, long_markdown, make_kb
+from tests.conftest import KB, edit_corpus, long_markdown, make_kb, manifest_sql
 from tests.openai_server import OpenAIServer
 from tests.test_spaces import api_kb
 
@@ -116,9 +116,7 @@ def test_full_reembed_and_store_lost_cover_the_whole_kb(built_kb) -> None:
 
 
 def _chunk_hashes(kb: KB) -> list[str]:
-    from kbguard.manifest import Manifest
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        return [r[0] for r in m.con.execute("SELECT content_hash FROM chunks").fetchall()]
+    return [r[0] for r in manifest_sql(kb.cfg.manifest, "SELECT content_hash FROM chunks")]
 
 
 def test_restore_latest_counts_the_catch_up_after_the_snapshot(built_kb) -> None:
@@ -216,11 +214,11 @@ def test_a_drill_that_restored_a_copy_times_the_restore(built_kb) -> None:
     assert before["seconds"] is None and "no restore measured yet" in before["basis"]
     at = datetime(2026, 11, 29, 10, 0, tzinfo=timezone.utc)
     with Manifest.open(kb.cfg.manifest) as m:
-        m.record_drill({"scenario": "manifest-lost", "started_at": at, "finished_at": at,
-                        "status": "passed", "healthy": True, "recovery_s": 9.0,
-                        "steps": [{"command": "kbguard verify", "seconds": 0.5},
-                                  {"command": "kbguard restore --latest --yes", "seconds": 2.5},
-                                  {"command": "kbguard verify", "seconds": 6.0}]})
+        m.drills.record({"scenario": "manifest-lost", "started_at": at, "finished_at": at,
+                         "status": "passed", "healthy": True, "recovery_s": 9.0,
+                         "steps": [{"command": "kbguard verify", "seconds": 0.5},
+                                   {"command": "kbguard restore --latest --yes", "seconds": 2.5},
+                                   {"command": "kbguard verify", "seconds": 6.0}]})
     after = _estimate(kb)["scenarios"]["restore_latest"]
     assert after["stages"]["restore"] == 2.5
     assert "2.5 s in the manifest-lost drill of 2026-11-29" in after["basis"]

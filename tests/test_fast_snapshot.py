@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KB, edit_corpus, store_contents
+from conftest import KB, edit_corpus, manifest_sql, store_contents
 
-from kbguard.manifest import Manifest
 from kbguard.recovery.restore import pending_restore
 from kbguard.recovery.snapshot import (ENGINE, META_FILE, SHARD_DIR, engine_version, read_meta,
                               render_meta, snapshot_folder, verify_folder)
@@ -305,9 +304,8 @@ def test_a_store_damaged_when_snapshotted_is_restored_from_the_manifest_s_points
 def test_pending_writes_take_the_points_from_the_store(built_kb) -> None:
     kb = built_kb()
     original = store_contents(kb.cfg)
-    with Manifest.open(kb.cfg.manifest) as m:
-        m.con.execute("UPDATE store_state SET confirmed = false WHERE point_id IN "
-                      "(SELECT point_id FROM store_state ORDER BY point_id LIMIT 2)")
+    manifest_sql(kb.cfg.manifest, "UPDATE store_state SET confirmed = false WHERE point_id IN "
+                 "(SELECT point_id FROM store_state ORDER BY point_id LIMIT 2)", write=True)
     report = kb.cli_json("snapshot", "create")
     assert "the points were read from the store: 2 point writes are not confirmed" in (
         report["notes"])
@@ -323,12 +321,12 @@ def test_a_damaged_cache_row_takes_the_points_from_the_store(built_kb) -> None:
     copy of it does, as before."""
     kb = built_kb()
     original = store_contents(kb.cfg)
-    with Manifest.open(kb.cfg.manifest) as m:
-        blob, h = m.con.execute("SELECT vector, content_hash FROM embeddings LIMIT 1").fetchone()
-        bad = bytearray(blob)
-        bad[0] ^= 0x01
-        m.con.execute("UPDATE embeddings SET vector = ? WHERE content_hash = ?",
-                      [bytes(bad), h])
+    [(blob, h)] = manifest_sql(kb.cfg.manifest,
+                               "SELECT vector, content_hash FROM embeddings LIMIT 1")
+    bad = bytearray(blob)
+    bad[0] ^= 0x01
+    manifest_sql(kb.cfg.manifest, "UPDATE embeddings SET vector = ? WHERE content_hash = ?",
+                 [bytes(bad), h], write=True)
     report = kb.cli_json("snapshot", "create")
     assert ("the points were read from the store: a cached 'local' vector fails its checksum "
             "(`kbguard verify` names it)") in report["notes"]

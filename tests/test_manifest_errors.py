@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import make_kb
+from conftest import make_kb, manifest_sql
 
 from kbguard.errors import ManifestError
 from kbguard.manifest import Manifest
@@ -53,15 +53,15 @@ def test_a_rebuild_on_a_manifest_whose_table_was_altered_stops_with_a_manifest_e
                                       "exit_code": 2}
 
     # the parse and the embedding were committed, the run is recorded as failed
+    hashes = [h for h, in manifest_sql(path, "SELECT content_hash FROM chunks "
+                                       "WHERE path = 'doc0.md'")]
     with Manifest.open(path, read_only=True) as m:
-        hashes = [h for h, in m.con.execute(
-            "SELECT content_hash FROM chunks WHERE path = 'doc0.md'").fetchall()]
-        texts = list(m.chunk_texts(hashes).values())
+        texts = list(m.chunks.texts(hashes).values())
         assert len(texts) == 1 and "otters" in texts[0]
-        cached = m.cached_vectors(kb.cfg.spaces[0].space_id, hashes)
+        cached = m.cache.vectors(kb.cfg.spaces[0].space_id, hashes)
         assert [h for h, _, _ in cached] == hashes
-        assert m.pending_point_count() == 0  # the failed batch rolled back
-        last = m.last_run()
+        assert m.points.pending_count() == 0  # the failed batch rolled back
+        last = m.runs.last()
         assert last is not None and last["status"] == "failed"
         assert last["summary"] == {"error": expected}
 

@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import KB, make_kb
+from conftest import KB, make_kb, manifest_sql
 from openai_server import OpenAIServer
 
 from kbguard.config import SpaceConfig
 from kbguard.providers.local import FakeEmbedder
-from kbguard.manifest import Manifest
 from kbguard.errors import (
     ConfigError,
     InvalidAnswer,
@@ -526,10 +525,11 @@ def test_rebuild_verify_and_repair_fail_over_from_a_trickling_primary(
     assert list(built["spaces"]["primary"]["providers"]) == [f"fake:{SPACE.model}"]
     checked = run("verify", "--sample", "4")
     assert checked["sampled"] == 4
-    with Manifest.open(kb.cfg.manifest) as m:  # a damaged cache row: repair re-embeds it
-        blob, h = m.con.execute("SELECT vector, content_hash FROM embeddings LIMIT 1").fetchone()
-        m.con.execute("UPDATE embeddings SET vector = ? WHERE content_hash = ?",
-                      [bytes([blob[0] ^ 1]) + bytes(blob[1:]), h])
+    # a damaged cache row: repair re-embeds it
+    [(blob, h)] = manifest_sql(kb.cfg.manifest,
+                               "SELECT vector, content_hash FROM embeddings LIMIT 1")
+    manifest_sql(kb.cfg.manifest, "UPDATE embeddings SET vector = ? WHERE content_hash = ?",
+                 [bytes([blob[0] ^ 1]) + bytes(blob[1:]), h], write=True)
     repaired = run("verify", "--repair")
     assert repaired["repair"]["actions"]["cache_rows_replaced"] == 1
     # each command paid for the primary once: its probe, cut at the deadline

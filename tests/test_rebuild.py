@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import KB, long_markdown, make_kb, manifest_chunk_ids, store_contents, write_config
-
-from kbguard.manifest import Manifest
+from conftest import (KB, long_markdown, make_kb, manifest_chunk_ids, manifest_sql, store_contents,
+                      write_config)
 
 
 def test_first_build_then_noop_embeds_and_writes_nothing(tmp_path: Path, backend: str) -> None:
@@ -42,8 +41,7 @@ def test_editing_one_paragraph_embeds_only_its_section(tmp_path: Path, backend: 
     original = long_markdown("Long", sections=12, paragraphs=4)
     kb.write("long.md", original)
     kb.cli_json("rebuild")
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        before = dict(m.con.execute("SELECT point_id, section FROM chunks").fetchall())
+    before = dict(manifest_sql(kb.cfg.manifest, "SELECT point_id, section FROM chunks"))
 
     edited = original.replace("Paragraph 2 of part 6 in Long",
                               "Paragraph 2 of part 6, rewritten entirely, in Long")
@@ -51,8 +49,7 @@ def test_editing_one_paragraph_embeds_only_its_section(tmp_path: Path, backend: 
     kb.write("long.md", edited)
     report = kb.cli_json("rebuild")
 
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        after = dict(m.con.execute("SELECT point_id, section FROM chunks").fetchall())
+    after = dict(manifest_sql(kb.cfg.manifest, "SELECT point_id, section FROM chunks"))
     new_ids = set(after) - set(before)
     assert new_ids, "the edit must change at least one chunk"
     assert {after[i] for i in new_ids} == {"Long > Long part 6"}
@@ -118,8 +115,8 @@ def test_touching_a_file_refreshes_the_stat_cache_without_parsing(built_kb) -> N
     report = kb.cli_json("rebuild")
     assert report["documents"]["unchanged"] == 3
     assert report["chunks"]["embedded"] == 0
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        mtime = m.scalar("SELECT mtime_ns FROM documents WHERE path = 'doc0.md'")
+    [(mtime,)] = manifest_sql(kb.cfg.manifest,
+                              "SELECT mtime_ns FROM documents WHERE path = 'doc0.md'")
     assert mtime == p.stat().st_mtime_ns
 
 
@@ -149,8 +146,7 @@ def test_read_as_indexes_sphinx_txt_sources_as_rst(tmp_path: Path) -> None:
     kb.write("page.txt", "=====\nGuide\n=====\n\nIntro text.\n\nInstall\n=======\n\n"
                          "Run ``pip install`` first.\n")
     kb.cli_json("rebuild")
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        sections = {r[0] for r in m.con.execute("SELECT section FROM chunks").fetchall()}
+    sections = {r[0] for r in manifest_sql(kb.cfg.manifest, "SELECT section FROM chunks")}
     assert "Guide > Install" in sections
 
 

@@ -24,7 +24,7 @@ def _built(tmp_path: Path, backend: str) -> KB:
 
 def _cache_rows(kb: KB) -> int:
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        return int(m.scalar("SELECT count(*) FROM embeddings"))
+        return m.cache.count()
 
 
 def _assert_unreadable(kb: KB) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import KB
+from conftest import KB, manifest_sql
 
 from kbguard.manifest import Manifest, now
 from kbguard.operations.report import (EMPTY, NO_RECOVERY, ReportData, _findings_chart, _recovery_chart,
@@ -40,7 +40,7 @@ DRILLS = [
 def _record_drills(kb: KB) -> None:
     with Manifest.open(kb.cfg.manifest) as m:
         for scenario, started, status, recovery, objective, message in DRILLS:
-            m.record_drill({
+            m.drills.record({
                 "scenario": scenario, "started_at": started, "finished_at": started,
                 "status": status, "healthy": status != "failed", "detection_s": 1.5,
                 "recovery_s": recovery, "objective_s": objective, "message": message})
@@ -48,9 +48,9 @@ def _record_drills(kb: KB) -> None:
 
 def _record_old_spend(kb: KB) -> None:
     """A priced API month long ago, beside the fake provider's free tokens of this month."""
-    with Manifest.open(kb.cfg.manifest) as m, m.transaction():
-        m.con.execute("INSERT INTO ledger VALUES (NULL, 'rebuild', 'local', 'x', 'openai:small', "
-                      "100, 20000, 3, 1.0, 0.42, ?)", [_utc(2025, 1, 15, 12)])
+    manifest_sql(kb.cfg.manifest, "INSERT INTO ledger VALUES (NULL, 'rebuild', 'local', 'x', "
+                 "'openai:small', 100, 20000, 3, 1.0, 0.42, ?)", [_utc(2025, 1, 15, 12)],
+                 write=True)
 
 
 def _browser_dom(page: Path, tmp_path: Path) -> str:
@@ -100,7 +100,7 @@ def test_report_draws_every_chart_offline(built_kb, tmp_path: Path) -> None:
     _record_drills(kb)
     _record_old_spend(kb)
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        chunks = m.chunk_count()
+        chunks = m.chunks.count()
 
     out = tmp_path / "report.html"
     data = kb.cli_json("report", "-o", str(out))
@@ -203,9 +203,9 @@ def test_a_kb_without_history_says_what_fills_each_chart(built_kb, tmp_path: Pat
 def test_drills_that_measured_no_recovery_say_so(built_kb, tmp_path: Path) -> None:
     kb = built_kb(tmp_path / "kb")
     with Manifest.open(kb.cfg.manifest) as m:
-        m.record_drill({"scenario": "provider-down", "started_at": _utc(2026, 2, 1),
-                        "finished_at": _utc(2026, 2, 1), "status": "not-possible",
-                        "healthy": True, "message": "no standby space"})
+        m.drills.record({"scenario": "provider-down", "started_at": _utc(2026, 2, 1),
+                         "finished_at": _utc(2026, 2, 1), "status": "not-possible",
+                         "healthy": True, "message": "no standby space"})
     data = kb.cli_json("report", "-o", str(tmp_path / "r.html"))
     assert data["charts"]["recovery"] == 0
     assert data["empty"]["recovery"] == NO_RECOVERY

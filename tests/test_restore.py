@@ -9,8 +9,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import (KB, edit_corpus, long_markdown, manifest_chunk_ids, store_contents,
-                      write_config)
+from conftest import (KB, edit_corpus, long_markdown, manifest_chunk_ids, manifest_sql,
+                      store_contents, write_config)
 
 from kbguard.errors import StoreError
 from kbguard.manifest import Manifest
@@ -27,17 +27,16 @@ def _snapshot(kb: KB) -> str:
 
 
 def _manifest_rows(cfg) -> dict[str, set]:
-    with Manifest.open(cfg.manifest, read_only=True) as m:
-        return {
-            "documents": set(m.con.execute(
-                "SELECT path, file_hash, indexed_hash, status, chunks FROM documents").fetchall()),
-            "chunks": set(m.con.execute("SELECT * FROM chunks").fetchall()),
-            "embeddings": set(m.con.execute(
-                "SELECT space_id, content_hash, vector, checksum FROM embeddings").fetchall()),
-            "state": set(m.con.execute(
-                "SELECT point_id, path, content_hash, vectors, confirmed FROM store_state"
-            ).fetchall()),
-        }
+    return {
+        "documents": set(manifest_sql(
+            cfg.manifest, "SELECT path, file_hash, indexed_hash, status, chunks FROM documents")),
+        "chunks": set(manifest_sql(cfg.manifest, "SELECT * FROM chunks")),
+        "embeddings": set(manifest_sql(
+            cfg.manifest, "SELECT space_id, content_hash, vector, checksum FROM embeddings")),
+        "state": set(manifest_sql(
+            cfg.manifest,
+            "SELECT point_id, path, content_hash, vectors, confirmed FROM store_state")),
+    }
 
 
 def _destroy(kb: KB) -> None:
@@ -82,18 +81,16 @@ def test_round_trip_restores_store_and_manifest_exactly(built_kb, backend: str) 
 def test_corpus_edited_after_the_snapshot_then_store_lost(built_kb, clean_edited_build) -> None:
     kb = built_kb()
     sid = _snapshot(kb)
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        cached_at_snapshot = {r[0] for r in m.con.execute(
-            "SELECT content_hash FROM embeddings").fetchall()}
+    cached_at_snapshot = {r[0] for r in manifest_sql(
+        kb.cfg.manifest, "SELECT content_hash FROM embeddings")}
     edit_corpus(kb)
     kb.cli_json("rebuild")
     shutil.rmtree(kb.cfg.store_path)
 
     report = kb.cli_json("restore", sid, "--yes")
     catch_up = report["catch_up"]
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        now_hashes = {r[0] for r in m.con.execute(
-            "SELECT DISTINCT content_hash FROM chunks").fetchall()}
+    now_hashes = {r[0] for r in manifest_sql(
+        kb.cfg.manifest, "SELECT DISTINCT content_hash FROM chunks")}
     new_since = now_hashes - cached_at_snapshot
     assert new_since, "the edit must have produced new chunk texts"
     assert catch_up["chunks"]["embedded"] == len(new_since)
@@ -301,26 +298,27 @@ def test_a_restore_keeps_the_history_of_the_kb(built_kb) -> None:
     assert kb.cli("verify").code == 0
     at = datetime(2026, 11, 29, 10, 0, tzinfo=timezone.utc)
     with Manifest.open(kb.cfg.manifest) as m:
-        m.record_drill({"scenario": "store-lost", "started_at": at, "finished_at": at,
-                        "status": "passed", "healthy": True, "recovery_s": 2.0})
-        before = m.con.execute("SELECT run_id, kind FROM runs ORDER BY run_id").fetchall()
-        ledger = m.con.execute("SELECT count(*) FROM ledger").fetchone()[0]
+        m.drills.record({"scenario": "store-lost", "started_at": at, "finished_at": at,
+                         "status": "passed", "healthy": True, "recovery_s": 2.0})
+    before = manifest_sql(kb.cfg.manifest, "SELECT run_id, kind FROM runs ORDER BY run_id")
+    [(ledger,)] = manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM ledger")
     assert ledger > 0 and [k for _, k in before] == ["rebuild", "verify"]
     res = kb.cli("restore", sid, "--yes", "--json")
     assert res.code == 0, res.stdout + res.stderr
+    runs = manifest_sql(kb.cfg.manifest, "SELECT run_id, kind FROM runs ORDER BY run_id")
+    assert runs[:len(before)] == before
+    assert [k for _, k in runs[len(before):]] == ["restore", "rebuild"]   # + its catch-up
+    assert manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM ledger") == [(ledger,)]
+    [(findings,)] = manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM findings")
+    assert findings > 0
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        runs = m.con.execute("SELECT run_id, kind FROM runs ORDER BY run_id").fetchall()
-        assert runs[:len(before)] == before
-        assert [k for _, k in runs[len(before):]] == ["restore", "rebuild"]   # + its catch-up
-        assert m.con.execute("SELECT count(*) FROM ledger").fetchone()[0] == ledger
-        assert [d["scenario"] for d in m.drill_history()] == ["store-lost"]
-        assert m.con.execute("SELECT count(*) FROM findings").fetchone()[0] > 0
+        assert [d["scenario"] for d in m.drills.history()] == ["store-lost"]
     # and the ids go on from there
     kb.cli_json("rebuild")
+    assert manifest_sql(kb.cfg.manifest, "SELECT max(run_id) FROM runs") == [(runs[-1][0] + 1,)]
     with Manifest.open(kb.cfg.manifest) as m:
-        assert m.con.execute("SELECT max(run_id) FROM runs").fetchone()[0] == runs[-1][0] + 1
-        assert m.record_drill({"scenario": "x", "started_at": at, "finished_at": at,
-                               "status": "passed", "healthy": True}) == 2
+        assert m.drills.record({"scenario": "x", "started_at": at, "finished_at": at,
+                                "status": "passed", "healthy": True}) == 2
 
 
 def test_a_restore_over_an_unreadable_manifest_still_restores(built_kb) -> None:

@@ -25,12 +25,12 @@ def _record(kb: KB, scenario: str, *, status: str = "passed", recovery_s: float 
             message: str | None = None, when: datetime | None = None) -> None:
     at = when or datetime(2026, 11, 29, 10, 30, tzinfo=timezone.utc)
     with Manifest.open(kb.cfg.manifest) as m:
-        m.record_drill({"scenario": scenario, "started_at": at,
-                        "finished_at": at + timedelta(seconds=recovery_s + 5),
-                        "status": status, "healthy": status != "failed",
-                        "detection_s": detection_s, "recovery_s": recovery_s,
-                        "objective_s": objective_s, "requests": 0, "texts": 3, "tokens": 120,
-                        "cost_usd": 0.0, "message": message, "steps": []})
+        m.drills.record({"scenario": scenario, "started_at": at,
+                         "finished_at": at + timedelta(seconds=recovery_s + 5),
+                         "status": status, "healthy": status != "failed",
+                         "detection_s": detection_s, "recovery_s": recovery_s,
+                         "objective_s": objective_s, "requests": 0, "texts": 3, "tokens": 120,
+                         "cost_usd": 0.0, "message": message, "steps": []})
 
 
 def _section(text: str, drill: str) -> str:
@@ -166,7 +166,7 @@ def test_the_config_path_is_written_as_given_and_where_to_run_from(
 def test_a_killed_rebuild_is_described_with_the_status_it_shows(built_kb) -> None:
     kb = built_kb()
     with Manifest.open(kb.cfg.manifest) as m:
-        m.start_run("rebuild")   # what a killed rebuild leaves: a run that never ended
+        m.runs.start("rebuild")   # what a killed rebuild leaves: a run that never ended
     shown = kb.cli_json("status")["last_run"]["status"]
     assert shown == "interrupted"
     section = _section(kb.cli("runbook").stdout, "killed-rebuild")

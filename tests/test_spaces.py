@@ -17,8 +17,7 @@ import pytest
 
 from kbguard import providers
 from kbguard.providers import MIN_PROBE_COSINE
-from kbguard.manifest import Manifest
-from tests.conftest import API_KEY as KEY, KB, make_kb, store_contents
+from tests.conftest import API_KEY as KEY, KB, make_kb, manifest_sql, store_contents
 from tests.openai_server import OpenAIServer
 
 MODEL = "text-embedding-3-small"
@@ -79,9 +78,8 @@ def test_an_api_primary_and_a_local_standby_build_together(tmp_path: Path,
                for r in server.embedding_requests)
     points = store_contents(kb.cfg)
     assert {frozenset(v) for v, _ in points.values()} == {frozenset({"primary", "local"})}
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        made_by = dict(m.con.execute("SELECT space_id, any_value(provider) FROM embeddings "
-                                     "GROUP BY 1").fetchall())
+    made_by = dict(manifest_sql(kb.cfg.manifest, "SELECT space_id, any_value(provider) "
+                                "FROM embeddings GROUP BY 1"))
     assert made_by[f"{MODEL}@64/norm"].startswith("openai")
     assert made_by["fake-hash@32/norm"].startswith("fake")
 
@@ -112,8 +110,7 @@ def test_a_space_whose_providers_are_all_down_leaves_a_debt_the_next_rebuild_pay
     assert report["spaces"]["local"]["coverage"] == 1.0
     assert report["spaces"]["primary"]["coverage"] == 0.0
     assert report["spaces"]["primary"]["texts"] == 0
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        texts = m.con.execute("SELECT count(DISTINCT content_hash) FROM chunks").fetchone()[0]
+    [(texts,)] = manifest_sql(kb.cfg.manifest, "SELECT count(DISTINCT content_hash) FROM chunks")
     assert report["spaces"]["primary"]["debt"] == texts > 0
     assert "primary" in " ".join(report["notes"])
     assert report["chunks"]["written"] == total  # the points are there, with the local vector
@@ -204,9 +201,8 @@ def test_sampled_re_embedding_by_verify_is_in_the_ledger(tmp_path: Path,
     report = json.loads(res.stdout)
     assert res.code == 0, report
     assert report["cost"]["tokens"] > 0
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        rows = m.con.execute("SELECT kind, space, sum(tokens), sum(cost_usd) FROM ledger "
-                             "GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+    rows = manifest_sql(kb.cfg.manifest, "SELECT kind, space, sum(tokens), sum(cost_usd) "
+                        "FROM ledger GROUP BY 1, 2 ORDER BY 1, 2")
     kinds = {(kind, space): (tokens, usd) for kind, space, tokens, usd in rows}
     assert kinds[("rebuild", "primary")][0] == built["cost"]["by_space"]["primary"]["tokens"]
     assert kinds[("verify", "primary")][0] == report["cost"]["tokens"] - kinds.get(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from benchmarks.synthetic import fill_synthetic
-from conftest import KB, long_markdown, make_kb, store_contents
+from conftest import KB, long_markdown, make_kb, manifest_sql, store_contents
 
 from kbguard.integrity.chaos import inject
 from kbguard.providers import chain_for
@@ -188,6 +188,36 @@ def test_an_unreadable_manifest_is_a_finding_and_repair_refuses(built_kb) -> Non
     assert "this is a restore" in res.stderr
 
 
+def test_a_damaged_manifest_in_a_folder_named_like_a_lock_is_still_a_finding(
+        built_kb, tmp_path: Path) -> None:
+    """Damage is told from a busy manifest by what the error carries, not by its text, which
+    quotes the file's path."""
+    kb = built_kb(tmp_path / "padlock")
+    inject(kb.cfg, "damage-manifest")
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"manifest_damage": 1}
+    assert report["findings"]["manifest_damage"]["examples"][0]["error"].startswith(
+        "the DuckDB file cannot be read: ")
+
+
+def test_a_table_that_fails_to_read_mid_check_keeps_what_was_found_before(built_kb) -> None:
+    kb = built_kb()
+    [(runs,)] = manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM runs")
+    [(points,)] = manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM chunks")
+    # read by the comparison of the points only, after the cache, the corpus and the store's count
+    manifest_sql(kb.cfg.manifest, "ALTER TABLE chunks RENAME COLUMN section TO heading",
+                 write=True)
+    code, report = verify(kb)
+    assert code == 1
+    assert nonzero(report) == {"manifest_damage": 1}
+    error = report["findings"]["manifest_damage"]["examples"][0]["error"]
+    assert error.startswith("the DuckDB file cannot be read: Binder Error: "), error
+    assert report["store_points"] == points   # counted before the manifest failed
+    assert "the check is not recorded: the manifest cannot be read" in report["notes"]
+    assert manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM runs") == [(runs,)]
+
+
 def test_a_corpus_change_since_the_build_is_reported_and_left_to_rebuild(built_kb) -> None:
     kb = built_kb()
     kb.write("doc1.md", "# Changed\n\nNew text entirely.\n")
@@ -247,9 +277,8 @@ def _tree(path: Path) -> dict[str, str]:
 
 
 def _kb_content(kb: KB) -> dict[str, list]:
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        return {t: m.con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
-                for t in ("meta", "documents", "chunks", "embeddings", "store_state")}
+    return {t: manifest_sql(kb.cfg.manifest, f"SELECT * FROM {t} ORDER BY ALL")
+            for t in ("meta", "documents", "chunks", "embeddings", "store_state")}
 
 
 def test_verify_changes_neither_store_nor_manifest_content(built_kb, backend: str) -> None:
@@ -260,16 +289,15 @@ def test_verify_changes_neither_store_nor_manifest_content(built_kb, backend: st
     kb.cli_json("rebuild")
     store_before, content_before = _tree(kb.cfg.store_path), _kb_content(kb)
     contents_before = store_contents(kb.cfg)
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        runs = m.scalar("SELECT count(*) FROM runs")
+    [(runs,)] = manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM runs")
     for args in ((), ("--deep",), ("--sample", "3")):
         assert verify(kb, *args)[0] == 1
     assert _tree(kb.cfg.store_path) == store_before
     assert _kb_content(kb) == content_before
     assert store_contents(kb.cfg) == contents_before
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        assert m.scalar("SELECT count(*) FROM runs") == runs + 3
-        assert m.scalar("SELECT count(*) FROM findings") == 3 * len(FINDINGS)
+    assert manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM runs") == [(runs + 3,)]
+    assert manifest_sql(kb.cfg.manifest, "SELECT count(*) FROM findings") == [
+        (3 * len(FINDINGS),)]
 
 
 SECOND_SPACE = """
@@ -291,9 +319,7 @@ def test_the_cache_joined_in_several_passes_gives_the_same_verdict(
 
     kb = built_kb(extra=SECOND_SPACE)
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        cache_bytes = sum(4 * s.dim * m.scalar("SELECT count(*) FROM embeddings WHERE "
-                                               "space_id = ?", [s.space_id])
-                          for s in kb.cfg.spaces)
+        cache_bytes = sum(4 * s.dim * m.cache.count(s.space_id) for s in kb.cfg.spaces)
     monkeypatch.setattr(kbguard.integrity.verify, "JOIN_BYTES", cache_bytes // 4)  # four passes, not one
     code, report = verify(kb)
     assert code == 0 and report["points_checked"] == report["manifest_points"]
@@ -330,10 +356,10 @@ def test_every_check_is_recorded_and_status_shows_the_last(built_kb) -> None:
     inject(kb.cfg, "delete-points", count=1, seed=4)
     code, report = verify(kb)
     assert code == 1
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        rows = dict(m.con.execute("SELECT finding, count FROM findings WHERE run_id = ?",
-                                  [report["run_id"]]).fetchall())
-        status = m.scalar("SELECT status FROM runs WHERE run_id = ?", [report["run_id"]])
+    rows = dict(manifest_sql(kb.cfg.manifest, "SELECT finding, count FROM findings "
+                             "WHERE run_id = ?", [report["run_id"]]))
+    [(status,)] = manifest_sql(kb.cfg.manifest, "SELECT status FROM runs WHERE run_id = ?",
+                               [report["run_id"]])
     assert rows == {name: (1 if name == "missing_points" else 0) for name in FINDINGS}
     assert status == "findings"
     st = kb.cli_json("status")
@@ -404,8 +430,8 @@ def test_verify_does_not_wait_for_a_busy_kb(built_kb) -> None:
 def test_a_healthy_10k_point_kb_never_reports_a_finding(tmp_path: Path) -> None:
     kb = make_kb(tmp_path, docs=0, dim=32)
     assert fill_synthetic(kb.cfg, points=10_000, words=12) == 10_000
-    with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        text = m.scalar("SELECT text FROM chunks WHERE path = 'synthetic/doc000042.md' AND seq = 7")
+    [(text,)] = manifest_sql(
+        kb.cfg.manifest, "SELECT text FROM chunks WHERE path = 'synthetic/doc000042.md' AND seq = 7")
     with open(kb.config_path, "a") as fh:  # a canary that must find that chunk's document
         fh.write(f'\n[[canaries]]\nquery = """{text}"""\nexpect = ["synthetic/doc000042.md"]\n')
     for args in ((), (), ("--sample", "200")):

@@ -1,5 +1,5 @@
 """Every command writes and deletes points through the manifest's one write protocol: state row
-pending, store write and flush, confirm (``Manifest.write_points`` / ``delete_points``). A
+pending, store write and flush, confirm (``Manifest.points.write`` / ``delete``). A
 repair killed inside it leaves what a killed rebuild leaves, and the next rebuild finishes it."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def test_a_repair_killed_before_it_confirms_its_writes_is_finished_by_a_rebuild(
     # the points are back in the store, flushed, but their rows were never confirmed
     assert set(lost.point_ids) <= set(store_contents(kb.cfg))
     with Manifest.open(kb.cfg.manifest, read_only=True) as m:
-        assert m.pending_point_count() == 3
+        assert m.points.pending_count() == 3
 
     report = kb.cli_json("rebuild")
     assert (report["chunks"]["written"], report["chunks"]["embedded"]) == (3, 0)

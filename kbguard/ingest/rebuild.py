@@ -12,7 +12,7 @@ Stages, each committing to the manifest batch by batch so a killed run resumes w
 The store stage never trusts memory: it diffs two tables, so whatever a killed run left behind
 is simply part of the next diff. A state row is written (unconfirmed) before its point, and
 confirmed after the store has flushed it, so no point is ever in the store unrecorded
-(``Manifest.write_points`` and ``delete_points``, which every command that writes points uses).
+(``Manifest.points.write`` and ``delete``, which every command that writes points uses).
 """
 
 from __future__ import annotations
@@ -273,12 +273,12 @@ class _Rebuild:
 
     def run(self, full: bool) -> RebuildReport:
         started = time.perf_counter()
-        run_id = self.manifest.start_run("rebuild-full" if full else "rebuild")
+        run_id = self.manifest.runs.start("rebuild-full" if full else "rebuild")
         corpus_rev = ""
         try:
             t = time.perf_counter()
             self.progress.stage("scan")
-            known = self.manifest.documents()
+            known = self.manifest.documents.by_path()
             planned = plan_rebuild(self.cfg, known, self.manifest.get_meta("parse_settings"))
             scan, plan, settings = planned.scan, planned.plan, planned.settings
             corpus_rev = scan.fingerprint()
@@ -298,7 +298,7 @@ class _Rebuild:
             written, reused, deleted = self._sync_store(full, run_id)
             self.stages["store"] = time.perf_counter() - t
 
-            total = self.manifest.chunk_count()
+            total = self.manifest.chunks.count()
             report = RebuildReport(
                 kb=self.cfg.kb, run_id=run_id, full=full, documents=doc_counts,
                 chunks={"total": total,
@@ -310,11 +310,11 @@ class _Rebuild:
                 spaces=self._space_report(total), cost=self._cost(),
                 throughput=self._throughput(),
             )
-            self.manifest.finish_run(run_id, "ok", report.to_dict(), corpus_rev)
+            self.manifest.runs.finish(run_id, "ok", report.to_dict(), corpus_rev)
             return report
         except BaseException as exc:
             try:
-                self.manifest.finish_run(run_id, "failed", {"error": str(exc) or type(exc).__name__},
+                self.manifest.runs.finish(run_id, "failed", {"error": str(exc) or type(exc).__name__},
                                   corpus_rev or None)
             except Exception:
                 pass  # the original error matters more than recording it
@@ -328,9 +328,9 @@ class _Rebuild:
         manifest = self.manifest
         with manifest.transaction():
             for path in plan.removed:
-                manifest.forget_document(path)
-            manifest.refresh_stats([(f.path, f.size, f.mtime_ns, f.file_hash)
-                                    for f in plan.restat])
+                manifest.documents.forget(path)
+            manifest.documents.refresh_stats([(f.path, f.size, f.mtime_ns, f.file_hash)
+                                              for f in plan.restat])
             for f in plan.refused:
                 self._record_failure(f, known.get(f.path), f.error or "refused")
 
@@ -353,7 +353,7 @@ class _Rebuild:
                         self._record_failure(f, known.get(path), error)
                     else:
                         assert chunks is not None
-                        manifest.record_document(
+                        manifest.documents.record(
                             DocumentRow(path, f.file_hash, f.size, f.mtime_ns, f.file_hash,
                                         "ok", None, len(chunks), encoding),
                             [ChunkRow(c.point_id, path, c.seq, c.content_hash, c.occurrence,
@@ -384,7 +384,7 @@ class _Rebuild:
         self.failures.append({"path": f.path, "error": error})
         full = self.cfg.corpus / f.path
         settled = full.is_file() and os.access(full, os.R_OK)
-        self.manifest.record_document(
+        self.manifest.documents.record(
             DocumentRow(f.path, f.file_hash if settled else None, f.size, f.mtime_ns,
                         prev.indexed_hash if prev else None, "failed", error,
                         prev.chunks if prev else 0, prev.encoding if prev else None),
@@ -402,20 +402,20 @@ class _Rebuild:
         manifest, total = self.manifest, 0
         for space in self.cfg.spaces:
             used = self.used[space.name] = {}
-            n = manifest.fill_embed_todo(space.space_id)
+            n = manifest.cache.fill_embed_todo(space.space_id)
             if not n:
                 continue
             chain = chain_for(space)
             self.progress.stage(f"embed {space.name}", n)
             try:
-                for rows in manifest.embed_todo_batches(_call_size(space)):
+                for rows in manifest.cache.embed_todo_batches(_call_size(space)):
                     got = chain.embed([text for _, text in rows])
                     with manifest.transaction():
-                        manifest.cache_vectors(
+                        manifest.cache.add(
                             space.space_id,
                             [(h, v) for (h, _), v in zip(rows, got.vectors, strict=True)],
                             run_id, provider=got.provider)
-                        manifest.record_usage(run_id, "rebuild", space, got.provider, got.usage)
+                        manifest.ledger.record(run_id, "rebuild", space, got.provider, got.usage)
                     used[got.provider] = used.get(got.provider, 0) + len(rows)
                     self.usage[space.name] = self.usage.get(space.name, Usage()) + got.usage
                     key = (space.name, got.provider)
@@ -437,7 +437,7 @@ class _Rebuild:
     def _space_report(self, total: int) -> dict[str, dict[str, Any]]:
         out = {}
         for space in self.cfg.spaces:
-            behind, debt = self.manifest.space_debt(space.space_id)
+            behind, debt = self.manifest.cache.debt(space.space_id)
             used = self.used.get(space.name, {})
             out[space.name] = {"texts": sum(used.values()), "providers": used, "debt": debt,
                                "coverage": round(1 - behind / total, 6) if total else 1.0}
@@ -475,33 +475,33 @@ class _Rebuild:
                     unreadable = False
                 except StoreDamaged:
                     unreadable = True
-                manifest.unconfirm_all_points()
+                manifest.points.unconfirm_all()
                 store.drop()
                 if unreadable:
                     self.notes.append("the store could not be opened: it was deleted and "
                                       "written again from the embedding cache")
             elif not store.describe().exists:
-                if manifest.confirmed_point_count():
+                if manifest.points.confirmed_count():
                     self.notes.append("the store was missing: rebuilt from the embedding cache")
-                manifest.unconfirm_all_points()
+                manifest.points.unconfirm_all()
             store.ensure(vector_specs(cfg))
             written, reused = self._upsert_missing(store, names, run_id)
-            unwanted = manifest.unwanted_point_ids()
-            manifest.delete_points(store, unwanted, batch_size=cfg.upsert_batch)
+            unwanted = manifest.points.unwanted_ids()
+            manifest.points.delete(store, unwanted, batch_size=cfg.upsert_batch)
         return written, reused, len(unwanted)
 
     def _upsert_missing(self, store: Store, names: str, run_id: int) -> tuple[int, int]:
         manifest, cfg = self.manifest, self.cfg
-        n = manifest.fill_upsert_todo(names)
+        n = manifest.points.fill_upsert_todo(names)
         written = reused = 0
         if n:
             self.progress.stage("write points", n)
-        for rows in manifest.upsert_todo_batches(cfg.upsert_batch):
+        for rows in manifest.points.upsert_todo_batches(cfg.upsert_batch):
             hashes = sorted({r[3] for r in rows})
             vectors: dict[str, dict[str, Any]] = {}
             fresh: set[str] = set()
             for space in cfg.spaces:
-                for h, vector, made_by in manifest.cached_vectors(space.space_id, hashes):
+                for h, vector, made_by in manifest.cache.vectors(space.space_id, hashes):
                     vectors.setdefault(h, {})[space.name] = vector
                     if made_by == run_id:
                         fresh.add(h)
@@ -516,7 +516,7 @@ class _Rebuild:
                 point = Point(pid, vecs, point_payload(cfg.kb, path, h, occ, section, text))
                 by_names.setdefault(",".join(sorted(vecs)), []).append((point, path, h))
             for have, points in by_names.items():
-                manifest.write_points(store, points, have)
+                manifest.points.write(store, points, have)
                 written += len(points)
                 reused += sum(1 for _, _, h in points if h not in fresh)
             self.progress.advance(len(rows))

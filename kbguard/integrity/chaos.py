@@ -212,7 +212,7 @@ def _wrong_model(ctx: _Ctx, *, cache_as: str) -> ChaosResult:
     ctx.store.close()
     with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as manifest, manifest.transaction():
         rows = [(str(p.payload["content_hash"]), v) for p, v in zip(points, vecs, strict=True)]
-        manifest.cache_vectors(cache_as, rows, None)
+        manifest.cache.add(cache_as, rows, None)
     ctx.rewrite(points)
     return _result("wrong-model" if cache_as != space.space_id else "poison-cache", points,
                    cached_as=cache_as)
@@ -278,7 +278,7 @@ def _truncate_store(ctx: _Ctx) -> ChaosResult:
 
 
 def _cache_rows_in_use(manifest: Manifest, space: SpaceConfig, ctx: _Ctx) -> list[str]:
-    hashes = manifest.cached_hashes_in_use(space.space_id)
+    hashes = manifest.cache.hashes_in_use(space.space_id)
     if len(hashes) < ctx.count:
         raise StoreError(f"The cache holds {len(hashes)} vectors in use; cannot damage "
                          f"{ctx.count}.")
@@ -291,9 +291,9 @@ def _damage_cache(ctx: _Ctx) -> ChaosResult:
         chosen = _cache_rows_in_use(manifest, space, ctx)
         with manifest.transaction():
             for h in chosen:
-                blob = bytearray(manifest.cached_bytes(space.space_id, h) or b"")
+                blob = bytearray(manifest.cache.raw_bytes(space.space_id, h) or b"")
                 blob[ctx.rng.randrange(len(blob))] ^= 0x10
-                manifest.overwrite_cached_bytes(space.space_id, h, bytes(blob))
+                manifest.cache.overwrite_bytes(space.space_id, h, bytes(blob))
     return ChaosResult("damage-cache", len(chosen), [], {"content_hashes": sorted(chosen)})
 
 
@@ -301,7 +301,7 @@ def _drop_cache_rows(ctx: _Ctx) -> ChaosResult:
     space = ctx.space
     with Manifest.open(ctx.cfg.manifest, kb=ctx.cfg.kb) as manifest:
         chosen = _cache_rows_in_use(manifest, space, ctx)
-        manifest.drop_cached_vectors(space.space_id, chosen)
+        manifest.cache.drop(space.space_id, chosen)
     return ChaosResult("drop-cache-rows", len(chosen), [], {"content_hashes": sorted(chosen)})
 
 

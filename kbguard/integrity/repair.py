@@ -4,7 +4,7 @@ The cache is the source of every vector written: damaged cache rows (and the row
 are re-embedded first, then every damaged point is rewritten whole (vectors from the cache,
 payload from the manifest), orphans are deleted, and a drifted collection is recreated and
 refilled. Only texts the cache cannot supply are embedded. Points are written and deleted the
-way a rebuild does it (``Manifest.write_points`` and ``delete_points``), so a killed repair
+way a rebuild does it (``Manifest.points.write`` and ``delete``), so a killed repair
 leaves nothing that the next check or rebuild would not see.
 
 A store that cannot be opened, or a manifest that cannot be read, is not repaired: that is a
@@ -79,7 +79,7 @@ def repair_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
         if cost:
             with Manifest.open(cfg.manifest) as m, m.transaction():
                 for (space, provider), usage in cost.items():
-                    m.record_usage(before.run_id, "repair", space, provider, usage)
+                    m.ledger.record(before.run_id, "repair", space, provider, usage)
         # the re-check samples afresh: what was re-embedded is compared again
         after, _ = check_kb(cfg, opts, progress)
         record_check(cfg, after, kind="verify-after-repair")
@@ -92,7 +92,7 @@ def _apply(cfg: Config, plan: RepairPlan, progress: Progress) -> dict[str, Any]:
                                "points_rewritten": 0, "orphans_deleted": 0,
                                "collection_recreated": False, "texts_embedded": 0}
     with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest:
-        run_id = manifest.start_run("repair")
+        run_id = manifest.runs.start("repair")
         try:
             rewrite = set(plan.rewrite)
             _recache(cfg, manifest, plan, actions, rewrite, run_id)
@@ -102,20 +102,20 @@ def _apply(cfg: Config, plan: RepairPlan, progress: Progress) -> dict[str, Any]:
                     actions["collection_recreated"] = True
                 if plan.recreate or plan.create:
                     store.ensure(vector_specs(cfg))
-                    manifest.unconfirm_all_points()
-                    rewrite = set(manifest.point_ids())
+                    manifest.points.unconfirm_all()
+                    rewrite = set(manifest.chunks.point_ids())
                 actions["points_rewritten"] = _rewrite(cfg, manifest, store, sorted(rewrite),
                                                        run_id, progress)
                 orphans = sorted(plan.delete)
-                manifest.delete_points(store, orphans, batch_size=cfg.upsert_batch)
+                manifest.points.delete(store, orphans, batch_size=cfg.upsert_batch)
                 actions["orphans_deleted"] = len(orphans)
             actions["texts_embedded"] = sum(chain_for(s).texts_embedded - n
                                             for s, n in embedded_before.items())
-            manifest.finish_run(run_id, "ok", actions)
+            manifest.runs.finish(run_id, "ok", actions)
         except BaseException as exc:
             try:
-                manifest.finish_run(run_id, "failed", {"error": str(exc) or type(exc).__name__,
-                                                       **actions})
+                manifest.runs.finish(run_id, "failed", {"error": str(exc) or type(exc).__name__,
+                                                        **actions})
             except Exception:
                 pass  # the original error matters more than recording it
             raise
@@ -131,13 +131,13 @@ def _recache(cfg: Config, manifest: Manifest, plan: RepairPlan, actions: dict[st
     for space_id, h in sorted(plan.recache):
         by_space.setdefault(space_id, []).append(h)
     for space_id, hashes in by_space.items():
-        texts = manifest.chunk_texts(hashes)
+        texts = manifest.chunks.texts(hashes)
         unused = [h for h in hashes if h not in texts]
         space = spaces.get(space_id)
         if unused or space is None:
             # a damaged row nobody uses (or of a space no longer configured): drop it
             gone = hashes if space is None else unused
-            manifest.drop_cached_vectors(space_id, gone)
+            manifest.cache.drop(space_id, gone)
             actions["cache_rows_dropped"] += len(gone)
         if space is None:
             continue
@@ -147,10 +147,10 @@ def _recache(cfg: Config, manifest: Manifest, plan: RepairPlan, actions: dict[st
             batch = todo[lo:lo + space.batch_size]
             vectors = embedder.embed_batch([texts[h] for h in batch])
             with manifest.transaction():
-                manifest.cache_vectors(space_id, list(zip(batch, vectors, strict=True)), run_id)
+                manifest.cache.add(space_id, list(zip(batch, vectors, strict=True)), run_id)
             actions["cache_rows_replaced"] += len(batch)
         if todo:
-            rewrite.update(manifest.point_ids_with_hashes(todo))
+            rewrite.update(manifest.chunks.point_ids_with_hashes(todo))
 
 
 def _rewrite(cfg: Config, manifest: Manifest, store: Store, ids: list[str], run_id: int,
@@ -163,22 +163,22 @@ def _rewrite(cfg: Config, manifest: Manifest, store: Store, ids: list[str], run_
         progress.stage("rewrite points", len(ids))
     for lo in range(0, len(ids), cfg.upsert_batch):
         batch = ids[lo:lo + cfg.upsert_batch]
-        rows = manifest.chunks_of_points(batch)
+        rows = manifest.chunks.of_points(batch)
         hashes = sorted({r[2] for r in rows})
         vectors: dict[str, dict[str, Any]] = {}
         for space in cfg.spaces:
-            have = {h: v for h, v, _ in manifest.cached_vectors(space.space_id, hashes)}
+            have = {h: v for h, v, _ in manifest.cache.vectors(space.space_id, hashes)}
             lacking = [h for h in hashes if h not in have]
             if lacking:
                 text_of = {r[2]: r[5] for r in rows}
                 fresh = chain_for(space).embed_batch([text_of[h] for h in lacking])
                 with manifest.transaction():
-                    manifest.cache_vectors(space.space_id,
-                                           list(zip(lacking, fresh, strict=True)), run_id)
+                    manifest.cache.add(space.space_id,
+                                       list(zip(lacking, fresh, strict=True)), run_id)
                 have.update(zip(lacking, fresh, strict=True))
             for h, v in have.items():
                 vectors.setdefault(h, {})[space.name] = v
-        manifest.write_points(
+        manifest.points.write(
             store, [(Point(pid, vectors[h], point_payload(cfg.kb, path, h, occ, section, text)),
                      path, h) for pid, path, h, occ, section, text in rows], names)
         written += len(rows)

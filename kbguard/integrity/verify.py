@@ -25,7 +25,6 @@ every other check, so one injected fault is reported by exactly one class.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-import duckdb
 import numpy as np
 
 from kbguard.config import Config, SpaceConfig
@@ -44,7 +42,7 @@ from kbguard.errors import (DiskFullError, KbguardError, ManifestError, Manifest
 from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest, now, vector_checksum
 from kbguard.lost_manifest import missing_manifest
-from kbguard.core.redact import redact_url, scrub_data
+from kbguard.core.redact import redact_url
 from kbguard.core.progress import SILENT, Progress
 from kbguard.store import PointArrays, Store
 from kbguard.ingest.scan import scan_corpus
@@ -136,6 +134,8 @@ class VerifyReport:
     spaces: dict[str, dict[str, Any]] = field(default_factory=dict)   # coverage and debt
     # what the check's embedding cost, by (space, provider): recorded in the ledger
     usage: dict[tuple[Any, str], Any] = field(default_factory=dict, repr=False)
+    # DuckDB could not read the manifest: the check cannot be recorded in it either
+    manifest_unreadable: bool = False
 
     @property
     def total(self) -> int:
@@ -296,7 +296,8 @@ def check_kb(cfg: Config, opts: CheckOptions = CheckOptions(),
                           points_checked=found.points_checked, store_points=found.store_points,
                           manifest_points=found.manifest_points, sampled=found.sampled,
                           errors=found.errors, notes=found.notes, spaces=found.spaces,
-                          usage=spent_since(before))
+                          usage=spent_since(before),
+                          manifest_unreadable=found.plan.manifest_unreadable)
     return report, found.plan
 
 
@@ -313,12 +314,11 @@ def _run_checks(cfg: Config, opts: CheckOptions, progress: Progress) -> CheckRes
     try:
         manifest = Manifest.open(path, read_only=True)
     except ManifestError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, duckdb.Error) and "lock" not in str(cause).lower():
-            found = manifest_unreadable(cfg, cause)
-            found.unchecked += [name for name in FINDINGS if name != "manifest_damage"]
-            return found
-        raise  # in use, or a schema version this kbguard cannot read: could not check
+        if exc.engine_error is None:
+            raise  # empty, another KB's, a schema this kbguard cannot read: could not check
+        found = manifest_unreadable(cfg, exc.engine_error)
+        found.unchecked += [name for name in FINDINGS if name != "manifest_damage"]
+        return found
     with manifest:
         have = manifest.get_meta("kb")
         if have != cfg.kb:
@@ -334,21 +334,20 @@ def _run_checks(cfg: Config, opts: CheckOptions, progress: Progress) -> CheckRes
                 found.unchecked.append("corpus_changed")
             found.merge(check_store(cfg, manifest, opts, damaged, progress))
             found.spaces = space_coverage(cfg, manifest)
-        except (duckdb.Error, ManifestError) as exc:
-            cause = exc.__cause__ if isinstance(exc, ManifestError) else exc
-            if not isinstance(cause, duckdb.Error):
+        except ManifestError as exc:
+            if exc.engine_error is None:
                 raise
-            found.merge(manifest_unreadable(cfg, cause))
+            found.merge(manifest_unreadable(cfg, exc.engine_error))
     return found
 
 
 def space_coverage(cfg: Config, manifest: Manifest) -> dict[str, dict[str, Any]]:
     """Each space's share of chunks with a vector, and its debt in texts: a space whose
     providers were down is incomplete, which is not damage (the next rebuild fills it)."""
-    chunks = manifest.chunk_count()
+    chunks = manifest.chunks.count()
     out = {}
     for space in cfg.spaces:
-        behind, debt = manifest.space_debt(space.space_id)
+        behind, debt = manifest.cache.debt(space.space_id)
         out[space.name] = {"coverage": round(1 - behind / chunks, 6) if chunks else 1.0,
                            "debt": debt}
     return out
@@ -356,12 +355,12 @@ def space_coverage(cfg: Config, manifest: Manifest) -> dict[str, dict[str, Any]]
 
 # -- manifest --------------------------------------------------------------------------------
 
-def manifest_unreadable(cfg: Config, exc: BaseException) -> CheckResult:
-    """The manifest file cannot be read: a finding, and a restore rather than a repair."""
-    first = (str(exc).splitlines() or [type(exc).__name__])[0]
+def manifest_unreadable(cfg: Config, engine_error: str) -> CheckResult:
+    """The manifest file cannot be read (``engine_error``: what DuckDB said): a finding, and a
+    restore rather than a repair."""
     found = CheckResult(plan=RepairPlan(manifest_unreadable=True))
     found.add("manifest_damage", {"manifest": str(cfg.manifest),
-                                  "error": f"the DuckDB file cannot be read: {first}"})
+                                  "error": f"the DuckDB file cannot be read: {engine_error}"})
     return found
 
 
@@ -372,23 +371,15 @@ def damaged_cache_rows(cfg: Config, manifest: Manifest) -> dict[tuple[str, str],
     """
     dims = {s.space_id: s.dim for s in cfg.spaces}
     damaged: dict[tuple[str, str], str] = {}
-    cur = manifest.con.cursor()
-    try:
-        reader = cur.sql(
-            "SELECT space_id, content_hash, vector, checksum FROM embeddings"
-        ).to_arrow_reader(8192)
-        for batch in reader:
-            cols = batch.to_pydict()
-            for space_id, h, blob, checksum in zip(cols["space_id"], cols["content_hash"],
-                                                   cols["vector"], cols["checksum"],
-                                                   strict=True):
-                if vector_checksum(blob) != checksum:
-                    damaged[(space_id, h)] = "checksum fails"
-                elif space_id in dims and len(blob) != 4 * dims[space_id]:
-                    damaged[(space_id, h)] = (
-                        f"{len(blob) // 4} values, the space has {dims[space_id]}")
-    finally:
-        cur.close()
+    for batch in manifest.cache.rows(8192):
+        cols = batch.to_pydict()
+        for space_id, h, blob, checksum in zip(cols["space_id"], cols["content_hash"],
+                                               cols["vector"], cols["checksum"], strict=True):
+            if vector_checksum(blob) != checksum:
+                damaged[(space_id, h)] = "checksum fails"
+            elif space_id in dims and len(blob) != 4 * dims[space_id]:
+                damaged[(space_id, h)] = (
+                    f"{len(blob) // 4} values, the space has {dims[space_id]}")
     return damaged
 
 
@@ -398,9 +389,7 @@ def cache_findings(manifest: Manifest, damaged: dict[tuple[str, str], str]) -> C
     if not damaged:
         return found
     keys = sorted(damaged)
-    paths = dict(manifest.con.execute(
-        "SELECT content_hash, min(path) FROM chunks WHERE content_hash IN "
-        "(SELECT unnest(?::VARCHAR[])) GROUP BY 1", [[h for _, h in keys[:50]]]).fetchall())
+    paths = manifest.chunks.first_paths([h for _, h in keys[:50]])
     for space_id, h in keys:
         found.add("manifest_damage", {"space": space_id, "content_hash": h,
                                       "path": paths.get(h),
@@ -414,7 +403,7 @@ def cache_findings(manifest: Manifest, damaged: dict[tuple[str, str], str]) -> C
 def check_corpus(cfg: Config, manifest: Manifest) -> CheckResult:
     """Documents added, removed or changed since the last build."""
 
-    known = manifest.documents()
+    known = manifest.documents.by_path()
     try:
         view = dvc_view(cfg.corpus)
         scan = scan_corpus(cfg.corpus, cfg.include, cfg.exclude, known,
@@ -449,7 +438,7 @@ def check_store(cfg: Config, manifest: Manifest, opts: CheckOptions,
     fails to read halfway is kept. A store that fails to read makes all of it unjudged.
     """
 
-    wanted = manifest.scalar("SELECT count(*) FROM chunks")
+    wanted = manifest.chunks.count()
     found = CheckResult(manifest_points=wanted)
     store = store_for(cfg)
     try:
@@ -483,8 +472,10 @@ def check_store(cfg: Config, manifest: Manifest, opts: CheckOptions,
             found.merge(check_canaries(cfg, store))
         except StoreError as exc:
             return _store_unreadable(cfg, exc, found)
-        except duckdb.Error as exc:
-            found.merge(manifest_unreadable(cfg, exc))
+        except ManifestError as exc:
+            if exc.engine_error is None:
+                raise
+            found.merge(manifest_unreadable(cfg, exc.engine_error))
     finally:
         try:
             store.close()
@@ -509,19 +500,13 @@ def _store_unreadable(cfg: Config, exc: StoreError, before: CheckResult) -> Chec
 
 def all_missing(manifest: Manifest) -> Iterator[CheckResult]:
     """Every chunk as a missing point (the collection is gone), a batch at a time."""
-    cur = manifest.con.cursor()
-    try:
-        reader = cur.sql("SELECT point_id, path FROM chunks ORDER BY path, seq"
-                         ).to_arrow_reader(BATCH)
-        for batch in reader:
-            found = CheckResult()
-            cols = batch.to_pydict()
-            for pid, path in zip(cols["point_id"], cols["path"], strict=True):
-                found.add("missing_points", {"point_id": pid, "path": path})
-                found.plan.rewrite.add(pid)
-            yield found
-    finally:
-        cur.close()
+    for batch in manifest.chunks.points_by_path(BATCH):
+        found = CheckResult()
+        cols = batch.to_pydict()
+        for pid, path in zip(cols["point_id"], cols["path"], strict=True):
+            found.add("missing_points", {"point_id": pid, "path": path})
+            found.plan.rewrite.add(pid)
+        yield found
 
 
 def config_drift(cfg: Config, have: tuple) -> CheckResult:
@@ -632,23 +617,11 @@ def _chunks_with_cache(manifest: Manifest, spaces: list[SpaceConfig]) -> Iterato
     into passes of about JOIN_BYTES of vectors each by a hash of the content hash.
     """
     ids = [s.space_id for s in spaces]
-    cache_bytes = sum(4 * s.dim * manifest.scalar(
-        "SELECT count(*) FROM embeddings WHERE space_id = ?", [s.space_id]) for s in spaces)
+    cache_bytes = sum(4 * s.dim * manifest.cache.count(s.space_id) for s in spaces)
     passes = max(1, -(-cache_bytes // JOIN_BYTES))
-    cached = "".join(f", e{k}.vector AS cached{k}" for k in range(len(spaces)))
-    joins = "".join(
-        f" LEFT JOIN (SELECT content_hash, vector FROM embeddings WHERE space_id = ? AND "
-        f"hash(content_hash) % {passes} = ?) e{k} ON e{k}.content_hash = c.content_hash"
-        for k in range(len(spaces)))
-    sql = ("SELECT c.point_id, c.path, c.content_hash, c.occurrence, c.section, c.text"
-           f"{cached} FROM chunks c{joins} WHERE hash(c.content_hash) % {passes} = ?")
     for p in range(passes):
-        cur = manifest.con.cursor()
-        try:
-            params = [x for space_id in ids for x in (space_id, p)] + [p]
-            yield from cur.sql(sql, params=params).to_arrow_reader(BATCH)
-        finally:
-            cur.close()
+        yield from manifest.cache.chunks_with_vectors(ids, passes=passes, part=p,
+                                                      batch_size=BATCH)
 
 
 def compare_vectors(manifest: Manifest, space: SpaceConfig, rows: list[tuple], at: np.ndarray,
@@ -750,9 +723,7 @@ def compare_vectors(manifest: Manifest, space: SpaceConfig, rows: list[tuple], a
 
 def _other_space(manifest: Manifest, space: SpaceConfig, h: str, vec: np.ndarray) -> str | None:
     """The other embedding space whose cached vector of this text the store holds."""
-    for space_id, blob in manifest.con.execute(
-            "SELECT space_id, vector FROM embeddings WHERE content_hash = ? AND space_id <> ?",
-            [h, space.space_id]).fetchall():
+    for space_id, blob in manifest.cache.other_spaces(h, space.space_id):
         other = np.frombuffer(blob, dtype="<f4")
         if other.shape == vec.shape and (other == vec).all():
             return space_id
@@ -764,9 +735,7 @@ def find_orphans(manifest: Manifest, store: Store) -> Iterator[CheckResult]:
     for page in store.scroll(batch_size=BATCH, with_vectors=False):
         found = CheckResult()
         ids = [p.id for p in page]
-        known = {r[0] for r in manifest.con.execute(
-            "SELECT point_id FROM chunks WHERE point_id IN (SELECT unnest(?::VARCHAR[]))",
-            [ids]).fetchall()}
+        known = manifest.chunks.known(ids)
         for p in page:
             if p.id not in known:
                 found.add("orphan_points", {"point_id": p.id, "path": p.payload.get("path")})
@@ -781,26 +750,21 @@ def sample_points(manifest: Manifest, opts: CheckOptions) -> set[str]:
     n = opts.sample
     if opts.deep or not n:
         return set()
-    total = manifest.scalar("SELECT count(*) FROM chunks")
-    if n >= total:
-        return {r[0] for r in manifest.con.execute("SELECT point_id FROM chunks").fetchall()}
+    if n >= manifest.chunks.count():
+        return set(manifest.chunks.point_ids())
     # reservoir over the ids, so memory stays at n ids
     rng = random.Random(opts.seed)
     chosen: list[str] = []
-    cur = manifest.con.cursor()
-    try:
-        seen = 0
-        for batch in cur.sql("SELECT point_id FROM chunks").to_arrow_reader(8192):
-            for pid in batch.column(0).to_pylist():
-                seen += 1
-                if len(chosen) < n:
-                    chosen.append(pid)
-                else:
-                    j = rng.randrange(seen)
-                    if j < n:
-                        chosen[j] = pid
-    finally:
-        cur.close()
+    seen = 0
+    for batch in manifest.chunks.point_id_batches(8192):
+        for pid in batch.column(0).to_pylist():
+            seen += 1
+            if len(chosen) < n:
+                chosen.append(pid)
+            else:
+                j = rng.randrange(seen)
+                if j < n:
+                    chosen[j] = pid
     return set(chosen)
 
 
@@ -870,8 +834,7 @@ def record_check(cfg: Config, report: VerifyReport, *, kind: str) -> None:
 
     Nothing is recorded when the manifest itself is unreadable; a note says so.
     """
-    if any(e.get("error", "").startswith("the DuckDB file") for e in
-           report.findings["manifest_damage"].examples):
+    if report.manifest_unreadable:
         report.notes.append("the check is not recorded: the manifest cannot be read")
         return
     status = "ok" if report.healthy else ("findings" if report.total else "failed")
@@ -883,17 +846,11 @@ def record_check(cfg: Config, report: VerifyReport, *, kind: str) -> None:
     for _ in range(20):
         try:
             with Manifest.open(cfg.manifest) as m, m.transaction():
-                run_id = m.con.execute(
-                    "INSERT INTO runs (kind, started_at, finished_at, status, summary) "
-                    "VALUES (?, ?, ?, ?, ?) RETURNING run_id",
-                    [kind, started, now(), status, json.dumps(scrub_data(summary))]
-                ).fetchone()[0]
+                run_id = m.checks.record(
+                    kind, started, status, summary,
+                    [(name, f.count, f.examples) for name, f in report.findings.items()])
                 for (space, provider), usage in report.usage.items():
-                    m.record_usage(run_id, kind, space, provider, usage)
-                m.con.executemany(
-                    "INSERT INTO findings VALUES (?, ?, ?, ?)",
-                    [[run_id, name, f.count, json.dumps(scrub_data(f.examples), default=str)]
-                     for name, f in report.findings.items()])
+                    m.ledger.record(run_id, kind, space, provider, usage)
             report.run_id = run_id
             return
         except ManifestReadOnly:
@@ -909,20 +866,4 @@ def record_check(cfg: Config, report: VerifyReport, *, kind: str) -> None:
             last_exc = exc
             time.sleep(0.25)
     report.notes.append(f"the check is not recorded: {last_exc}")
-
-
-def last_check(m: Manifest) -> dict[str, Any] | None:
-    """The newest recorded check: when, its status, and its non-zero findings."""
-    run = m.last_run(kind="verify%")
-    if run is None:
-        return None
-    counts = dict(m.con.execute(
-        "SELECT finding, count FROM findings WHERE run_id = ? AND count > 0 ORDER BY finding",
-        [run["run_id"]]).fetchall())
-    summary = run.get("summary") or {}
-    return {"run_id": run["run_id"], "kind": run["kind"],
-            "checked_at": run["started_at"].isoformat(timespec="seconds"),
-            "status": run["status"], "findings": counts,
-            "points_checked": summary.get("points_checked"),
-            "seconds": summary.get("seconds")}
 

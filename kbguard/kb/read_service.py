@@ -267,7 +267,7 @@ class ReadService:
         info = self.shared.describe()
         with self._reader_lock:
             # one space: nothing to choose between, as without a rebuild (search._lacking)
-            lacking = ({s.name: self._reader.points_lacking_vector(s.name)
+            lacking = ({s.name: self._reader.points.lacking_vector(s.name)
                         for s in self.cfg.spaces} if len(self.cfg.spaces) > 1 else {})
             running = self._running()
         return {"exists": info.exists, "points": info.points if info.exists else 0,
@@ -285,7 +285,7 @@ class ReadService:
     def _running(self) -> dict[str, Any]:
         """The run's id and start, its current stage and each stage's items done of total
         (called under the reader's lock)."""
-        run = self._reader.last_run()
+        run = self._reader.runs.last()
         if run is not None and run["status"] != "running":
             run = None   # the run is being opened: none recorded yet
         stages = self.progress.stages()

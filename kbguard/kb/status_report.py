@@ -16,7 +16,6 @@ from kbguard.store import store_for
 from kbguard.manifest import Manifest
 from kbguard.core.redact import redact_url
 from kbguard.store import Store
-from kbguard.integrity.verify import last_check
 
 
 @dataclass
@@ -52,22 +51,22 @@ def status_from_manifest(cfg: Config, m: Manifest) -> StatusReport:
     """The parts of the status that the manifest holds (``store`` and the files around the KB
     are left for the caller to fill)."""
     month = datetime.now(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    chunks = m.chunk_count()
+    chunks = m.chunks.count()
     spaces = []
     for s in cfg.spaces:
-        behind, debt = m.space_debt(s.space_id)
+        behind, debt = m.cache.debt(s.space_id)
         spaces.append({"name": s.name, "provider": s.provider, "model": s.model,
                        "dim": s.dim, "providers": [e.type for e in s.chain],
                        "coverage": round(1 - behind / chunks, 6) if chunks else 1.0,
                        "debt": debt})
     return StatusReport(
         kb=cfg.kb, config=str(cfg.path), manifest=str(cfg.manifest), spaces=spaces,
-        counts=m.counts(), encodings=m.encoding_counts(),
-        last_run=_run(m.last_run()),
-        last_successful_rebuild=_run(m.last_run(kind="rebuild%", status="ok")),
-        last_check=last_check(m),
-        failed_documents=[{"path": p, "error": e} for p, e in m.failed_documents()],
-        spend={"total": m.spend(), "this_month": m.spend(since=month)},
+        counts=m.counts(), encodings=m.documents.encoding_counts(),
+        last_run=_run(m.runs.last()),
+        last_successful_rebuild=_run(m.runs.last(kind="rebuild%", status="ok")),
+        last_check=m.checks.last(),
+        failed_documents=[{"path": p, "error": e} for p, e in m.documents.failed()],
+        spend={"total": m.ledger.spend(), "this_month": m.ledger.spend(since=month)},
     )
 
 

@@ -113,7 +113,7 @@ class DrillResult:
     drill_id: int | None = None     # its row in the live manifest, once recorded
 
     def record(self) -> dict[str, Any]:
-        """The row for ``Manifest.record_drill``."""
+        """The row for ``Manifest.drills.record``."""
         row = asdict(self)
         row.pop("drill_id")
         row["steps"] = [asdict(s) for s in self.steps]
@@ -297,7 +297,7 @@ def _record(cfg: Config, result: DrillResult) -> int:
     while True:
         try:
             with kb_lock(cfg.manifest, "drill"), Manifest.open(cfg.manifest, kb=cfg.kb) as m:
-                return m.record_drill(result.record())
+                return m.drills.record(result.record())
         except LockedError:
             if time.monotonic() > deadline:
                 raise
@@ -323,7 +323,7 @@ class _Carried:
         path = self.folder / f"{scenario}.parquet"
         try:
             with Manifest.open(manifest, read_only=True) as m:
-                if m.export_cache_since(since, path, except_paths=own_paths):
+                if m.cache.export_since(since, path, except_paths=own_paths):
                     self.files.append(path)
         except KbguardError:
             pass  # a copy a failed drill left unreadable: the next drills embed what it had
@@ -331,7 +331,7 @@ class _Carried:
     def give(self, manifest: Path) -> int:
         """Add the rows kept so far to a copy's manifest; how many it lacked."""
         with Manifest.open(manifest) as m:
-            return m.import_cache(self.files)
+            return m.cache.import_files(self.files)
 
 
 def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress,
@@ -385,7 +385,7 @@ def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress,
     if usage_cfg is not None and usage_cfg.manifest.exists():
         try:
             with Manifest.open(usage_cfg.manifest, read_only=True) as m:
-                usage = m.usage_since(started)
+                usage = m.ledger.usage_since(started)
             result.requests, result.texts = usage["requests"], usage["texts"]
             result.tokens, result.cost_usd = usage["tokens"], usage["cost_usd"]
         except KbguardError:

@@ -129,7 +129,7 @@ class _Estimate:
         self.notes: list[str] = []
         self.tokens: dict[tuple[str, str], int] = {}     # (provider, content_hash) -> tokens
         self.calibration: dict[str, Any] = {}
-        self.runs = manifest.recent_runs(["rebuild", "rebuild-full"], limit=50)
+        self.runs = manifest.runs.recent(["rebuild", "rebuild-full"], limit=50)
         self.embed_rates: dict[tuple[str, str], _Rate] = self._embed_rates()
 
     # -- the scenarios ------------------------------------------------------------------------
@@ -138,7 +138,7 @@ class _Estimate:
         cfg, m = self.cfg, self.manifest
         self.progress.stage("scan")
         t = time.perf_counter()
-        known = m.documents()
+        known = m.documents.by_path()
         planned = plan_rebuild(cfg, known, m.get_meta("parse_settings"))
         scan_s = time.perf_counter() - t
         plan = planned.plan
@@ -156,7 +156,7 @@ class _Estimate:
             replaced.append(path)
             new.extend((c.point_id, c.content_hash, c.text) for c in chunks)
         parse_s = time.perf_counter() - t
-        m.stage_future_chunks(replaced, new)
+        m.future.stage(replaced, new)
         self.notes.extend(planned.notes)
         documents = {"added": len(plan.added), "changed": len(plan.changed),
                      "removed": len(plan.removed), "unchanged": len(plan.unchanged),
@@ -167,19 +167,19 @@ class _Estimate:
             self._calibrate(tmp)
 
         names = ",".join(sorted(s.name for s in cfg.spaces))
-        points_now, deletes_now = m.future_store_work(names)
-        all_points = m.future_point_count()
+        points_now, deletes_now = m.future.store_work(names)
+        all_points = m.future.point_count()
         measured = f"scan {scan_s:.2f} s and parse of {len(todo)} documents {parse_s:.2f} s " \
                    "measured now"
         scenarios: dict[str, Scenario] = {}
 
-        todo_by_space = {s.name: m.future_texts(s.space_id) for s in cfg.spaces}
+        todo_by_space = {s.name: m.future.texts(s.space_id) for s in cfg.spaces}
         scenarios["incremental"] = self._scenario(
             todo_by_space, scan_s, parse_s, points_now, deletes_now, measured)
         scenarios["store_lost"] = self._scenario(
             todo_by_space, scan_s, parse_s, all_points, 0,
             measured + "; every point written again from the cache")
-        every = m.future_texts()
+        every = m.future.texts()
         per_doc = parse_s / len(todo) if todo else None
         parse_all_s, parse_basis = self._parse_estimate(documents["total"], per_doc)
         scenarios["full_reembed"] = self._scenario(
@@ -263,10 +263,10 @@ class _Estimate:
         state = snap.path / "points.parquet"
         if not (cache.is_file() and state.is_file()):
             return Scenario(0, 0, 0.0, None, f"snapshot {snap.id} lacks its tables")
-        todo = {s.name: self.manifest.future_texts(s.space_id, cache=cache)
+        todo = {s.name: self.manifest.future.texts(s.space_id, cache=cache)
                 for s in self.cfg.spaces}
         names = ",".join(sorted(s.name for s in self.cfg.spaces))
-        writes, deletes = self.manifest.future_store_work(names, points=state)
+        writes, deletes = self.manifest.future.store_work(names, points=state)
         changed = self._changed_since(snap.path / "documents.parquet", files)
         if per_doc is not None:   # documents parsed just now: their measured pace
             parse_s: float | None = round(per_doc * changed, 3)
@@ -349,7 +349,7 @@ class _Estimate:
         are left out where larger ones exist: a request's latency weighs on their few tokens.
         """
         calls: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {}
-        for row in self.manifest.embed_history(HISTORY_CALLS):   # newest first
+        for row in self.manifest.ledger.recent_calls(HISTORY_CALLS):   # newest first
             if (row["kind"] != "rebuild" or row["run_id"] is None or row["tokens"] <= 0
                     or row["seconds"] <= 0):
                 continue
@@ -381,7 +381,7 @@ class _Estimate:
         a failed call's wait (a timeout before failing over) is in the stage and not in the
         ledger, and is not throughput."""
         by_run: dict[int, float] = {}
-        for row in self.manifest.embed_history(HISTORY_CALLS):
+        for row in self.manifest.ledger.recent_calls(HISTORY_CALLS):
             if row["run_id"] is not None:
                 by_run[row["run_id"]] = by_run.get(row["run_id"], 0.0) + row["seconds"]
         spent = texts = 0.0
@@ -450,14 +450,14 @@ class _Estimate:
                 f"{_ids(runs)}")
 
     def _restore_rate(self) -> _Rate | None:
-        runs = self.manifest.recent_runs(["restore"], limit=HISTORY_RUNS)
+        runs = self.manifest.runs.recent(["restore"], limit=HISTORY_RUNS)
         points = sum(int(r["summary"].get("points", 0)) for r in runs)
         spent = sum((r["finished_at"] - r["started_at"]).total_seconds() for r in runs)
         if points and spent > 0:
             return _Rate(spent / points, 0.0,
                          f"restore: {points / spent:,.0f} points/s over restores {_ids(runs)}")
         # never restored here, but a drill restored a copy of this KB: its restore step
-        for drill in reversed(self.manifest.drill_history()):
+        for drill in reversed(self.manifest.drills.history()):
             for step in drill["steps"] if drill["status"] == "passed" else []:
                 if str(step.get("command", "")).startswith("kbguard restore"):
                     when = drill["started_at"]
@@ -481,9 +481,7 @@ class _Estimate:
     def _changed_since(self, documents: Path, files: dict[str, str | None]) -> int:
         """Corpus documents the catch-up after restoring a snapshot parses: those whose bytes
         differ from the version the snapshot indexed, or that it lacks."""
-        rows = self.manifest.con.execute(
-            f"SELECT path, indexed_hash FROM read_parquet('{_quote(documents)}')").fetchall()
-        then = dict(rows)
+        then = self.manifest.future.indexed_hashes(documents)
         return sum(1 for path, file_hash in files.items() if then.get(path) != file_hash)
 
     # -- calibration --------------------------------------------------------------------------
@@ -493,7 +491,7 @@ class _Estimate:
         into a scratch store: rates for what has no history. The texts are the KB's own, and
         the sample goes through a rebuild's own steps in a scratch manifest (vectors into its
         cache, points through its write protocol), which cost as much as the calls do."""
-        sample = self.manifest.future_texts()[:CALIBRATION_TEXTS]
+        sample = self.manifest.future.texts()[:CALIBRATION_TEXTS]
         if not sample:
             self.notes.append("nothing to calibrate with: the corpus has no text")
             return
@@ -508,9 +506,9 @@ class _Estimate:
                         t = time.perf_counter()
                         got = provider.embed(texts)
                         with scratch_m.transaction():
-                            scratch_m.cache_vectors(space.space_id,
-                                                    list(zip(hashes, got.vectors, strict=True)),
-                                                    None, provider=provider.name)
+                            scratch_m.cache.add(space.space_id,
+                                                list(zip(hashes, got.vectors, strict=True)),
+                                                None, provider=provider.name)
                         seconds = time.perf_counter() - t
                     except KbguardError as exc:
                         self.calibration[provider.name] = {"error": str(exc)}
@@ -542,13 +540,13 @@ class _Estimate:
                         for i, pid in enumerate(ids[start:start + batch], start)]
                 vectors: dict[str, dict[str, Any]] = {}
                 for space in self.cfg.spaces:
-                    for h, vector, _ in scratch_m.cached_vectors(space.space_id,
-                                                                 sorted({r[1] for r in rows})):
+                    for h, vector, _ in scratch_m.cache.vectors(space.space_id,
+                                                                sorted({r[1] for r in rows})):
                         vectors.setdefault(h, {})[space.name] = vector
                 points = [(Point(pid, vectors[h], point_payload(self.cfg.kb, "calibration", h,
                                                                 0, "", text)),
                            "calibration", h) for pid, h, text in rows]
-                scratch_m.write_points(store, points, names)
+                scratch_m.points.write(store, points, names)
             self.calibration["store"] = {"points": len(ids),
                                          "seconds": round(time.perf_counter() - t, 4)}
 
@@ -569,6 +567,3 @@ def _ids(runs: Iterable[dict[str, Any]]) -> str:
     ids = sorted(r["run_id"] for r in runs)
     return f"#{ids[0]}" if len(ids) == 1 else f"#{ids[0]}–#{ids[-1]}"
 
-
-def _quote(path: Path) -> str:
-    return str(path).replace("'", "''")

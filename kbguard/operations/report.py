@@ -84,8 +84,8 @@ def report_data(cfg: Config) -> ReportData:
     if not cfg.manifest.exists():
         raise missing_manifest(cfg)
     with Manifest.open(cfg.manifest, read_only=True) as m:
-        drills, checks = m.drill_history(), m.check_history()
-        spend, sizes = m.monthly_spend(), m.size_history()
+        drills, checks = m.drills.history(), m.checks.history()
+        spend, sizes = m.ledger.monthly_spend(), m.runs.size_history()
     return ReportData(
         kb=cfg.kb, generated_at=_iso(datetime.now(timezone.utc)), manifest=str(cfg.manifest),
         objectives={"single_failure_s": cfg.rto_single_failure_s,

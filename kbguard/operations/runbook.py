@@ -172,7 +172,7 @@ def _latest_drills(cfg: Config) -> dict[str, dict[str, Any]]:
     if not cfg.manifest.exists():
         return {}
     with Manifest.open(cfg.manifest, read_only=True) as m:
-        return {d["scenario"]: d for d in m.drill_history()}   # oldest first: newest wins
+        return {d["scenario"]: d for d in m.drills.history()}   # oldest first: newest wins
 
 
 def _drill_line(d: dict[str, Any], objective: float) -> str:

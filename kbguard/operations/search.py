@@ -168,7 +168,7 @@ def _lacking(cfg: Config, spaces: list[SpaceConfig]) -> dict[str, int]:
     if len(spaces) == 1:
         return {spaces[0].name: 0}
     with Manifest.open(cfg.manifest, read_only=True) as m:
-        return {s.name: m.chunks_lacking_vectors(s.space_id) for s in spaces}
+        return {s.name: m.cache.chunks_lacking(s.space_id) for s in spaces}
 
 
 def _embed_query(space: SpaceConfig, query: str, timeout_s: float | None) -> np.ndarray:
@@ -210,8 +210,8 @@ def _hit(h: Any) -> SearchHit:
 def _nothing_to_search(cfg: Config) -> KbguardError:
     """Why the store holds no point, with what to do about it."""
     with Manifest.open(cfg.manifest, read_only=True) as manifest:
-        chunks = manifest.chunk_count()
-        failed = len(manifest.failed_documents())
+        chunks = manifest.chunks.count()
+        failed = len(manifest.documents.failed())
     if chunks:
         return StoreError(
             f"The store of KB '{cfg.kb}' holds no points, but the manifest lists {chunks} "

@@ -35,7 +35,7 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> StatusReport:
         raise missing_manifest(cfg)
     with Manifest.open(cfg.manifest, read_only=True) as m:
         report = status_from_manifest(cfg, m)
-        known = m.documents()
+        known = m.documents.by_path()
     _mark_interrupted(cfg, report.last_run)
     report.store = store_summary(cfg)
     _add_files(cfg, report)

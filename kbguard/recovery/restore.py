@@ -784,12 +784,12 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
     _remove(staged)
     with Manifest.open(staged, kb=cfg.kb) as manifest:
         # the snapshot holds what the KB contains, the live manifest what happened to it
-        lost = manifest.import_history(cfg.manifest)
+        lost = manifest.tables.import_history(cfg.manifest)
         if lost and cfg.manifest.exists():
             progress.note(f"the KB's run, check, spend and drill history is not kept: {lost}")
-        run_id = manifest.start_run("restore")
+        run_id = manifest.runs.start("restore")
         for (space, provider), spend in (usage or {}).items():
-            manifest.record_usage(run_id, "restore", space, provider, spend)
+            manifest.ledger.record(run_id, "restore", space, provider, spend)
         # DuckDB loads the manifest tables on a connection of its own in a thread while this
         # one writes the points: DuckDB runs without the GIL, the point writes need it.
         names = sorted(v["name"] for v in body["config"]["vectors"])
@@ -820,15 +820,15 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
             raise ManifestError(f"Loading the snapshot's tables into the new manifest failed: "
                                 f"{reason}. The KB was not switched.") from loader.error
         counts = body["counts"]
-        got = manifest.row_counts(TABLES)
+        got = manifest.tables.row_counts(TABLES)
         got["points"] = n
         wrong = {k: (v, counts.get(k)) for k, v in got.items() if v != counts.get(k)}
         if wrong:
             raise SnapshotError(
                 f"Snapshot {sid} restored the wrong number of rows ({wrong}: restored, expected)."
                 " The KB was not switched; use another snapshot.")
-        manifest.finish_run(run_id, "ok", {"snapshot": sid, "points": n, **got},
-                            body.get("corpus", {}).get("fingerprint"))
+        manifest.runs.finish(run_id, "ok", {"snapshot": sid, "points": n, **got},
+                             body.get("corpus", {}).get("fingerprint"))
         manifest.checkpoint()  # everything in the file itself, nothing in a WAL
     return n
 
@@ -845,8 +845,8 @@ class _TableLoader(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.manifest.import_tables({t: self.folder / f"{t}.parquet" for t in TABLES})
-            self.manifest.record_restored_points(self.folder / POINTS_FILE, self.columns)
+            self.manifest.tables.import_files({t: self.folder / f"{t}.parquet" for t in TABLES})
+            self.manifest.points.record_restored(self.folder / POINTS_FILE, self.columns)
         except Exception as exc:  # handed to the restoring thread, which raises it
             self.error = exc
 

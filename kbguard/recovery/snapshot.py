@@ -563,10 +563,10 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 if exporter.error is not None:
                     raise exporter.error
                 crash_point("snapshot-write")
-                counts = manifest.row_counts(TABLES)
-                pending = manifest.pending_point_count()
-                missing = manifest.unwritten_chunk_count()
-                run = manifest.last_run(kind="rebuild%", status="ok")
+                counts = manifest.tables.row_counts(TABLES)
+                pending = manifest.points.pending_count()
+                missing = manifest.points.unwritten_chunk_count()
+                run = manifest.runs.last(kind="rebuild%", status="ok")
             if pending or missing:
                 notes.append(f"the last rebuild did not finish: {missing} chunks are not in the "
                              "store; a restore of this snapshot catches them up")
@@ -657,7 +657,7 @@ class _TableExporter(threading.Thread):
     def run(self) -> None:
         try:
             for table in TABLES:
-                self.manifest.export_table(table, self.folder / f"{table}.parquet")
+                self.manifest.tables.export(table, self.folder / f"{table}.parquet")
         except Exception as exc:  # handed to the snapshotting thread, which raises it
             self.error = exc
 
@@ -691,7 +691,7 @@ def _unrecorded(manifest: Manifest, cfg: Config, specs: list[Any]) -> str | None
         if space is None or not space.normalize:
             return (f"the vectors of {spec.name!r} are not cached normalised, and the store "
                     "keeps them normalised")
-    return manifest.unrecorded_points([s.name for s in specs])
+    return manifest.points.unrecorded([s.name for s in specs])
 
 
 def _write_recorded_points(path: Path, manifest: Manifest, cfg: Config, specs: list[Any],
@@ -713,7 +713,7 @@ def _write_recorded_points(path: Path, manifest: Manifest, cfg: Config, specs: l
     n = 0
     try:
         with writer:
-            for batch in manifest.recorded_points(cfg.kb, spaces, batch_size):
+            for batch in manifest.points.recorded(cfg.kb, spaces, batch_size):
                 columns: list[pa.Array] = [batch.column("id")]
                 for i, spec in enumerate(specs):
                     columns.append(_cached_vector_column(batch, i, spec))

@@ -1,10 +1,15 @@
-"""Numbered schema migrations of the manifest.
+"""Numbered schema migrations of the manifest, and bringing a file up to the newest.
 
 Each migration runs once, in its own transaction, and is recorded in ``migrations``. Never edit a
 released migration: add the next number.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
+from kbguard.errors import ManifestError
+from kbguard.manifest.connection import Connection, now
 
 M001_CORE = """
 CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
@@ -151,3 +156,60 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (4, "providers", M004_PROVIDERS),
     (5, "drills", M005_DRILLS),
 ]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def applied_version(db: Connection) -> int:
+    exists = db.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'migrations'"
+    ).fetchone()[0]
+    if not exists:
+        return 0
+    return db.execute("SELECT coalesce(max(version), 0) FROM migrations").fetchone()[0]
+
+
+def check_version(db: Connection, path: Path) -> None:
+    """Refuse a file this kbguard cannot read as it is (opened read-only: nothing migrates)."""
+    applied = applied_version(db)
+    if applied == 0:
+        # migrations is created before the first migration runs: a file holding only that
+        # (or nothing) is a first build killed before it wrote anything
+        others = db.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_name <> 'migrations'").fetchone()[0]
+        if others == 0:
+            raise ManifestError(
+                f"{path} is an empty manifest: a first build was interrupted before it "
+                "wrote anything. Run `kbguard rebuild`.")
+        raise ManifestError(f"{path} is not a kbguard manifest (no schema found). "
+                            "Point manifest.path at the KB's manifest.")
+    if applied > SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path} has schema version {applied}, newer than this kbguard "
+            f"understands ({SCHEMA_VERSION}). Upgrade kbguard."
+        )
+    if applied < SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path} has schema version {applied}; run any writing command "
+            "(e.g. `kbguard rebuild`) to migrate it."
+        )
+
+
+def migrate(db: Connection, path: Path) -> None:
+    """Run every migration the file lacks, each in its own transaction."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, "
+        "name VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    applied = applied_version(db)
+    if applied > SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path} has schema version {applied}, newer than this kbguard "
+            f"understands ({SCHEMA_VERSION}). Upgrade kbguard."
+        )
+    for version, name, sql in MIGRATIONS:
+        if version <= applied:
+            continue
+        with db.transaction():
+            db.execute(sql)
+            db.execute("INSERT INTO migrations VALUES (?, ?, ?)", [version, name, now()])
