@@ -49,11 +49,11 @@ from kbguard.config import load_config  # noqa: E402
 from kbguard.manifest import Manifest, vector_bytes, vector_checksum  # noqa: E402
 from kbguard.ingest.plan import point_payload  # noqa: E402
 from kbguard.store import store_for, vector_specs  # noqa: E402
-import kbguard.recovery.restore as restore_mod  # noqa: E402
 from kbguard.recovery.restore import restore  # noqa: E402
 import kbguard.recovery.snapshot as snapshot_mod  # noqa: E402
 from kbguard.recovery.snapshot import create_snapshot  # noqa: E402
 from kbguard.store import Point  # noqa: E402
+import kbguard.store.edge as edge_mod  # noqa: E402
 from synthetic import write_synthetic_config  # noqa: E402
 
 DIM = 384
@@ -130,14 +130,14 @@ def one_run(cfg, n: int) -> dict:
     # files are declared unusable by pretending another engine version is installed)
     shutil.rmtree(cfg.store_path)
     cfg.manifest.unlink()
-    real_version = restore_mod.engine_version
-    restore_mod.engine_version = lambda: "another"
+    real_version = edge_mod.engine_version
+    edge_mod.engine_version = lambda: "another"
     try:
         t = time.perf_counter()
         rep_pq = restore(cfg, snap.id, catch_up=False)
         parquet_s = time.perf_counter() - t
     finally:
-        restore_mod.engine_version = real_version
+        edge_mod.engine_version = real_version
     assert rep_pq.method == "parquet", rep_pq
 
     shutil.rmtree(cfg.store_path)

@@ -440,3 +440,35 @@ def test_atomic_writes_never_create_folders(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         atomic_write_text(tmp_path / "a" / "b" / "c.txt", "x")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("refusal", ["EINVAL", "EOPNOTSUPP"])
+def test_a_sparse_copy_where_holes_cannot_be_found_copies_every_byte(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str) -> None:
+    """A filesystem that cannot say where a file's holes are (lseek SEEK_DATA refused) gets
+    the whole file copied as data, never a file of zeros in its place. No filesystem here
+    refuses it, so lseek is made to."""
+    import errno
+    import hashlib
+
+    from kbguard.core.durable import copy_hashed, copy_sparse
+
+    src = tmp_path / "sparse"
+    with open(src, "wb") as fh:
+        fh.write(b"head" * 1000)
+        fh.seek(3 << 20)                       # a hole, then data, then a hole at the end
+        fh.write(b"tail" * 1000)
+        fh.truncate(5 << 20)
+    want = src.read_bytes()
+    real = os.lseek
+
+    def no_hole_support(fd: int, pos: int, how: int) -> int:
+        if how in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(getattr(errno, refusal), os.strerror(getattr(errno, refusal)))
+        return real(fd, pos, how)
+
+    monkeypatch.setattr(os, "lseek", no_hole_support)
+    copy_sparse(src, tmp_path / "copy")
+    assert (tmp_path / "copy").read_bytes() == want
+    assert copy_hashed(src, tmp_path / "hashed") == (hashlib.sha256(want).hexdigest(), len(want))
+    assert (tmp_path / "hashed").read_bytes() == want

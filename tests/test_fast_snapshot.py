@@ -14,8 +14,9 @@ import pytest
 from conftest import KB, edit_corpus, manifest_sql, store_contents
 
 from kbguard.recovery.restore import pending_restore
-from kbguard.recovery.snapshot import (ENGINE, META_FILE, SHARD_DIR, engine_version, read_meta,
-                              render_meta, snapshot_folder, verify_folder)
+from kbguard.recovery.snapshot import snapshot_folder
+from kbguard.snapshot_format import META_FILE, SHARD_DIR, read_meta, render_meta, verify_folder
+from kbguard.store.edge import ENGINE, engine_version
 
 
 def _snapshot(kb: KB) -> tuple[str, Path]:

@@ -88,3 +88,22 @@ def test_the_config_builds_on_nothing_above_it() -> None:
             for name in names:
                 if name.startswith("kbguard"):
                     assert name.startswith(allowed), f"{_module(path)} imports {name}"
+
+
+def test_only_the_store_package_knows_its_adapters() -> None:
+    """Callers ask the store interface what a store can do (``native_files``, ...), never
+    which adapter it is."""
+    adapters = {"kbguard.store.edge", "kbguard.store.qdrant"}
+    outside = {m: sorted(deps & adapters) for m, deps in _graph().items()
+               if not m.startswith("kbguard.store") and deps & adapters}
+    assert outside == {}
+
+
+def test_the_snapshot_format_and_the_lost_manifest_guard_sit_below_ingest() -> None:
+    """A rebuild asks whether a snapshot survives a lost manifest: the modules that answer
+    import nothing above the manifest and store level (recovery/ builds on ingest/)."""
+    graph = _graph()
+    higher = ("kbguard.ingest", "kbguard.integrity", "kbguard.recovery", "kbguard.operations",
+              "kbguard.cli")
+    for module in ("kbguard.snapshot_format", "kbguard.kb.lost_manifest"):
+        assert sorted(d for d in graph[module] if d.startswith(higher)) == [], module

@@ -15,7 +15,8 @@ from conftest import (KB, edit_corpus, long_markdown, manifest_chunk_ids, manife
 from kbguard.errors import StoreError
 from kbguard.manifest import Manifest
 from kbguard.recovery.restore import _verify_copy, pending_restore
-from kbguard.recovery.snapshot import read_meta, snapshot_folder
+from kbguard.recovery.snapshot import snapshot_folder
+from kbguard.snapshot_format import read_meta
 from kbguard.store import Point
 from kbguard.store import store_for
 

@@ -14,9 +14,10 @@ import pytest
 from conftest import DVC, KB, git_dvc_repo, make_kb, store_contents
 
 from kbguard.errors import SnapshotError
-from kbguard.recovery.snapshot import (DATA_FILES, META_FILE, SnapshotDamaged, SnapshotEntry,
-                              create_snapshot, plan_prune, read_meta, render_meta,
-                              snapshot_folder, verify_folder)
+from kbguard.errors import SnapshotDamaged
+from kbguard.recovery.snapshot import create_snapshot, plan_prune, snapshot_folder
+from kbguard.snapshot_format import (DATA_FILES, META_FILE, SnapshotEntry, read_meta, render_meta,
+                                     verify_folder)
 
 
 @pytest.fixture

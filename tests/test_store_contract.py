@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tarfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kbguard.errors import StoreError, StoreUnavailable
+from kbguard.core.durable import copy_tree_sparse
+from kbguard.errors import SnapshotError, StoreError, StoreUnavailable
+from kbguard.kb.read_service import SharedStore
 from kbguard.store import CollectionInfo, Point, Store, VectorSpec, open_store
 from kbguard.store._common import canonical_ids
 from kbguard.store.edge import EdgeStore
@@ -468,3 +471,84 @@ def test_swap_in_refuses_a_store_that_is_not_its_staging(make_store, tmp_path):
         QdrantStore("kb", path=tmp_path / "elsewhere")
     with pytest.raises(StoreError, match="is not a staging"):
         live.swap_in(other)
+
+
+# -- the store's own files: what snapshots copy and restores copy back -------------------------
+
+
+def test_native_files_handed_over_closed_and_held_are_the_store(make_store):
+    """A store with files of its own hands them over closed and held: no other opener gets in
+    meanwhile, a copy of them loads as the same store, and the store reopens afterwards. A
+    store without such files says so and hands over nothing."""
+    live = make_store()
+    live.create(SPECS)
+    points = _points(20)
+    live.upsert(points)
+    live.flush()
+    native = live.native_files()
+    if native is None:
+        with pytest.raises(StoreError, match="keeps no files of its own"):
+            with live.closed_and_held():
+                pass
+        assert live.count() == 20
+        return
+    assert native.engine and native.engine_version is not None  # installed: it reads them
+    copy = live.staging("copy")
+    target = copy.native_files()
+    assert target is not None and target.path != native.path
+    assert (target.engine, target.engine_version) == (native.engine, native.engine_version)
+    with live.closed_and_held() as folder:
+        assert folder == native.path
+        with pytest.raises(StoreUnavailable):
+            make_store().count()                   # held: nobody writes while it is read
+        copy_tree_sparse(folder, target.path)
+    assert live.count() == 20                      # reopened by the next call
+    try:
+        assert copy.describe() == CollectionInfo(exists=True, vectors=SPECS, points=20)
+        got = _by_id(copy.retrieve([p.id for p in points]))
+        for p in points:
+            _assert_same(got[p.id], p)
+    finally:
+        copy.close()
+
+
+def test_a_shard_snapshot_unpacks_only_into_a_store_that_takes_them(make_store, tmp_path):
+    from tests.test_qdrant_snapshot import shard_snapshot
+
+    source = EdgeStore(tmp_path / "source")
+    source.create(SPECS)
+    points = _points(10)
+    source.upsert(points)
+    source.close()
+    archive = shard_snapshot(tmp_path / "source", tmp_path / "shard.snapshot")
+    with tarfile.open(archive, "a") as tar:        # a member outside a shard's layout
+        stray = tmp_path / "notes.txt"
+        stray.write_text("not part of a shard")
+        tar.add(stray, arcname="notes.txt")
+    scratch = tmp_path / "scratch.tar"
+    target = make_store().staging("import")
+    if not target.unpacks_shard_snapshots:
+        with pytest.raises(StoreError, match="cannot take in a Qdrant shard snapshot"):
+            target.unpack_shard_snapshot(archive, scratch)
+        assert target.describe().exists is False
+        return
+    junk = tmp_path / "junk.snapshot"
+    junk.write_bytes(b"not a tar archive" * 100)
+    with pytest.raises(SnapshotError, match="is not a Qdrant shard snapshot the engine can"):
+        target.unpack_shard_snapshot(junk, scratch)
+    assert target.unpack_shard_snapshot(archive, scratch) == ["notes.txt"]
+    assert not scratch.exists()
+    try:
+        assert target.describe() == CollectionInfo(exists=True, vectors=SPECS, points=10)
+        got = _by_id(target.retrieve([p.id for p in points]))
+        for p in points:
+            _assert_same(got[p.id], p)
+    finally:
+        target.close()
+
+
+def test_a_shared_store_has_the_capabilities_of_the_store_it_wraps(make_store):
+    inner = make_store()
+    shared = SharedStore(inner)
+    assert shared.native_files() == inner.native_files()
+    assert shared.unpacks_shard_snapshots == inner.unpacks_shard_snapshots

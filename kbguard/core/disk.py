@@ -126,6 +126,23 @@ def require_free(path: Path, needed: int, action: str, **kw: str) -> None:
         raise disk_full(path, action, needed=needed, **kw)
 
 
+def allocated(path: Path) -> int:
+    """Bytes the files under ``path`` take on disk (sparse files count what they hold)."""
+    total = 0
+    try:
+        if not path.is_dir():
+            return path.lstat().st_blocks * 512 if path.exists() else 0
+    except OSError:
+        return 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
 def not_writable(path: Path) -> str | None:
     """Why ``path`` (a file, or the folder a new file goes into) cannot be written; None if
     it can. A file is written in place and beside it (a WAL, a lock), so its folder counts."""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from kbguard.core.disk import disk_full, is_disk_full
+
+_BLOCK = 1 << 20
+_ZEROS = bytes(_BLOCK)
 
 
 def fsync_path(path: Path) -> None:
@@ -59,26 +65,60 @@ def copy_sparse(src: Path | str, dst: Path | str) -> str:
     """Copy one file keeping its holes (Qdrant Edge preallocates large sparse files, which a
     plain copy would write out in full) and its times; returns ``dst`` (a copy_function)."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
-            except OSError:   # ENXIO: only a hole is left
-                break
-            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-            fin.seek(start)
-            fout.seek(start)
-            while start < end:
-                block = fin.read(min(end - start, 1 << 20))
-                if not block:
-                    break
-                fout.write(block)
-                start += len(block)
-            pos = end
-        fout.truncate(size)
+        _copy_data(fin, fout, None)
     shutil.copystat(src, dst)
     return str(dst)
+
+
+def copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
+    """Copy one file as ``copy_sparse`` does, synced to disk, and return its sha256 and size,
+    in one read of it: holes stay holes in the copy and are hashed as the zeros they read as."""
+    digest = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = _copy_data(fin, fout, digest)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return digest.hexdigest(), size
+
+
+def _copy_data(fin: BinaryIO, fout: BinaryIO, digest: Any) -> int:
+    """Copy the data ranges of ``fin`` into ``fout``, seeking over its holes; ``digest`` (when
+    given) is fed every byte in order, holes as zeros. Returns the bytes copied: the size, or
+    less if the file shrank meanwhile (the copy then ends there too)."""
+    fd = fin.fileno()
+    size = os.fstat(fd).st_size
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                start = end = size      # only a hole is left
+            elif exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                start, end = pos, size  # no hole support here: all of it is data
+            else:
+                raise
+        if digest is not None:
+            while pos < start:  # the hole before this data
+                n = min(start - pos, _BLOCK)
+                digest.update(_ZEROS[:n] if n < _BLOCK else _ZEROS)
+                pos += n
+        pos = start
+        fin.seek(start)
+        fout.seek(start)
+        while pos < end:
+            block = fin.read(min(end - pos, _BLOCK))
+            if not block:
+                break  # the file shrank: a checksum of the copy says so
+            if digest is not None:
+                digest.update(block)
+            fout.write(block)
+            pos += len(block)
+        if pos < end:
+            break
+    fout.truncate(pos)
+    return pos
 
 
 def copy_tree_sparse(src: Path, dst: Path) -> None:

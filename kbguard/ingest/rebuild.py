@@ -46,7 +46,7 @@ from kbguard.kb.read_service import serve_reads
 from kbguard.ingest.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
 from kbguard.store import Point, Store
 from kbguard.ingest.dvc_corpus import dvc_view
-from kbguard.lost_manifest import lost_manifest
+from kbguard.kb.lost_manifest import lost_manifest
 
 if TYPE_CHECKING:
     from kbguard.ingest.parse import ParsedDocument

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kbguard.config import Config
-from kbguard.lost_manifest import missing_manifest
+from kbguard.kb.lost_manifest import missing_manifest
 from kbguard.errors import RestoreNeeded
 from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest, require_writable

@@ -41,7 +41,7 @@ from kbguard.errors import (DiskFullError, KbguardError, ManifestError, Manifest
                             StoreError)
 from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest, now, vector_checksum
-from kbguard.lost_manifest import missing_manifest
+from kbguard.kb.lost_manifest import missing_manifest
 from kbguard.core.redact import redact_url
 from kbguard.core.progress import SILENT, Progress
 from kbguard.store import PointArrays, Store

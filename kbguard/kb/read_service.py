@@ -38,7 +38,8 @@ from kbguard.manifest import Manifest
 from kbguard.core.progress import Progress
 from kbguard.kb.read_socket import socket_name, text_vector
 from kbguard.kb.status_report import status_from_manifest, store_summary
-from kbguard.store import CollectionInfo, Hit, Point, PointArrays, Store, VectorSpec
+from kbguard.store import (CollectionInfo, Hit, NativeFiles, Point, PointArrays, Store,
+                           VectorSpec)
 
 _REQUEST_TIMEOUT_S = 10.0  # a client that connects and sends nothing is dropped
 _MAX_REQUEST = 1 << 20
@@ -81,6 +82,7 @@ class SharedStore(Store):
     def __init__(self, inner: Store):
         self.inner = inner
         self.backend = inner.backend
+        self.unpacks_shard_snapshots = inner.unpacks_shard_snapshots
         self.lock = threading.Lock()
 
     def describe(self) -> CollectionInfo:
@@ -155,6 +157,18 @@ class SharedStore(Store):
 
     def kept_vectors(self, distance: str, vectors: np.ndarray) -> np.ndarray:
         return self.inner.kept_vectors(distance, vectors)
+
+    def native_files(self) -> NativeFiles | None:
+        return self.inner.native_files()
+
+    @contextmanager
+    def closed_and_held(self) -> Iterator[Path]:
+        with self.lock, self.inner.closed_and_held() as path:
+            yield path
+
+    def unpack_shard_snapshot(self, archive: Path, scratch: Path) -> list[str]:
+        with self.lock:
+            return self.inner.unpack_shard_snapshot(archive, scratch)
 
 
 class ReadService:

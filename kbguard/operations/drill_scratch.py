@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from kbguard.config import Config
-from kbguard.core.disk import require_free
+from kbguard.core.disk import allocated, require_free
 from kbguard.core.durable import atomic_write_text
 from kbguard.errors import ConfigError
 
@@ -148,20 +148,3 @@ def require_room(folder: Path, needed: int, scenarios: list[str]) -> None:
                  resume="run the drill again (or pass --scratch on a larger disk); nothing was "
                         "copied, the live KB is as it was, and a drill that had no room is not "
                         "recorded")
-
-
-def allocated(path: Path) -> int:
-    """Bytes the files under ``path`` take on disk (sparse files count what they hold)."""
-    total = 0
-    try:
-        if not path.is_dir():
-            return path.lstat().st_blocks * 512 if path.exists() else 0
-    except OSError:
-        return 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-            except OSError:
-                continue
-    return total

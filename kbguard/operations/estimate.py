@@ -40,13 +40,14 @@ from kbguard.errors import KbguardError
 from kbguard.ingest.plan import point_payload
 from kbguard.store import store_for, vector_specs
 from kbguard.core.lock import check_unlocked
-from kbguard.lost_manifest import lost_manifest
+from kbguard.kb.lost_manifest import lost_manifest
 from kbguard.manifest import Manifest
 from kbguard.core.progress import SILENT, Progress
 from kbguard.providers import Provider, chain_for
 from kbguard.ingest.rebuild import parse_all, parse_jobs, plan_rebuild
 from kbguard.ingest.scan import require_corpus
-from kbguard.recovery.snapshot import list_snapshots, read_meta
+from kbguard.recovery.snapshot import list_snapshots
+from kbguard.snapshot_format import POINTS_FILE, read_meta, table_file
 from kbguard.store import Point
 
 SCENARIOS = ("incremental", "store_lost", "full_reembed", "restore_latest", "primary_down")
@@ -259,15 +260,15 @@ class _Estimate:
         snap = snaps[-1]
         body = read_meta(snap.path)
         points = int(body.get("counts", {}).get("points") or 0)
-        cache = snap.path / "embeddings.parquet"
-        state = snap.path / "points.parquet"
+        cache = snap.path / table_file("embeddings")
+        state = snap.path / POINTS_FILE
         if not (cache.is_file() and state.is_file()):
             return Scenario(0, 0, 0.0, None, f"snapshot {snap.id} lacks its tables")
         todo = {s.name: self.manifest.future.texts(s.space_id, cache=cache)
                 for s in self.cfg.spaces}
         names = ",".join(sorted(s.name for s in self.cfg.spaces))
         writes, deletes = self.manifest.future.store_work(names, points=state)
-        changed = self._changed_since(snap.path / "documents.parquet", files)
+        changed = self._changed_since(snap.path / table_file("documents"), files)
         if per_doc is not None:   # documents parsed just now: their measured pace
             parse_s: float | None = round(per_doc * changed, 3)
             parse_basis = f"parse at the pace measured now ({1 / per_doc:.1f} documents/s)"

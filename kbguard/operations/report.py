@@ -24,7 +24,7 @@ from kbguard.config import Config
 from kbguard.core.durable import atomic_write_text
 from kbguard.errors import ConfigError
 from kbguard.core.lock import check_unlocked
-from kbguard.lost_manifest import missing_manifest
+from kbguard.kb.lost_manifest import missing_manifest
 from kbguard.manifest import Manifest
 
 TABLE_ROWS = 10   # rows of history a table shows under its chart (newest first)

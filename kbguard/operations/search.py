@@ -29,7 +29,7 @@ from kbguard.core.lock import locked_error
 from kbguard.manifest import Manifest
 from kbguard.ingest.plan import empty_corpus_message
 from kbguard.store import store_for
-from kbguard.lost_manifest import missing_manifest
+from kbguard.kb.lost_manifest import missing_manifest
 from kbguard.kb.read_socket import ask_writer, vector_text
 from kbguard.ingest.scan import walk_corpus
 from kbguard.store import Hit

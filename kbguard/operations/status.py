@@ -10,7 +10,7 @@ from kbguard.core.lock import lock_holder
 from kbguard.manifest import Manifest
 from kbguard.kb.read_socket import ask_writer
 from kbguard.ingest.plan import empty_corpus_message, plan_documents
-from kbguard.lost_manifest import missing_manifest
+from kbguard.kb.lost_manifest import missing_manifest
 from kbguard.ingest.scan import scan_corpus
 from kbguard.recovery.restore import pending_restore
 from kbguard.recovery.snapshot import list_snapshots

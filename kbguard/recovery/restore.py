@@ -30,7 +30,6 @@ import queue
 import random
 import secrets
 import shutil
-import tarfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,26 +52,20 @@ from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest, now
 from kbguard.core.progress import SILENT, Progress
 from kbguard.providers import Usage, spent, spent_since
-from kbguard.recovery.snapshot import (
+from kbguard.recovery.snapshot import list_snapshots, pull_snapshot, snapshot_folder
+from kbguard.snapshot_format import (
     BATCH,
-    ENGINE,
-    PointBatch,
     POINTS_FILE,
-    SHARD_DIR,
     TABLES,
     VECTOR_PREFIX,
-    copy_hashed,
-    engine_version,
-    list_snapshots,
-    pull_snapshot,
+    PointBatch,
     read_points,
-    shard_dirs,
-    shard_entries,
-    snapshot_folder,
+    restore_shard_files,
+    table_file,
     verify_folder,
+    write_points,
 )
-from kbguard.store import Store, VectorSpec
-from kbguard.store.edge import EdgeStore
+from kbguard.store import NativeFiles, Store, VectorSpec
 from kbguard.store import store_for
 from kbguard.ingest.rebuild import rebuild
 from kbguard.integrity.verify import DRIFT_MIN_COSINE, ReembedPoint, reembed_cosines
@@ -247,7 +240,7 @@ def _check_room(cfg: Config, live: Store, sid: str, folder: Path, body: dict[str
     store = live.space_needed(points, _uncompressed(folder / POINTS_FILE))
     if store is not None:
         wants.append((store[0], store[1], f"the store's {points:,} points"))
-    tables = sum(_uncompressed(folder / f"{t}.parquet") for t in TABLES)
+    tables = sum(_uncompressed(folder / table_file(t)) for t in TABLES)
     wants.append((cfg.manifest, _MANIFEST_FACTOR * tables + _MANIFEST_BASE, "the manifest"))
     by_fs: dict[int, tuple[Path, int, list[str]]] = {}
     for path, needed, what in wants:
@@ -309,13 +302,13 @@ def _restore_into(cfg: Config, live: Store, sid: str, folder: Path, body: dict[s
                          "started_at": now().isoformat(timespec="seconds")})
     method = "parquet"
     try:
-        why_not = _shard_refusal(cfg, live, body)
-        if why_not is None:
-            assert isinstance(stage, EdgeStore)  # _shard_refusal made sure
-            base = stage.path
+        native = stage.native_files()  # a staging store is of the live store's engine
+        why_not = _shard_refusal(cfg, native, body)
+        if native is not None and why_not is None:
+            base = native.path
             try:
-                points = _restore_shard(cfg, stage, staged, sid, folder, body, batch_size,
-                                        stages, progress)
+                points = _restore_shard(cfg, stage, base, staged, sid, folder, body,
+                                        batch_size, stages, progress)
                 method = "shard files"
             except (SnapshotError, StoreError) as exc:
                 # the shard copy is thrown away; the Parquet files were checked already
@@ -343,58 +336,43 @@ def _restore_into(cfg: Config, live: Store, sid: str, folder: Path, body: dict[s
     return points, method
 
 
-def _shard_refusal(cfg: Config, live: Store, body: dict[str, Any]) -> str | None:
-    """Why the snapshot's shard files cannot be copied in; None when they can."""
+def _shard_refusal(cfg: Config, native: NativeFiles | None, body: dict[str, Any]) -> str | None:
+    """Why the snapshot's shard files cannot be copied into a store with ``native`` files;
+    None when they can."""
     shard = body.get("shard")
     if shard is None:
         return "the snapshot holds no shard files"
-    if not isinstance(live, EdgeStore):
+    if native is None:
         return (f"the KB's store is {cfg.store_backend}, and the shard files are a Qdrant Edge "
                 "store's")
-    mine, theirs = engine_version(), shard.get("engine_version")
-    if mine is None or theirs != mine:
-        return (f"the shard files are from {ENGINE} {theirs}, and this is {ENGINE} {mine}; "
-                "a shard loads only into the engine version that wrote it")
+    mine, theirs = native.engine_version, shard.get("engine_version")
+    if mine is None or shard.get("engine") != native.engine or theirs != mine:
+        return (f"the shard files are from {shard.get('engine')} {theirs}, and this is "
+                f"{native.engine} {mine}; a shard loads only into the engine version that "
+                "wrote it")
     return None
 
 
-def _restore_shard(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
-                   body: dict[str, Any], batch_size: int, stages: dict[str, float],
-                   progress: Progress) -> int:
-    """Copy the snapshot's shard files into the staging folder, each checked against its
-    sha256 as it is copied, then read every point back against points.parquet (the same
-    check a rebuilt copy gets). SnapshotDamaged or StoreError: not usable, fall back."""
-    assert isinstance(stage, EdgeStore)
-    base = stage.path
+def _restore_shard(cfg: Config, stage: Store, base: Path, staged: Path, sid: str,
+                   folder: Path, body: dict[str, Any], batch_size: int,
+                   stages: dict[str, float], progress: Progress) -> int:
+    """Copy the snapshot's shard files into the staging store's folder ``base``, each checked
+    against its sha256 as it is copied, then read every point back against points.parquet
+    (the same check a rebuilt copy gets). SnapshotDamaged or StoreError: not usable, fall
+    back."""
     specs = {v["name"]: (int(v["dim"]), v["distance"]) for v in body["config"]["vectors"]}
 
     def fill() -> int:
         t = time.perf_counter()
-        entries = shard_entries(folder, body)
-        base.mkdir()
-        for rel in shard_dirs(folder, body):
-            (base / rel).mkdir(parents=True, exist_ok=True)
-        progress.stage("restore shard files", len(entries))
-        for rel, (src, entry) in entries.items():
-            (base / rel).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                digest, size = copy_hashed(src, base / rel)
-            except FileNotFoundError as exc:
-                raise SnapshotDamaged(f"{SHARD_DIR}/{rel} is missing", snapshot_id=sid,
-                                      file=f"{SHARD_DIR}/{rel}") from exc
-            except OSError as exc:
-                if is_disk_full(exc):
-                    raise disk_full(base, f"restore snapshot {sid} into {base}",
-                                    resume="run the restore again; the KB was not "
-                                           "touched") from exc
-                raise
-            if digest != entry.get("sha256") or size != entry.get("bytes"):
-                raise SnapshotDamaged(f"{SHARD_DIR}/{rel} does not match its sha256",
-                                      snapshot_id=sid, file=f"{SHARD_DIR}/{rel}")
-            crash_point("restore-build")
-            progress.advance(1)
-        for rel in [*shard_dirs(folder, body), "."]:
-            fsync_path(base / rel)
+        try:
+            restore_shard_files(folder, body, base, progress,
+                                after_each=lambda: crash_point("restore-build"))
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(base, f"restore snapshot {sid} into {base}",
+                                resume="run the restore again; the KB was not "
+                                       "touched") from exc
+            raise
         stages["copy shard files"] = time.perf_counter() - t
         # The check runs here, while DuckDB loads the manifest tables in its thread: the
         # check needs the GIL, DuckDB does not.
@@ -493,7 +471,7 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
     Only the members of a shard's own layout are unpacked (the others are left out, with a
     note), and a sample of the points is re-embedded with each space's chain before anything
     is switched: vectors of another model are refused (``SnapshotWrongModel``)."""
-    if cfg.store_backend != "edge":
+    if not store_for(cfg).unpacks_shard_snapshots:
         raise SnapshotError(
             f"--from-qdrant-snapshot brings a snapshot into an embedded Qdrant Edge store, and "
             f"this KB's store is {cfg.store_backend}. Restore it on the server instead, or set "
@@ -517,10 +495,9 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
             _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": BUILDING,
                                  "started_at": now().isoformat(timespec="seconds")})
             try:
-                assert isinstance(stage, EdgeStore)  # the backend is edge
                 t = time.perf_counter()
                 folder.mkdir()
-                left_out = _unpack(snapshot_file, stage.path, folder / "shard.tar")
+                left_out = stage.unpack_shard_snapshot(snapshot_file, folder / "shard.tar")
                 if left_out:
                     notes.append(
                         f"{len(left_out):,} member(s) of {snapshot_file.name} outside a shard's "
@@ -568,67 +545,7 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
     return report
 
 
-#: a shard's own files beside segments/ and wal/: a server's clocks, replica state and shard
-#: config, and an Edge shard's config
-_SHARD_FILES = frozenset({"newest_clocks.json", "oldest_clocks.json", "replica_state.json",
-                          "shard_config.json", "edge_config.json"})
 MODEL_SAMPLE = 16   # points per space whose texts an import re-embeds to check the model
-
-
-def _unpack(snapshot_file: Path, target: Path, scratch: Path) -> list[str]:
-    """Unpack the members of a shard's own layout into ``target``; returns the names of the
-    others, which are left out. The engine unpacks whatever an archive holds, so one with
-    other members is first copied to ``scratch`` without them (deleted afterwards)."""
-    from qdrant_edge import EdgeShard
-
-    source = snapshot_file
-    try:
-        with tarfile.open(snapshot_file, "r:") as tar:
-            members = tar.getmembers()
-            left_out = [m.name for m in members if not _in_shard_layout(m)]
-            if left_out:
-                with tarfile.open(scratch, "w") as kept:
-                    for m in members:
-                        if _in_shard_layout(m):
-                            kept.addfile(m, tar.extractfile(m) if m.isfile() else None)
-                source = scratch
-        EdgeShard.unpack_snapshot(str(source), str(target))
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full(target.parent, f"unpack {snapshot_file.name} into {target}",
-                            resume="run the restore again; the KB was not touched") from exc
-        raise SnapshotError(f"{snapshot_file} cannot be read ({exc}). The KB was not "
-                            "touched.") from exc
-    except Exception as exc:  # noqa: BLE001 - tarfile's and the bindings' errors alike
-        raise SnapshotError(
-            f"{snapshot_file} is not a Qdrant shard snapshot the engine can unpack ({exc}). "
-            "Take the snapshot of one shard (GET /collections/NAME/shards/0/snapshot), not of "
-            "the whole collection, and download it whole. The KB was not touched.") from exc
-    finally:
-        scratch.unlink(missing_ok=True)
-    return left_out
-
-
-def _in_shard_layout(member: tarfile.TarInfo) -> bool:
-    """Whether a snapshot member is part of a shard: under ``segments/`` (a segment's archive,
-    or a segment's folder), a file of ``wal/``, or one of the shard's own files. Only plain
-    files and folders with plain relative names: no link, no absolute path, no ``..``."""
-    if not (member.isfile() or member.isdir()):
-        return False
-    name = member.name
-    while name.startswith("./"):
-        name = name[2:]
-    parts = name.rstrip("/").split("/")
-    if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
-        return False
-    top, depth = parts[0], len(parts)
-    if top in ("segments", "wal") and depth == 1:
-        return member.isdir()
-    if top == "segments":
-        return depth > 2 or member.isdir() or parts[1].endswith(".tar")
-    if top == "wal":
-        return depth == 2 and member.isfile()
-    return depth == 1 and member.isfile() and top in _SHARD_FILES
 
 
 def _check_model(cfg: Config, pages: list[list[Any]], name: str) -> None:
@@ -665,7 +582,7 @@ def _check_model(cfg: Config, pages: list[list[Any]], name: str) -> None:
             f"config's models ({exc}). {then}. The KB was not touched.") from exc
 
 
-def _tables_from_points(cfg: Config, stage: EdgeStore, folder: Path, name: str,
+def _tables_from_points(cfg: Config, stage: Store, folder: Path, name: str,
                         batch_size: int, progress: Progress) -> dict[str, Any]:
     """Write the points of an unpacked shard and the manifest tables their payloads give
     into ``folder``, as a kbguard snapshot holds them; returns a snapshot body for them."""
@@ -694,11 +611,9 @@ def _tables_from_points(cfg: Config, stage: EdgeStore, folder: Path, name: str,
                     "for any other, run `kbguard rebuild --full`. The KB was not touched.")
         progress.advance(len(page))
     _check_model(cfg, pages, name)
-    from kbguard.recovery.snapshot import _write_points  # the same points file a snapshot holds
-
-    points = _write_points(folder / POINTS_FILE, iter(pages), specs, SILENT)
+    points = write_points(folder / POINTS_FILE, pages, specs)  # the file a snapshot holds
     _write_tables(cfg, pages, folder)
-    counts = {t: pq.ParquetFile(folder / f"{t}.parquet").metadata.num_rows for t in TABLES}
+    counts = {t: pq.ParquetFile(folder / table_file(t)).metadata.num_rows for t in TABLES}
     return {"config": {"vectors": [{"name": v.name, "dim": v.dim, "distance": v.distance}
                                    for v in specs]},
             "counts": {**counts, "points": points}, "corpus": {}}
@@ -845,7 +760,7 @@ class _TableLoader(threading.Thread):
 
     def run(self) -> None:
         try:
-            self.manifest.tables.import_files({t: self.folder / f"{t}.parquet" for t in TABLES})
+            self.manifest.tables.import_files({t: self.folder / table_file(t) for t in TABLES})
             self.manifest.points.record_restored(self.folder / POINTS_FILE, self.columns)
         except Exception as exc:  # handed to the restoring thread, which raises it
             self.error = exc

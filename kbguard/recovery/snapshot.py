@@ -1,39 +1,18 @@
-"""Snapshots: a portable, checksummed copy of a KB's store and manifest.
+"""Snapshots of a KB: create, list, verify and prune them, and track them with DVC.
 
-A snapshot is a folder ``<snapshot root>/<id>/`` holding
-
-    points.parquet      every point: id, one float32 column per named vector, payload (JSON)
-    documents.parquet   the manifest tables a restore needs to rebuild the KB from: documents,
-    chunks.parquet      chunks (with their text) and the embedding cache
-    embeddings.parquet
-    shard/              an Edge store's own shard folder, copied while the shard was closed
-                        (Edge snapshots only): a restore into an Edge store of the same
-                        engine version copies it back at disk speed instead of rebuilding
-    snapshot.json       format version, KB, time, corpus revision, config, counts, and the
-                        sha256 and size of every other file (the shard's files under
-                        ``shard``, with the engine version); it carries its own checksum
-
-It is written into ``<root>/.tmp-<id>`` and renamed into place after everything is on disk, so
-a folder with a snapshot's name is always complete. Nothing read back is trusted: the metadata
-is checked against its own checksum, file names must be plain names inside the folder, every
-file must match its sha256 before a single row is read, and no file is ever unpickled.
+What a snapshot folder holds, and how it is written and read back, is the snapshot format
+(``kbguard.snapshot_format``); these are the commands that take a KB's store and manifest into
+that format, under the KB's lock.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import importlib.metadata
-import json
 import os
-import re
-import secrets
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,55 +20,39 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kbguard.config import Config
-from kbguard.core.disk import disk_full, is_disk_full, require_free
+from kbguard.core.disk import allocated, disk_full, is_disk_full, require_free
 from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.core.faults import crash_point
-from kbguard.core.durable import fsync_path
 from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest, vector_checksum
 from kbguard.core.progress import SILENT, Progress
-from kbguard.store import Point
 from kbguard.ingest.dvc_corpus import find_dvc_root
-from kbguard.store import store_for
-from kbguard.store.edge import EdgeStore
+from kbguard.snapshot_format import (
+    BATCH,
+    META_FILE,
+    POINTS_FILE,
+    SHARD_DIR,
+    TABLES,
+    PointsWriter,
+    ShardUnfit,
+    SnapshotEntry,
+    check_snapshot_id,
+    copy_shard_files,
+    list_snapshots_under,
+    new_snapshot_id,
+    publish,
+    start_folder,
+    table_file,
+    unfinished_folders,
+    vector_array,
+    verify_folder,
+    write_points,
+)
+from kbguard.store import NativeFiles, Store, store_for
 
-FORMAT_VERSION = 1
-META_FILE = "snapshot.json"
-POINTS_FILE = "points.parquet"
-TABLES = ("documents", "chunks", "embeddings")
-DATA_FILES = (POINTS_FILE, *(f"{t}.parquet" for t in TABLES))
-BATCH = 4096                   # points per Parquet row group and per store page
-VECTOR_PREFIX = "vector:"      # points.parquet column of each named vector
-_TMP_PREFIX = ".tmp-"
-_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_HASH_BLOCK = 1 << 20
-SHARD_DIR = "shard"            # the shard's files, in the snapshot and in snapshot.json
-ENGINE = "qdrant-edge-py"      # the package whose version decides whether shard files load
-_ZEROS = bytes(_HASH_BLOCK)
 _AGAIN = "run `kbguard snapshot create` again (the unfinished snapshot was deleted)"
-
-
-@dataclass
-class SnapshotEntry:
-    """One snapshot as ``list`` sees it: from its metadata, without checking the data files."""
-
-    id: str
-    path: Path
-    created_at: str | None
-    local: bool                 # the folder is here (else only its .dvc file is)
-    dvc: bool                   # tracked with DVC
-    points: int | None = None
-    bytes: int | None = None
-    problem: str | None = None  # why the metadata could not be read
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
 
 
 @dataclass
@@ -107,284 +70,6 @@ class CreateReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# -- identity and metadata --------------------------------------------------------------------
-
-def new_snapshot_id(now: datetime | None = None) -> str:
-    """A name that sorts by creation time: ``20261129T013605.123Z``."""
-    now = now or datetime.now(timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z"
-
-
-def check_snapshot_id(snapshot_id: str) -> str:
-    """The id, if it is a plain folder name; SnapshotError otherwise (it is used as a path)."""
-    if not _ID.match(snapshot_id) or ".." in snapshot_id or snapshot_id.endswith(".dvc"):
-        raise SnapshotError(
-            f"{snapshot_id!r} is not a snapshot id. Ids are folder names such as "
-            "20261129T013605.123Z; `kbguard snapshot list` shows them."
-        )
-    return snapshot_id
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=True, indent=2).encode("ascii")
-
-
-def render_meta(body: dict[str, Any]) -> bytes:
-    """``snapshot.json``: the body plus the sha256 of its canonical form."""
-    digest = hashlib.sha256(_canonical(body)).hexdigest()
-    return _canonical({"snapshot": body, "sha256": digest}) + b"\n"
-
-
-def read_meta(folder: Path) -> dict[str, Any]:
-    """The checked body of ``folder/snapshot.json``; SnapshotDamaged names what is wrong.
-
-    The file must be exactly the canonical rendering of what it parses to, and the body must
-    match its checksum, so any changed byte is caught.
-    """
-    path = folder / META_FILE
-    if path.is_symlink() or not path.is_file():
-        raise SnapshotDamaged(
-            f"Snapshot {folder.name} has no {META_FILE}: it is incomplete or not a snapshot. "
-            f"Delete {folder} and use another snapshot.", snapshot_id=folder.name, file=META_FILE
-        )
-    raw = path.read_bytes()
-    try:
-        doc = json.loads(raw)
-        body, digest = doc["snapshot"], doc["sha256"]
-        ok = (isinstance(body, dict) and raw == _canonical(doc) + b"\n"
-              and hashlib.sha256(_canonical(body)).hexdigest() == digest)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        ok = False
-    if not ok:
-        raise SnapshotDamaged(
-            f"Snapshot {folder.name} is damaged: {META_FILE} does not match its own checksum. "
-            "Use another snapshot (`kbguard snapshot list`).", snapshot_id=folder.name,
-            file=META_FILE
-        )
-    if body.get("format_version") != FORMAT_VERSION:
-        raise SnapshotError(
-            f"Snapshot {folder.name} has format version {body.get('format_version')!r}; this "
-            f"kbguard reads version {FORMAT_VERSION}. Use a kbguard that matches the snapshot."
-        )
-    return body
-
-
-def _safe_file(folder: Path, name: Any) -> Path:
-    """``folder/name``, refusing any name that could lead outside the folder."""
-    if not isinstance(name, str) or not _FILE_NAME.match(name) or name == META_FILE:
-        raise SnapshotError(
-            f"Snapshot {folder.name} lists a file named {name!r}, which is not a plain file "
-            "name inside the snapshot. kbguard refuses it; do not use this snapshot."
-        )
-    path = folder / name
-    if path.is_symlink() or path.resolve().parent != folder.resolve():
-        raise SnapshotError(
-            f"Snapshot {folder.name}: {name} points outside the snapshot folder. kbguard "
-            "refuses it; do not use this snapshot."
-        )
-    return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify_folder(folder: Path, *, shard: bool = True) -> dict[str, Any]:
-    """Check a snapshot folder completely; returns its metadata body.
-
-    Raises SnapshotDamaged naming the first file whose size or sha256 differs, or that is
-    missing, and SnapshotError for a snapshot that is unsafe to read. ``shard=False`` leaves
-    the shard files' contents unchecked (restore checks them as it copies them, and falls
-    back to the Parquet files when one is damaged), but not their names.
-    """
-    body = read_meta(folder)
-    shard_files = shard_entries(folder, body)
-    files = body.get("files")
-    if not isinstance(files, dict) or set(files) != set(DATA_FILES):
-        raise SnapshotDamaged(
-            f"Snapshot {folder.name} lists the files {sorted(files or {})}, not "
-            f"{sorted(DATA_FILES)}. Use another snapshot.", snapshot_id=folder.name,
-            file=META_FILE
-        )
-    for name in sorted(files):
-        entry = files[name]
-        path = _safe_file(folder, name)
-        if not path.is_file():
-            raise SnapshotDamaged(
-                f"Snapshot {folder.name} is damaged: {name} is missing. Use another snapshot.",
-                snapshot_id=folder.name, file=name)
-        if path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
-            raise SnapshotDamaged(
-                f"Snapshot {folder.name} is damaged: {name} does not match its sha256. "
-                "Use another snapshot (`kbguard restore --latest` skips damaged ones).",
-                snapshot_id=folder.name, file=name
-            )
-        try:
-            rows = pq.ParquetFile(path).metadata.num_rows
-        except (pa.ArrowException, OSError) as exc:
-            raise SnapshotDamaged(
-                f"Snapshot {folder.name}: {name} is not a readable Parquet file ({exc}).",
-                snapshot_id=folder.name, file=name) from exc
-        if rows != entry.get("rows"):
-            raise SnapshotDamaged(
-                f"Snapshot {folder.name}: {name} holds {rows} rows, its metadata says "
-                f"{entry.get('rows')}. Use another snapshot.", snapshot_id=folder.name, file=name
-            )
-    if shard:
-        for rel, (path, entry) in shard_files.items():
-            if (not path.is_file() or path.stat().st_size != entry.get("bytes")
-                    or sha256_file(path) != entry.get("sha256")):
-                raise SnapshotDamaged(
-                    f"Snapshot {folder.name} is damaged: {SHARD_DIR}/{rel} is missing or does "
-                    "not match its sha256. A restore still works from its Parquet files; or "
-                    "use another snapshot.", snapshot_id=folder.name, file=f"{SHARD_DIR}/{rel}")
-    return body
-
-
-def engine_version() -> str | None:
-    """The installed Qdrant Edge bindings' version: shard files load only into the same one."""
-    try:
-        return importlib.metadata.version(ENGINE)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def shard_entries(folder: Path, body: dict[str, Any]) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """The shard files a snapshot lists (relative path -> its path here and its entry); none
-    for a snapshot without them. Every name is checked to stay inside ``folder/shard``."""
-    shard = body.get("shard")
-    if shard is None:
-        return {}
-    files = shard.get("files") if isinstance(shard, dict) else None
-    if not isinstance(files, dict) or not isinstance(shard.get("dirs", []), list):
-        raise SnapshotDamaged(f"Snapshot {folder.name} lists its shard files wrongly. Use "
-                              "another snapshot.", snapshot_id=folder.name, file=META_FILE)
-    base = folder / SHARD_DIR
-    out = {}
-    for rel in [*files, *shard.get("dirs", [])]:
-        path = _safe_rel(folder, base, rel)
-        if rel in files:
-            out[rel] = (path, files[rel])
-    return out
-
-
-def shard_dirs(folder: Path, body: dict[str, Any]) -> list[str]:
-    return [d for d in body["shard"].get("dirs", [])
-            if _safe_rel(folder, folder / SHARD_DIR, d)]
-
-
-def _safe_rel(folder: Path, base: Path, rel: Any) -> Path:
-    """``base/rel`` for a relative path of plain names; SnapshotError for anything else."""
-    parts = rel.split("/") if isinstance(rel, str) else []
-    if not parts or not all(_FILE_NAME.match(p) for p in parts):
-        raise SnapshotError(
-            f"Snapshot {folder.name} lists a shard file named {rel!r}, which is not a plain "
-            "path inside the snapshot. kbguard refuses it; do not use this snapshot.")
-    path = base.joinpath(*parts)
-    for p in [path, *path.parents]:
-        if p == base:
-            break
-        if p.is_symlink():
-            raise SnapshotError(
-                f"Snapshot {folder.name}: {SHARD_DIR}/{rel} is a link. kbguard refuses it; "
-                "do not use this snapshot.")
-    return path
-
-
-def copy_hashed(src: Path, dst: Path) -> tuple[str, int]:
-    """Copy one file and return its sha256 and size, in one read of it.
-
-    The engine preallocates its files sparse (32 MiB mostly holes): holes stay holes in the
-    copy and are hashed as the zeros they read as."""
-    h = hashlib.sha256()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        fd = fin.fileno()
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-                end = os.lseek(fd, start, os.SEEK_HOLE)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:
-                    start = end = size      # only a hole is left
-                elif exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                    start, end = pos, size  # no hole support here: all of it is data
-                else:
-                    raise
-            while pos < start:  # the hole before this data
-                n = min(start - pos, _HASH_BLOCK)
-                h.update(_ZEROS[:n] if n < _HASH_BLOCK else _ZEROS)
-                pos += n
-            fin.seek(start)
-            fout.seek(start)
-            while pos < end:
-                block = fin.read(min(end - pos, _HASH_BLOCK))
-                if not block:
-                    break  # the file shrank: the sha256 check says so
-                h.update(block)
-                fout.write(block)
-                pos += len(block)
-            if pos < end:
-                break
-        fout.truncate(pos)
-        fout.flush()
-        os.fsync(fout.fileno())
-    return h.hexdigest(), pos
-
-
-def _allocated(folder: Path) -> int:
-    """The bytes a folder's files take on disk (holes not counted)."""
-    total = 0
-    for here, _, names in os.walk(folder):
-        for name in names:
-            try:
-                total += os.lstat(os.path.join(here, name)).st_blocks * 512
-            except OSError:
-                pass  # gone meanwhile: the copy reports what matters
-    return total
-
-
-class _ShardUnfit(Exception):
-    """The shard folder holds something a snapshot cannot carry: the snapshot goes without
-    shard files (its Parquet files hold everything)."""
-
-
-def _copy_shard(src: Path, dst: Path) -> dict[str, Any]:
-    """Copy a closed shard folder into ``dst``; returns its entry for snapshot.json."""
-    files: dict[str, Any] = {}
-    dirs: list[str] = []
-    for here, subdirs, names in os.walk(src):
-        rel_here = Path(here).relative_to(src)
-        subdirs.sort()
-        for d in subdirs:
-            rel = (rel_here / d).as_posix()
-            if not _FILE_NAME.match(d):
-                raise _ShardUnfit(f"the shard holds a folder named {rel!r}, which a snapshot "
-                                  "cannot list")
-            (dst / rel).mkdir(parents=True)
-            dirs.append(rel)
-        for name in sorted(names):
-            rel = (rel_here / name).as_posix()
-            if not _FILE_NAME.match(name):
-                raise _ShardUnfit(f"the shard holds a file named {rel!r}, which a snapshot "
-                                  "cannot list")
-            if (Path(here) / name).is_symlink():
-                raise SnapshotError(f"The Edge store at {src} holds a link, {rel}; kbguard "
-                                    "does not copy links. Remove it, or rebuild the store.")
-            digest, size = copy_hashed(Path(here) / name, dst / rel)
-            files[rel] = {"sha256": digest, "bytes": size}
-    for rel in [*dirs, "."]:
-        fsync_path(dst / rel)
-    return {"engine": ENGINE, "engine_version": engine_version(), "files": files,
-            "dirs": dirs}
-
 
 @dataclass
 class SnapshotCheck:
@@ -430,39 +115,8 @@ def snapshot_folder(cfg: Config, snapshot_id: str) -> Path:
 
 
 def list_snapshots(cfg: Config) -> list[SnapshotEntry]:
-    """Every snapshot under the root, local or DVC-tracked only, oldest first."""
-    root = cfg.snapshot_root
-    if not root.is_dir():
-        return []
-    ids: dict[str, tuple[bool, bool]] = {}
-    for entry in root.iterdir():
-        name = entry.name
-        if name.startswith("."):
-            continue  # .tmp-* (a snapshot being written, or a crashed one), .gitignore
-        if name.endswith(".dvc") and entry.is_file():
-            sid = name[:-4]
-            if _ID.match(sid):
-                local, _ = ids.get(sid, (False, False))
-                ids[sid] = (local, True)
-        elif entry.is_dir() and not entry.is_symlink() and _ID.match(name):
-            _, dvc = ids.get(name, (False, False))
-            ids[name] = (True, dvc)
-    out = []
-    for sid, (local, dvc) in ids.items():
-        snap = SnapshotEntry(sid, root / sid, None, local, dvc)
-        if local:
-            try:
-                body = read_meta(root / sid)
-                snap.created_at = body.get("created_at")
-                snap.points = body.get("counts", {}).get("points")
-                snap.bytes = sum(int(f.get("bytes", 0)) for f in [
-                    *body.get("files", {}).values(),
-                    *(body.get("shard") or {}).get("files", {}).values()])
-            except SnapshotError as exc:
-                snap.problem = str(exc)
-        out.append(snap)
-    out.sort(key=lambda s: (s.created_at or "", s.id))
-    return out
+    """Every snapshot of the KB, local or DVC-tracked only, oldest first."""
+    return list_snapshots_under(cfg.snapshot_root)
 
 
 # -- creating ---------------------------------------------------------------------------------
@@ -485,9 +139,8 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
         sid = new_snapshot_id()
         root = cfg.snapshot_root
         final = root / sid
-        tmp = root / f"{_TMP_PREFIX}{sid}-{secrets.token_hex(3)}"
         try:
-            tmp.mkdir(parents=True)
+            tmp = start_folder(root, sid)
         except OSError as exc:
             if is_disk_full(exc):
                 raise disk_full(root, f"write snapshot {sid} into {root}", resume=_AGAIN) from exc
@@ -510,10 +163,11 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 specs = sorted(info.vectors, key=lambda v: v.name)
                 # Float32 vectors do not compress: the points file holds each once, the
                 # embedding cache about as many again. Refuse now rather than half-way.
-                # An Edge snapshot also holds the shard's files: as many blocks as they take.
-                shard_room = (_allocated(store.path) if isinstance(store, EdgeStore) else 0)
+                # A store with files of its own (an Edge shard) has them copied too: as many
+                # blocks as they take.
+                native = store.native_files()
                 require_free(tmp, 2 * 4 * info.points * sum(have.values()) + (1 << 20)
-                             + shard_room,
+                             + (allocated(native.path) if native is not None else 0),
                              f"write snapshot {sid} ({info.points:,} points) into {root}",
                              resume=_AGAIN)
                 # DuckDB writes the manifest tables in a thread while this one reads the
@@ -525,11 +179,11 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                     progress.stage("snapshot points", info.points)
                     t = time.perf_counter()
                     points, shard = None, None
-                    if isinstance(store, EdgeStore):
+                    if native is not None:
                         # The points come from the manifest, so the store is not read: its
                         # files are copied (hashing releases the GIL) while they are written.
                         why = _unrecorded(manifest, cfg, specs)
-                        copier = _ShardCopier(store, tmp / SHARD_DIR)
+                        copier = _ShardCopier(store, native, tmp / SHARD_DIR)
                         copier.start()
                         try:
                             if why is None:
@@ -552,9 +206,9 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                         if why is not None:
                             notes.append(f"the points were read from the store: {why}")
                     if points is None:
-                        points = _write_points(tmp / POINTS_FILE,
-                                               store.scroll(batch_size=batch_size), specs,
-                                               progress)
+                        points = write_points(tmp / POINTS_FILE,
+                                              store.scroll(batch_size=batch_size), specs,
+                                              progress)
                     stages["points parquet"] = time.perf_counter() - t
                 finally:
                     t = time.perf_counter()
@@ -571,14 +225,8 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                 notes.append(f"the last rebuild did not finish: {missing} chunks are not in the "
                              "store; a restore of this snapshot catches them up")
             counts["points"] = points
-            files = {}
             t = time.perf_counter()
-            for name in DATA_FILES:
-                path = tmp / name
-                files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size,
-                               "rows": pq.ParquetFile(path).metadata.num_rows}
-            body = {
-                "format_version": FORMAT_VERSION,
+            body: dict[str, Any] = {
                 "id": sid,
                 "kb": cfg.kb,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -593,15 +241,10 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
                                for s in cfg.spaces],
                 },
                 "counts": counts,
-                "files": files,
             }
             if shard is not None:
                 body["shard"] = shard
-            (tmp / META_FILE).write_bytes(render_meta(body))
-            for name in (*DATA_FILES, META_FILE):
-                fsync_path(tmp / name)
-            os.rename(tmp, final)
-            fsync_path(root)
+            files = publish(tmp, body)["files"]
             stages["checksums and sync"] = time.perf_counter() - t
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -622,11 +265,12 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
 
 
 class _ShardCopier(threading.Thread):
-    """Copies an Edge store's shard folder into the snapshot, the store closed and held."""
+    """Copies a store's own files (an Edge store's shard folder) into the snapshot, the store
+    closed and held."""
 
-    def __init__(self, store: EdgeStore, dst: Path):
+    def __init__(self, store: Store, native: NativeFiles, dst: Path):
         super().__init__(name="kbguard-snapshot-shard", daemon=True)
-        self.store, self.dst = store, dst
+        self.store, self.native, self.dst = store, native, dst
         self.shard: dict[str, Any] | None = None
         self.unfit: str | None = None
         self.error: BaseException | None = None
@@ -637,8 +281,9 @@ class _ShardCopier(threading.Thread):
         try:
             self.dst.mkdir()
             with self.store.closed_and_held() as shard_path:
-                self.shard = _copy_shard(shard_path, self.dst)
-        except _ShardUnfit as exc:
+                self.shard = copy_shard_files(shard_path, self.dst, self.native.engine,
+                                              self.native.engine_version)
+        except ShardUnfit as exc:
             shutil.rmtree(self.dst, ignore_errors=True)
             self.unfit = str(exc)
         except BaseException as exc:  # handed to the snapshotting thread, which raises it
@@ -657,25 +302,9 @@ class _TableExporter(threading.Thread):
     def run(self) -> None:
         try:
             for table in TABLES:
-                self.manifest.tables.export(table, self.folder / f"{table}.parquet")
+                self.manifest.tables.export(table, self.folder / table_file(table))
         except Exception as exc:  # handed to the snapshotting thread, which raises it
             self.error = exc
-
-
-def _points_writer(path: Path, specs: list[Any]) -> tuple[pq.ParquetWriter, pa.Schema]:
-    schema = pa.schema(
-        [pa.field("id", pa.string(), nullable=False)]
-        + [pa.field(VECTOR_PREFIX + s.name, pa.list_(pa.float32(), s.dim)) for s in specs]
-        + [pa.field("payload", pa.string(), nullable=False)]
-    )
-    # Float32 vectors hardly compress and decompressing them costs a restore time: only the
-    # ids and payloads are compressed.
-    compression = {name: "none" if name.startswith(VECTOR_PREFIX) else "zstd"
-                   for name in schema.names}
-    # No dictionaries or statistics: ids, payloads and vectors are all distinct, and trying
-    # them cost the writer half its time (measured at 100k points: 1.17 s against 0.55 s).
-    return pq.ParquetWriter(path, schema, compression=compression, use_dictionary=False,
-                            write_statistics=False), schema
 
 
 class _ManifestUnfit(Exception):
@@ -709,16 +338,14 @@ def _write_recorded_points(path: Path, manifest: Manifest, cfg: Config, specs: l
     """
     by_name = {s.name: s for s in cfg.spaces}
     spaces = [(s.name, by_name[s.name].space_id) for s in specs]
-    writer, schema = _points_writer(path, specs)
     n = 0
     try:
-        with writer:
+        with PointsWriter(path, specs) as writer:
             for batch in manifest.points.recorded(cfg.kb, spaces, batch_size):
-                columns: list[pa.Array] = [batch.column("id")]
-                for i, spec in enumerate(specs):
-                    columns.append(_cached_vector_column(batch, i, spec))
-                columns.append(batch.column("payload"))
-                writer.write_batch(pa.record_batch(columns, schema=schema))
+                writer.write(batch.column("id"),
+                             [_cached_vector_column(batch, i, spec)
+                              for i, spec in enumerate(specs)],
+                             batch.column("payload"))
                 n += batch.num_rows
     except _ManifestUnfit:
         path.unlink(missing_ok=True)
@@ -747,42 +374,7 @@ def _cached_vector_column(batch: pa.RecordBatch, i: int, spec: Any) -> pa.Array:
     if kept:
         matrix[named] = np.frombuffer(b"".join(b for b, _ in kept), dtype="<f4"
                                       ).reshape(len(kept), spec.dim)
-    values = pa.array(matrix.reshape(-1), pa.float32())
-    mask = None if named.all() else pa.array(~named)
-    return pa.FixedSizeListArray.from_arrays(values, spec.dim, mask=mask)
-
-
-def _write_points(path: Path, pages: Iterator[list[Point]], specs: list[Any],
-                  progress: Progress) -> int:
-    """Stream store pages into Parquet, one row group per page: memory bounded by the page."""
-    writer, schema = _points_writer(path, specs)
-    n = 0
-    with writer:
-        for page in pages:
-            columns: list[pa.Array] = [pa.array([p.id for p in page], pa.string())]
-            for s in specs:
-                columns.append(_vector_column(page, s.name, s.dim))
-            columns.append(pa.array(
-                [json.dumps(p.payload, sort_keys=True, ensure_ascii=False) for p in page],
-                pa.string()))
-            writer.write_batch(pa.record_batch(columns, schema=schema))
-            n += len(page)
-            progress.advance(len(page))
-    return n
-
-
-def _vector_column(page: list[Point], name: str, dim: int) -> pa.Array:
-    matrix = np.zeros((len(page), dim), dtype="<f4")
-    present = np.ones(len(page), dtype=bool)
-    for i, p in enumerate(page):
-        v = p.vectors.get(name)
-        if v is None or v.shape != (dim,):
-            present[i] = False  # a point without this vector: a null, never a made-up one
-        else:
-            matrix[i] = v
-    values = pa.array(matrix.reshape(-1), pa.float32())
-    mask = None if present.all() else pa.array(~present)
-    return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
+    return vector_array(matrix, named)
 
 
 def _corpus_revision(run: dict[str, Any] | None) -> dict[str, Any]:
@@ -796,53 +388,6 @@ def _corpus_revision(run: dict[str, Any] | None) -> dict[str, Any]:
     return {"fingerprint": run.get("corpus_rev"), "git_rev": git_rev,
             "rebuild_run": run.get("run_id"),
             "rebuilt_at": finished.isoformat(timespec="seconds") if finished else None}
-
-
-
-
-# -- reading points back ----------------------------------------------------------------------
-
-@dataclass
-class PointBatch:
-    ids: list[str]
-    vectors: dict[str, np.ndarray]       # name -> (n, dim) float32
-    present: dict[str, np.ndarray]       # name -> (n,) bool: False where the point has no vector
-    payloads: list[str]                  # JSON text, parsed by the caller
-
-    def points(self) -> list[Point]:
-        out = []
-        for i, pid in enumerate(self.ids):
-            vecs = {name: m[i] for name, m in self.vectors.items() if self.present[name][i]}
-            out.append(Point(pid, vecs, json.loads(self.payloads[i])))
-        return out
-
-
-def read_points(folder: Path, body: dict[str, Any], batch_size: int = BATCH
-                ) -> Iterator[PointBatch]:
-    """The snapshot's points in batches; checks the columns against the metadata."""
-    vectors = {v["name"]: int(v["dim"]) for v in body["config"]["vectors"]}
-    pf = pq.ParquetFile(_safe_file(folder, POINTS_FILE))
-    want = {"id", "payload", *(VECTOR_PREFIX + n for n in vectors)}
-    if set(pf.schema_arrow.names) != want:
-        raise SnapshotDamaged(
-            f"Snapshot {folder.name}: {POINTS_FILE} has columns {pf.schema_arrow.names}, "
-            f"not {sorted(want)}.", snapshot_id=folder.name, file=POINTS_FILE)
-    for batch in pf.iter_batches(batch_size=batch_size):
-        n = batch.num_rows
-        mats, present = {}, {}
-        for name, dim in vectors.items():
-            col = batch.column(VECTOR_PREFIX + name)
-            if not isinstance(col.type, pa.FixedSizeListType) or col.type.list_size != dim:
-                raise SnapshotDamaged(
-                    f"Snapshot {folder.name}: vector {name!r} in {POINTS_FILE} is {col.type}, "
-                    f"not {dim} float32 values.", snapshot_id=folder.name, file=POINTS_FILE)
-            flat = col.values.slice(col.offset * dim, n * dim)
-            mats[name] = flat.to_numpy(zero_copy_only=False).astype("<f4", copy=False
-                                                                     ).reshape(n, dim)
-            present[name] = (~np.asarray(col.is_null().to_numpy(zero_copy_only=False))
-                             if col.null_count else np.ones(n, dtype=bool))
-        yield PointBatch(batch.column("id").to_pylist(), mats, present,
-                         batch.column("payload").to_pylist())
 
 
 # -- pruning ----------------------------------------------------------------------------------
@@ -893,8 +438,7 @@ def prune_snapshots(cfg: Config, *, keep_last: int, keep_daily: int,
             deleted=[s.id for s in readable if s.id not in keep],
             dry_run=dry_run,
             skipped=[{"id": s.id, "problem": s.problem or ""} for s in entries if s.problem],
-            temporary=sorted(p.name for p in cfg.snapshot_root.glob(_TMP_PREFIX + "*"))
-            if cfg.snapshot_root.is_dir() else [],
+            temporary=unfinished_folders(cfg.snapshot_root),
         )
         if dry_run:
             return report

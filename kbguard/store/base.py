@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kbguard.errors import StoreError
 
 DISTANCES = ("cosine", "dot", "euclid")
 
@@ -72,6 +75,17 @@ class CollectionInfo:
     points: int = 0
 
 
+@dataclass(frozen=True)
+class NativeFiles:
+    """The folder where a store keeps its own files, and the engine that reads them. A copy of
+    the folder, taken while the store is closed and held (``Store.closed_and_held``), loads
+    into a store of the same engine at the same version, and into no other."""
+
+    path: Path
+    engine: str                 # the package that reads and writes the files
+    engine_version: str | None  # None: that package is not installed here
+
+
 class Store(ABC):
     """A vector store holding one KB's collection.
 
@@ -81,6 +95,8 @@ class Store(ABC):
     """
 
     backend: str = ""
+    #: whether ``unpack_shard_snapshot`` can fill this store from a Qdrant shard snapshot
+    unpacks_shard_snapshots: bool = False
 
     @abstractmethod
     def describe(self) -> CollectionInfo: ...
@@ -172,6 +188,29 @@ class Store(ABC):
     def drop_leftovers(self) -> None:
         """Delete what ``swap_in`` set aside and any staging an interrupted build left behind."""
 
+    # -- the store's own files (used by snapshot and restore) ------------------------------
+
+    def native_files(self) -> NativeFiles | None:
+        """The store's own files, which a snapshot may carry and a restore copy back into a
+        store of the same engine version; None when it has none a copy could load (a server
+        keeps its files to itself). This default: none."""
+        return None
+
+    def closed_and_held(self) -> AbstractContextManager[Path]:
+        """Flush and close the store, then hold it against every other opener while the
+        caller reads its ``native_files`` folder (yielded), so that the files stay exactly as
+        they are. The store reopens on the next call that needs it. Only for a store that has
+        ``native_files``; StoreError for any other."""
+        raise StoreError(f"The {self.backend} store keeps no files of its own that a "
+                         "snapshot could copy.")
+
+    def unpack_shard_snapshot(self, archive: Path, scratch: Path) -> list[str]:
+        """Fill this store, which must not exist yet, from a Qdrant server's shard snapshot
+        ``archive``; returns the names of the members left out (only a shard's own layout is
+        unpacked). ``scratch``: a file path it may use meanwhile. Only where
+        ``unpacks_shard_snapshots``; StoreError for any other store."""
+        raise StoreError(f"The {self.backend} store cannot take in a Qdrant shard snapshot.")
+
     def kept_vectors(self, distance: str, vectors: np.ndarray) -> np.ndarray:
         """The float32 rows this store keeps when ``vectors`` (one per row) are written.
 
@@ -189,8 +228,6 @@ class Store(ABC):
         want = {v.name: v for v in vectors}
         have = {v.name: v for v in info.vectors}
         if want != have:
-            from kbguard.errors import StoreError
-
             raise StoreError(
                 f"The {self.backend} collection exists with vectors {_fmt(have)} but the config "
                 f"asks for {_fmt(want)}. Run `kbguard rebuild --full` to recreate it."

@@ -8,10 +8,12 @@ time: the WAL folder is locked, even against a second open in the same process.
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import json
 import os
 import shutil
 import struct
+import tarfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -21,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from kbguard.core.disk import disk_full, free_bytes
-from kbguard.errors import StoreDamaged, StoreError, StoreUnavailable
+from kbguard.core.disk import disk_full, free_bytes, is_disk_full
+from kbguard.errors import SnapshotError, StoreDamaged, StoreError, StoreUnavailable
 from kbguard.core.durable import fsync_path
 from kbguard.store._common import (
     canonical_id,
@@ -36,9 +38,11 @@ from kbguard.store._common import (
     vector_in,
     vector_out,
 )
-from kbguard.store.base import CollectionInfo, Hit, Point, PointArrays, Store, VectorSpec
+from kbguard.store.base import (CollectionInfo, Hit, NativeFiles, Point, PointArrays, Store,
+                                VectorSpec)
 
 _CONFIG_FILE = "edge_config.json"
+ENGINE = "qdrant-edge-py"      # the package whose version decides whether a shard's files load
 
 # The engine writes through memory maps into sparse files, so on a full disk a write does not
 # fail: the page fault kills the process with SIGBUS, with nothing to catch and no message.
@@ -55,6 +59,14 @@ _TO_EDGE = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
 _FROM_EDGE = {"Cosine": "cosine", "Dot": "dot", "Euclid": "euclid", "Manhattan": "manhattan"}
 
 
+def engine_version() -> str | None:
+    """The installed Qdrant Edge bindings' version: shard files load only into the same one."""
+    try:
+        return importlib.metadata.version(ENGINE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 class _ShardLocked(StoreUnavailable):
     """Another opener holds the shard's WAL lock."""
 
@@ -68,6 +80,7 @@ class EdgeStore(Store):
     """A KB collection kept in a Qdrant Edge shard folder."""
 
     backend = "edge"
+    unpacks_shard_snapshots = True
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -403,6 +416,12 @@ class EdgeStore(Store):
         with self._translate("closing"):
             shard.close()
 
+    # -- the shard's own files ---------------------------------------------------------------
+
+    def native_files(self) -> NativeFiles:
+        """The shard folder: a copy of it loads into the engine version that wrote it."""
+        return NativeFiles(self.path, ENGINE, engine_version())
+
     @contextmanager
     def closed_and_held(self) -> Iterator[Path]:
         """Flush and close the shard, then hold the lock its openers take, so the folder
@@ -411,6 +430,41 @@ class EdgeStore(Store):
         self.close()
         with self._wal_lock():
             yield self.path
+
+    def unpack_shard_snapshot(self, archive: Path, scratch: Path) -> list[str]:
+        """Unpack the members of a shard's own layout into this store's folder; returns the
+        names of the others, which are left out. The engine unpacks whatever an archive holds,
+        so one with other members is first copied to ``scratch`` without them (deleted
+        afterwards)."""
+        from qdrant_edge import EdgeShard
+
+        source = archive
+        try:
+            with tarfile.open(archive, "r:") as tar:
+                members = tar.getmembers()
+                left_out = [m.name for m in members if not _in_shard_layout(m)]
+                if left_out:
+                    with tarfile.open(scratch, "w") as kept:
+                        for m in members:
+                            if _in_shard_layout(m):
+                                kept.addfile(m, tar.extractfile(m) if m.isfile() else None)
+                    source = scratch
+            EdgeShard.unpack_snapshot(str(source), str(self.path))
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(self.path.parent, f"unpack {archive.name} into {self.path}",
+                                resume="run the restore again; the KB was not touched") from exc
+            raise SnapshotError(f"{archive} cannot be read ({exc}). The KB was not "
+                                "touched.") from exc
+        except Exception as exc:  # noqa: BLE001 - tarfile's and the bindings' errors alike
+            raise SnapshotError(
+                f"{archive} is not a Qdrant shard snapshot the engine can unpack ({exc}). "
+                "Take the snapshot of one shard (GET /collections/NAME/shards/0/snapshot), not "
+                "of the whole collection, and download it whole. The KB was not touched."
+            ) from exc
+        finally:
+            scratch.unlink(missing_ok=True)
+        return left_out
 
     # -- replacing the shard folder --------------------------------------------------------
     #
@@ -470,6 +524,33 @@ class EdgeStore(Store):
 
 _STAGING = ".staging-"
 _REPLACED = ".replaced"
+
+#: a shard's own files beside segments/ and wal/: a server's clocks, replica state and shard
+#: config, and an Edge shard's config
+_SHARD_FILES = frozenset({"newest_clocks.json", "oldest_clocks.json", "replica_state.json",
+                          "shard_config.json", _CONFIG_FILE})
+
+
+def _in_shard_layout(member: tarfile.TarInfo) -> bool:
+    """Whether a snapshot member is part of a shard: under ``segments/`` (a segment's archive,
+    or a segment's folder), a file of ``wal/``, or one of the shard's own files. Only plain
+    files and folders with plain relative names: no link, no absolute path, no ``..``."""
+    if not (member.isfile() or member.isdir()):
+        return False
+    name = member.name
+    while name.startswith("./"):
+        name = name[2:]
+    parts = name.rstrip("/").split("/")
+    if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return False
+    top, depth = parts[0], len(parts)
+    if top in ("segments", "wal") and depth == 1:
+        return member.isdir()
+    if top == "segments":
+        return depth > 2 or member.isdir() or parts[1].endswith(".tar")
+    if top == "wal":
+        return depth == 2 and member.isfile()
+    return depth == 1 and member.isfile() and top in _SHARD_FILES
 
 
 

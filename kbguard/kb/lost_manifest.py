@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from kbguard.config import Config
 from kbguard.errors import ManifestError, ManifestLost
-from kbguard.recovery.snapshot import list_snapshots
+from kbguard.snapshot_format import list_snapshots_under
 
 
 def store_on_disk(cfg: Config) -> bool:
@@ -44,7 +44,7 @@ def lost_manifest(cfg: Config, *, store_points: int | None = None) -> ManifestLo
     survives (see ``missing_manifest``); None when nothing does: a KB never built."""
 
     where = f"No manifest at {cfg.manifest}"
-    intact = [s for s in list_snapshots(cfg) if s.problem is None]
+    intact = [s for s in list_snapshots_under(cfg.snapshot_root) if s.problem is None]
     if intact:
         s = intact[-1]
         what = f"{s.points:,} points, " if s.points is not None else ""
