@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from kbguard.ingest.parse import Element
+from kbguard.ingest.elements import Element
 
 # Fixed forever: changing it would change every point id of every KB.
 POINT_NAMESPACE = uuid.UUID("6b0f3a52-6f1e-4c55-9a7e-0d1c2b3a4f50")
