@@ -44,15 +44,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.synthetic import fill_synthetic, write_synthetic_config  # noqa: E402
-from tests.conftest import long_markdown, write_config  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import kbguard  # noqa: E402
-from kbguard.errors import LockedError  # noqa: E402
-from kbguard.kb.read_service import SharedStore  # noqa: E402
-from kbguard.store import Point, VectorSpec, open_store  # noqa: E402
+import kbguard
+from benchmarks.synthetic import fill_synthetic, write_synthetic_config
+from kbguard.errors import LockedError
+from kbguard.kb.read_service import SharedStore
+from kbguard.store import Point, VectorSpec, open_store
+from tests.conftest import long_markdown, write_config
 
 ENV = {**os.environ, "DO_NOT_TRACK": "1", "SCARF_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
 QUERY = "Document 17 part 3 topic3 item1"
@@ -160,7 +159,8 @@ def store_lock_cost(work: Path, runs: int, points: int = 30_000, batch: int = 25
 def command_latency(work: Path, backend: str, runs: int) -> dict[str, dict[str, list[float]]]:
     """Seconds of `kbguard status` and `kbguard search` processes, idle and during a rebuild
     held at its first store write."""
-    from tests.conftest import edit_corpus, make_kb as make_test_kb
+    from tests.conftest import edit_corpus
+    from tests.conftest import make_kb as make_test_kb
 
     root = work / f"latency-{backend}"
     kb = make_test_kb(root, backend=backend, docs=8)

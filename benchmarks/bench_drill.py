@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from tests.openai_server import OpenAIServer  # noqa: E402
+from tests.openai_server import OpenAIServer
 
 KEY = "sk-bench-drill"
 ENV = {**os.environ, "KBG_BENCH_KEY": KEY, "NO_PROXY": "127.0.0.1,localhost",
@@ -135,7 +135,7 @@ def main() -> None:
         sh("git", "add", "-A", cwd=repo)
         sh("git", "commit", "-q", "-m", "the sample KB", cwd=repo)
         load_before = os.getloadavg()
-        started = dt.datetime.now(dt.timezone.utc)
+        started = dt.datetime.now(dt.UTC)
         done = subprocess.run([sys.executable, "-m", "kbguard", "drill", "--json", "--config",
                                "kb.toml"], cwd=repo, env=ENV, capture_output=True, text=True)
         load_after = os.getloadavg()

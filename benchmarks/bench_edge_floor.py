@@ -73,8 +73,15 @@ def read_ahead(path: Path) -> None:
 
 
 def one_run(root: Path, ids: list[str], vecs: np.ndarray, payloads: list[dict]) -> dict:
-    from qdrant_edge import Distance, EdgeConfig, EdgeShard, EdgeVectorParams, Point
-    from qdrant_edge import ScrollRequest, UpdateOperation
+    from qdrant_edge import (
+        Distance,
+        EdgeConfig,
+        EdgeShard,
+        EdgeVectorParams,
+        Point,
+        ScrollRequest,
+        UpdateOperation,
+    )
 
     path = root / "shard"
     shutil.rmtree(path, ignore_errors=True)

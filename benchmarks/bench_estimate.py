@@ -41,10 +41,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_drill import API_PRIMARY  # noqa: E402
-from bench_rebuild import NEW, OLD, django_docs, write_config  # noqa: E402
+from bench_drill import API_PRIMARY
+from bench_rebuild import NEW, OLD, django_docs, write_config
 
-from tests.openai_server import OpenAIServer  # noqa: E402
+from tests.openai_server import OpenAIServer
 
 RUNS = Path(__file__).resolve().parent / "runs"
 KEY = "sk-bench-estimate"
@@ -166,7 +166,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--provider", choices=["fake", "minilm"], default="fake")
     args = ap.parse_args()
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     out_dir = RUNS / f"estimate-{args.provider}-{stamp}"
     results = []
     for i in range(args.runs):
@@ -181,7 +181,7 @@ def main() -> None:
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     loads = ", ".join(f"{r['load_before']:.2f}" for r in results)
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
-          f"{platform.python_version()}, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC,"
+          f"{platform.python_version()}, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC,"
           f" load before each run: {loads}\n")
     print("| scenario | estimated s (median) | measured s (median) | error (median) | texts est./measured |")
     print("|---|---|---|---|---|")

@@ -38,11 +38,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_scale import (CONFIG, DATA, REPO, RESULTS, env, machine, replace_block,  # noqa: E402
-                         versions)
-from proctree import become_subreaper, measure, stop_on_sigterm  # noqa: E402
-from scale_corpus import (CorpusSpec, TextPool, apply_update, link_copy,  # noqa: E402
-                          load_pool, write_corpus)
+from bench_scale import CONFIG, DATA, REPO, RESULTS, env, machine, replace_block, versions
+from proctree import become_subreaper, measure, stop_on_sigterm
+from scale_corpus import CorpusSpec, TextPool, apply_update, link_copy, load_pool, write_corpus
 
 PEERS_PY = HERE / "data" / "peers-venv" / "bin" / "python"
 WORKER = HERE / "peers" / "worker.py"
@@ -95,7 +93,7 @@ def one_run(pool: TextPool, spec: CorpusSpec, corpus: Path, work_root: Path, pee
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     return {"spec": asdict(spec), "store": store, "tools": tools,
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
 def report_section(out: Path, label: str) -> str:

@@ -41,13 +41,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from openai_server import OpenAIServer
 
 from kbguard.config import SpaceConfig
-from kbguard.providers.local import FakeEmbedder
 from kbguard.providers import (
     LocalProvider,
     OpenAIProvider,
     OpenAIProviderSettings,
     ProviderChain,
 )
+from kbguard.providers.local import FakeEmbedder
 
 SPACE = SpaceConfig(name="primary", provider="fake", model="text-embedding-3-small", dim=256)
 WORDS = ["key", "rotation", "vector", "store", "manifest", "chunk", "embedding", "cache",

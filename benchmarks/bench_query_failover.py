@@ -25,11 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from tests.openai_server import OpenAIServer  # noqa: E402
-from tests.test_spaces import KEY, api_kb  # noqa: E402
-
-import kbguard  # noqa: E402
-from kbguard import providers  # noqa: E402
+import kbguard
+from kbguard import providers
+from tests.openai_server import OpenAIServer
+from tests.test_spaces import KEY, api_kb
 
 QUERY = "Document 7 part 2 topic2"
 

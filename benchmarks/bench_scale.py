@@ -58,11 +58,19 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from proctree import become_subreaper, measure, stop_on_sigterm  # noqa: E402
-from scale_corpus import (CorpusSpec, TextPool, apply_update, estimated_points,  # noqa: E402
-                          link_copy, load_pool, sections_for_points, update_plan,
-                          write_corpus)
-import svgplot  # noqa: E402
+import svgplot
+from proctree import become_subreaper, measure, stop_on_sigterm
+from scale_corpus import (
+    CorpusSpec,
+    TextPool,
+    apply_update,
+    estimated_points,
+    link_copy,
+    load_pool,
+    sections_for_points,
+    update_plan,
+    write_corpus,
+)
 
 DATA = HERE / "data" / "scale"
 RESULTS = HERE / "RESULTS-scale.md"
@@ -181,7 +189,7 @@ def one_run(pool: TextPool, spec: CorpusSpec, corpus: Path, work: Path, sample: 
                 snap[0] / max(1, report.get("points") or sizes["chunks"])))
     result = {"spec": asdict(spec), "steps": steps, "sizes": sizes,
               "update": {**update, "check": update_check(spec, steps["1 % update"])},
-              "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+              "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return result

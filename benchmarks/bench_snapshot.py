@@ -45,21 +45,24 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kbguard.config import load_config  # noqa: E402
-from kbguard.manifest import Manifest, vector_bytes, vector_checksum  # noqa: E402
-from kbguard.ingest.plan import point_payload  # noqa: E402
-from kbguard.store import store_for, vector_specs  # noqa: E402
-from kbguard.recovery.restore import restore  # noqa: E402
-import kbguard.recovery.snapshot as snapshot_mod  # noqa: E402
-from kbguard.recovery.snapshot import create_snapshot  # noqa: E402
-from kbguard.store import Point  # noqa: E402
-import kbguard.store.edge as edge_mod  # noqa: E402
-from synthetic import write_synthetic_config  # noqa: E402
+from synthetic import write_synthetic_config
+
+import kbguard.recovery.snapshot as snapshot_mod
+import kbguard.store.edge as edge_mod
+from kbguard.config import load_config
+from kbguard.ingest.plan import point_payload
+from kbguard.manifest import Manifest, vector_bytes, vector_checksum
+from kbguard.recovery.restore import restore
+from kbguard.recovery.snapshot import create_snapshot
+from kbguard.store import (
+    Point,
+    store_for,
+    vector_specs,
+)
 
 DIM = 384
 PER_DOC = 100
-WORDS = ("backup restore vector shard manifest chunk embedding corpus query index payload "
-         "checksum parquet segment snapshot replica cluster migration schema rebuild").split()
+WORDS = ["backup", "restore", "vector", "shard", "manifest", "chunk", "embedding", "corpus", "query", "index", "payload", "checksum", "parquet", "segment", "snapshot", "replica", "cluster", "migration", "schema", "rebuild"]
 
 
 def build_kb(cfg, n: int, seed: int = 0) -> None:
@@ -75,7 +78,7 @@ def build_kb(cfg, n: int, seed: int = 0) -> None:
             vecs = rng.normal(size=(hi - lo, DIM)).astype(np.float32)
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
             points, chunks, emb, state = [], [], [], []
-            ts = dt.datetime.now(dt.timezone.utc)
+            ts = dt.datetime.now(dt.UTC)
             for i in range(lo, hi):
                 path = f"docs/doc{i // PER_DOC:05d}.md"
                 words = rng.choice(WORDS, size=60)
@@ -198,7 +201,7 @@ def main() -> None:
     pq_stages = {k: statistics.median(r["restore_parquet_stages"][k] for r in runs)
                  for k in runs[0]["restore_parquet_stages"]}
     load = os.getloadavg()
-    record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    record = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
               "python": platform.python_version(), "load_after_last_run": load,
               "median": med, "restore_stages_median": stages,

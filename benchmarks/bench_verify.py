@@ -96,7 +96,7 @@ def main() -> None:
     v_rate = med(r["verify"]["points"] / r["verify"]["seconds"] for r in runs)
     s_rate = med(r["scroll"]["points"] / r["scroll"]["seconds"] for r in runs)
     summary = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
         "points": args.points, "dim": args.dim, "runs": runs,
@@ -108,7 +108,7 @@ def main() -> None:
     }
     out_dir = HERE / "runs"
     out_dir.mkdir(exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H%M%S")
     (out_dir / f"verify-{stamp}.json").write_text(json.dumps(summary, indent=2))
     print(textwrap.dedent(f"""\
         | points | dim | runs | full check (median) | peak RSS | bare scroll with vectors |

@@ -16,6 +16,7 @@ Linux only. One command at a time per process: every descendant is counted as th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -145,10 +146,8 @@ def _end_leftovers(wait_s: float = 5.0, term_s: float = 5.0) -> list[str]:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         alive = [p for p in left if _alive(p)]
         for pid in alive:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + term_s
         while alive and time.monotonic() < deadline:
             _reap()

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kbguard.ingest.chunk import content_hash, point_id
 from kbguard.config import Config
-from kbguard.providers import chain_for
 from kbguard.core.lock import kb_lock
-from kbguard.manifest import ChunkRow, DocumentRow, Manifest
+from kbguard.ingest.chunk import content_hash, point_id
 from kbguard.ingest.plan import point_payload
-from kbguard.store import store_for, vector_specs
 from kbguard.ingest.scan import file_md5
-from kbguard.store import Point
+from kbguard.manifest import ChunkRow, DocumentRow, Manifest
+from kbguard.providers import chain_for
+from kbguard.store import Point, store_for, vector_specs
 
 CONFIG = """\
 [kb]

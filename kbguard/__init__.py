@@ -18,22 +18,46 @@ needs it, such as the parsers.
 from __future__ import annotations
 
 from kbguard.config import Config, init_config, load_config
-from kbguard.operations.drill import DrillReport, DrillResult, DrillStep, drill_kb
-from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, LockedError,
-                            ManifestError, ParseError, ProviderUnavailable, RestoreNeeded,
-                            RestorePending, SnapshotDamaged, SnapshotError, StoreError,
-                            StoreUnavailable)
-from kbguard.operations.estimate import EstimateReport, Scenario, estimate as estimate_rebuild
-from kbguard.ingest.rebuild import RebuildReport, rebuild as rebuild_kb
+from kbguard.errors import (
+    ConfigError,
+    CorpusError,
+    EmbedError,
+    KbguardError,
+    LockedError,
+    ManifestError,
+    ParseError,
+    ProviderUnavailable,
+    RestoreNeeded,
+    RestorePending,
+    SnapshotDamaged,
+    SnapshotError,
+    StoreError,
+    StoreUnavailable,
+)
+from kbguard.ingest.rebuild import RebuildReport
+from kbguard.ingest.rebuild import rebuild as rebuild_kb
 from kbguard.integrity.repair import RepairReport, repair_kb
-from kbguard.operations.report import ReportResult, write_report
-from kbguard.recovery.restore import RestoreReport, restore as restore_snapshot
-from kbguard.operations.runbook import render_runbook
-from kbguard.operations.search import SearchHit, SearchResult, search as search_kb
-from kbguard.recovery.snapshot import (CreateReport, PruneReport, SnapshotCheck, SnapshotEntry,
-                              create_snapshot, list_snapshots, prune_snapshots, verify_snapshot)
-from kbguard.operations.status import StatusReport, kb_status
 from kbguard.integrity.verify import Verdict, VerifyReport, verify_kb
+from kbguard.operations.drill import DrillReport, DrillResult, DrillStep, drill_kb
+from kbguard.operations.estimate import EstimateReport, Scenario
+from kbguard.operations.estimate import estimate as estimate_rebuild
+from kbguard.operations.report import ReportResult, write_report
+from kbguard.operations.runbook import render_runbook
+from kbguard.operations.search import SearchHit, SearchResult
+from kbguard.operations.search import search as search_kb
+from kbguard.operations.status import StatusReport, kb_status
+from kbguard.recovery.restore import RestoreReport
+from kbguard.recovery.restore import restore as restore_snapshot
+from kbguard.recovery.snapshot import (
+    CreateReport,
+    PruneReport,
+    SnapshotCheck,
+    create_snapshot,
+    list_snapshots,
+    prune_snapshots,
+    verify_snapshot,
+)
+from kbguard.snapshot_format import SnapshotEntry
 
 # No public name is also a module's name (kbguard.ingest.rebuild, kbguard.integrity.verify, ...): a function
 # bound over a submodule would break `import kbguard.integrity.verify as v` and monkeypatching.

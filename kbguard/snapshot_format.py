@@ -33,7 +33,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ def table_file(table: str) -> str:
 
 def new_snapshot_id(now: datetime | None = None) -> str:
     """A name that sorts by creation time: ``20261129T013605.123Z``."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
@@ -126,7 +126,8 @@ def read_meta(folder: Path) -> dict[str, Any]:
             f"Snapshot {folder.name} has format version {body.get('format_version')!r}; this "
             f"kbguard reads version {FORMAT_VERSION}. Use a kbguard that matches the snapshot."
         )
-    return body
+    meta: dict[str, Any] = body
+    return meta
 
 
 # -- checksums --------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ class KB:
             p.write_text(text, encoding="utf-8")
         return p
 
-    def cli(self, *args: str) -> "CliResult":
+    def cli(self, *args: str) -> CliResult:
         result = CliRunner().invoke(app, [*args, "--config", str(self.config_path)])
         return CliResult(result.exit_code, result.stdout, result.stderr, result.exception)
 

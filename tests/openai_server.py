@@ -67,6 +67,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import contextlib
+
 from kbguard.config import SpaceConfig
 from kbguard.providers.base import normalize
 from kbguard.providers.local import FakeEmbedder
@@ -244,10 +246,8 @@ class _Server(ThreadingHTTPServer):
         with self._open_lock:
             conns = list(self._open)
         for conn in conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -480,10 +480,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _close(self) -> None:
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 _GZIP: tuple[bytes, bytes] | None = None

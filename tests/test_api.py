@@ -93,9 +93,8 @@ def test_errors_carry_what_callers_act_on(tmp_path: Path) -> None:
     from kbguard.core.lock import kb_lock
 
     cfg = _built(tmp_path)
-    with kb_lock(cfg.manifest, "snapshot create"):
-        with pytest.raises(kbguard.LockedError) as err:
-            kbguard.rebuild_kb(cfg)
+    with kb_lock(cfg.manifest, "snapshot create"), pytest.raises(kbguard.LockedError) as err:
+        kbguard.rebuild_kb(cfg)
     assert (err.value.pid, err.value.command) == (os.getpid(), "snapshot create")
 
     snap = kbguard.create_snapshot(cfg)

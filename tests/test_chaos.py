@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import store_contents
 
-from kbguard.integrity.chaos import ACTIONS, inject
 from kbguard.errors import KbguardError
+from kbguard.integrity.chaos import ACTIONS, inject
 
 
 def test_chaos_refuses_without_yes_and_changes_nothing(built_kb) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kbguard.ingest.chunk import chunk_elements, content_hash, normalize_text, point_id, sections
-from kbguard.providers.local import FakeEmbedder
 from kbguard.config import SpaceConfig
+from kbguard.ingest.chunk import chunk_elements, content_hash, normalize_text, point_id, sections
 from kbguard.ingest.parse import Element
+from kbguard.providers.local import FakeEmbedder
 
 COUNT = FakeEmbedder(SpaceConfig(name="t", provider="fake", model="fake-hash", dim=8)).count_tokens
 

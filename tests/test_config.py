@@ -11,8 +11,15 @@ import pytest
 from typer.testing import CliRunner
 
 from kbguard.cli.main import app
-from kbguard.config import (PROVIDERS, ConfigFile, CorpusTable, RebuildTable, SpaceConfig,
-                            load_config, render_config)
+from kbguard.config import (
+    PROVIDERS,
+    ConfigFile,
+    CorpusTable,
+    RebuildTable,
+    SpaceConfig,
+    load_config,
+    render_config,
+)
 from kbguard.errors import ConfigError
 from tests.conftest import KB, make_kb
 

@@ -21,10 +21,10 @@ from conftest import BACKENDS, KB, long_markdown, make_kb, manifest_chunk_ids, s
 
 from kbguard.core.disk import free_bytes
 from kbguard.core.durable import atomic_write_text
-from kbguard.errors import DiskFullError
-from kbguard.manifest import Manifest
 from kbguard.core.progress import Progress
+from kbguard.errors import DiskFullError
 from kbguard.ingest.rebuild import rebuild
+from kbguard.manifest import Manifest
 from kbguard.store import Point, VectorSpec
 from kbguard.store.edge import EdgeStore
 

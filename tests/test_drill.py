@@ -25,8 +25,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from kbguard.operations.drill import SCENARIOS
 from kbguard.manifest import Manifest
+from kbguard.operations.drill import SCENARIOS
 from tests.conftest import BACKENDS, DVC, KB, edit_corpus, git_dvc_repo, make_kb, write_config
 from tests.openai_server import OpenAIServer
 from tests.test_disk_and_files import fill, tmpfs

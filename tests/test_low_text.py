@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from conftest import make_kb
 
-from kbguard.ingest.chunk import chunk_elements
 from kbguard.config import SpaceConfig
-from kbguard.providers.local import FakeEmbedder
+from kbguard.ingest.chunk import chunk_elements
 from kbguard.ingest.fidelity import LOW_TEXT_SHARE, low_text, source_text_chars, text_chars
 from kbguard.ingest.parse import parse_document
+from kbguard.providers.local import FakeEmbedder
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "corpus"
 COUNT = FakeEmbedder(SpaceConfig(name="t", provider="fake", model="fake-hash", dim=8)).count_tokens

@@ -11,8 +11,8 @@ import pytest
 from conftest import make_kb, manifest_sql
 
 from kbguard.errors import ManifestError
-from kbguard.manifest import Manifest
 from kbguard.ingest.rebuild import rebuild
+from kbguard.manifest import Manifest
 
 OTTERS = "# Changed\n\nA new text about otters and the rivers they live in.\n"
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from kbguard.ingest.chunk import chunk_elements
 from kbguard.config import SpaceConfig
-from kbguard.providers.local import FakeEmbedder
+from kbguard.ingest.chunk import chunk_elements
 from kbguard.ingest.parse import parse_file
 from kbguard.ingest.parse_markdown import is_html_element
+from kbguard.providers.local import FakeEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = sorted((ROOT / "samples" / "corpus").rglob("*.md")) + sorted(
@@ -42,8 +42,7 @@ _FENCE_INFO = re.compile(r"^([ \t>]*(?:```+|~~~+))[^\n]*$", re.M)
 _ORDERED_MARKER = re.compile(r"^([ \t>]*)\d{1,9}[.)](?=[ \t])", re.M)
 # Phrasing elements join the text around them (`H<sub>2</sub>O` reads "H2O"); every other tag
 # separates words.
-_PHRASING = frozenset("a abbr b bdi bdo cite code data del dfn em i ins kbd mark q s samp small "
-                      "span strong sub sup time u var big tt font strike acronym".split())
+_PHRASING = frozenset(["a", "abbr", "b", "bdi", "bdo", "cite", "code", "data", "del", "dfn", "em", "i", "ins", "kbd", "mark", "q", "s", "samp", "small", "span", "strong", "sub", "sup", "time", "u", "var", "big", "tt", "font", "strike", "acronym"])
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 # Emphasis and strikethrough markers and the backticks of code spans join what they touch
 # (`**cov**ariant`, `` `Arc`s ``), except inside code, where `*` is text.

@@ -6,6 +6,7 @@ vector ever comes back; breakers, chains, probe agreement, key handling and offl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,8 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-import tracemalloc
 import traceback
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,6 @@ from conftest import KB, make_kb, manifest_sql
 from openai_server import OpenAIServer
 
 from kbguard.config import SpaceConfig
-from kbguard.providers.local import FakeEmbedder
 from kbguard.errors import (
     ConfigError,
     InvalidAnswer,
@@ -47,6 +47,7 @@ from kbguard.providers import (
 )
 from kbguard.providers.answer import answer_cap
 from kbguard.providers.budget import TokenBudget, plan_batches
+from kbguard.providers.local import FakeEmbedder
 from kbguard.providers.tokens import count_cl100k
 
 KEY = "sk-test-9f8e7d6c5b4a3210-SECRET"
@@ -79,7 +80,7 @@ def timed(call: Callable[[], Any], limit: float) -> tuple[float, Any]:
         started = time.monotonic()
         try:
             box["out"] = call()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the error is the outcome the test checks
             box["out"] = exc
         box["took"] = time.monotonic() - started
 
@@ -544,7 +545,7 @@ def _peak_while(call: Callable[[], Any]) -> tuple[Any, int]:
     try:
         try:
             out = call()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the error is the outcome the test checks
             out = exc
         return out, tracemalloc.get_traced_memory()[1]
     finally:
@@ -877,10 +878,9 @@ def test_a_key_file_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     try:
         took, err = timed(lambda: OpenAIProvider(SPACE, settings), limit=5)
     finally:
-        try:  # a reader still waiting for a writer gets one, and its end of file
+        # a reader still waiting for a writer gets one, and its end of file
+        with contextlib.suppress(OSError):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
     assert isinstance(err, ConfigError), err
     assert str(err) == (f"api_key_file {fifo} is not a regular file (it is a FIFO). Point it "
                         "at a file holding the API key.")

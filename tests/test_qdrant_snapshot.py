@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KB, FAKE_DIM, edit_corpus, make_kb, manifest_chunk_ids, store_contents
+from conftest import FAKE_DIM, KB, edit_corpus, make_kb, manifest_chunk_ids, store_contents
 
 from kbguard.errors import SnapshotWrongModel
 from kbguard.recovery.restore import pending_restore, restore_from_qdrant_snapshot

@@ -7,15 +7,21 @@ import json
 import re
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import KB, manifest_sql
 
 from kbguard.manifest import Manifest, now
-from kbguard.operations.report import (EMPTY, NO_RECOVERY, ReportData, _findings_chart, _recovery_chart,
-                            _size_chart)
+from kbguard.operations.report import (
+    EMPTY,
+    NO_RECOVERY,
+    ReportData,
+    _findings_chart,
+    _recovery_chart,
+    _size_chart,
+)
 
 CHARTS = ("recovery", "findings", "spend", "size")
 NASTY_SCENARIO = "<b>bold</b> lost"
@@ -23,7 +29,7 @@ NASTY_MESSAGE = "needs a standby </td><script>document.title='pwned'</script><im
 
 
 def _utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 DRILLS = [

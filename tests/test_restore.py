@@ -6,19 +6,26 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+from datetime import UTC
 from pathlib import Path
 
 import pytest
-from conftest import (KB, edit_corpus, long_markdown, manifest_chunk_ids, manifest_sql,
-                      store_contents, write_config)
+from conftest import (
+    KB,
+    edit_corpus,
+    long_markdown,
+    manifest_chunk_ids,
+    manifest_sql,
+    store_contents,
+    write_config,
+)
 
 from kbguard.errors import StoreError
 from kbguard.manifest import Manifest
 from kbguard.recovery.restore import _verify_copy, pending_restore
 from kbguard.recovery.snapshot import snapshot_folder
 from kbguard.snapshot_format import read_meta
-from kbguard.store import Point
-from kbguard.store import store_for
+from kbguard.store import Point, store_for
 
 
 def _snapshot(kb: KB) -> str:
@@ -292,12 +299,12 @@ def test_restore_latest_without_any_snapshot_says_what_to_do(built_kb) -> None:
 def test_a_restore_keeps_the_history_of_the_kb(built_kb) -> None:
     """The snapshot holds what the KB contains; runs, checks, spend and drills are the live
     manifest's, and a restore must not forget them (the estimates and the runbook read them)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     kb = built_kb()
     sid = _snapshot(kb)
     assert kb.cli("verify").code == 0
-    at = datetime(2026, 11, 29, 10, 0, tzinfo=timezone.utc)
+    at = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
     with Manifest.open(kb.cfg.manifest) as m:
         m.drills.record({"scenario": "store-lost", "started_at": at, "finished_at": at,
                          "status": "passed", "healthy": True, "recovery_s": 2.0})

@@ -6,7 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ DRILLS = [f.drill for f in FAILURES]
 def _record(kb: KB, scenario: str, *, status: str = "passed", recovery_s: float = 12.5,
             detection_s: float | None = 1.25, objective_s: float = 900.0,
             message: str | None = None, when: datetime | None = None) -> None:
-    at = when or datetime(2026, 11, 29, 10, 30, tzinfo=timezone.utc)
+    at = when or datetime(2026, 11, 29, 10, 30, tzinfo=UTC)
     with Manifest.open(kb.cfg.manifest) as m:
         m.drills.record({"scenario": scenario, "started_at": at,
                          "finished_at": at + timedelta(seconds=recovery_s + 5),
@@ -59,7 +59,7 @@ def test_a_kb_never_drilled_says_so_for_every_failure(built_kb) -> None:
 def test_the_newest_drill_of_each_failure_is_quoted_with_its_date(built_kb) -> None:
     kb = built_kb()
     _record(kb, "store-lost", recovery_s=40.0,
-            when=datetime(2026, 11, 1, 9, 0, tzinfo=timezone.utc))
+            when=datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
     _record(kb, "store-lost", recovery_s=12.5)          # newer: this one is quoted
     _record(kb, "manifest-lost", status="missed", recovery_s=950.0,
             message="took 950.0 s, objective 900 s: missed by 50.0 s")

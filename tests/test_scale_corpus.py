@@ -13,9 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.scale_corpus import (MARKER, CorpusSpec, TextPool, apply_update, document,
-                                     estimate_chunks, extract_prose, link_copy, render,
-                                     sections_for_points, update_plan, write_corpus)
+from benchmarks.scale_corpus import (
+    MARKER,
+    CorpusSpec,
+    TextPool,
+    apply_update,
+    document,
+    estimate_chunks,
+    extract_prose,
+    link_copy,
+    render,
+    sections_for_points,
+    update_plan,
+    write_corpus,
+)
 
 POOL = TextPool(
     paragraphs=tuple(

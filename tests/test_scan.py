@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import DVC, git_dvc_repo
 
-from kbguard.manifest import DocumentRow
-from kbguard.ingest.scan import file_md5, matches, scan_corpus
 from kbguard.ingest.dvc_corpus import dvc_view
+from kbguard.ingest.scan import file_md5, matches, scan_corpus
+from kbguard.manifest import DocumentRow
 
 
 def test_globs() -> None:

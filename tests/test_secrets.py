@@ -18,9 +18,9 @@ import pytest
 from conftest import KB, make_kb
 
 from kbguard.config import load_config
+from kbguard.core.redact import redact_url, scrub, url_secrets
 from kbguard.errors import ConfigError
 from kbguard.manifest import Manifest
-from kbguard.core.redact import redact_url, scrub, url_secrets
 
 SECRET_URL = "http://admin:secret@127.0.0.1:9/?api_key=secret-key-in-query"
 SHOWN_URL = "http://***@127.0.0.1:9/?api_key=***"

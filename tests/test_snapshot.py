@@ -13,11 +13,16 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import DVC, KB, git_dvc_repo, make_kb, store_contents
 
-from kbguard.errors import SnapshotError
-from kbguard.errors import SnapshotDamaged
+from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.recovery.snapshot import create_snapshot, plan_prune, snapshot_folder
-from kbguard.snapshot_format import (DATA_FILES, META_FILE, SnapshotEntry, read_meta, render_meta,
-                                     verify_folder)
+from kbguard.snapshot_format import (
+    DATA_FILES,
+    META_FILE,
+    SnapshotEntry,
+    read_meta,
+    render_meta,
+    verify_folder,
+)
 
 
 @pytest.fixture

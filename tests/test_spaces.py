@@ -17,7 +17,8 @@ import pytest
 
 from kbguard import providers
 from kbguard.providers import MIN_PROBE_COSINE
-from tests.conftest import API_KEY as KEY, KB, make_kb, manifest_sql, store_contents
+from tests.conftest import API_KEY as KEY
+from tests.conftest import KB, make_kb, manifest_sql, store_contents
 from tests.openai_server import OpenAIServer
 
 MODEL = "text-embedding-3-small"

@@ -487,9 +487,9 @@ def test_native_files_handed_over_closed_and_held_are_the_store(make_store):
     live.flush()
     native = live.native_files()
     if native is None:
-        with pytest.raises(StoreError, match="keeps no files of its own"):
-            with live.closed_and_held():
-                pass
+        with pytest.raises(StoreError, match="keeps no files of its own"), \
+                live.closed_and_held():
+            pass
         assert live.count() == 20
         return
     assert native.engine and native.engine_version is not None  # installed: it reads them

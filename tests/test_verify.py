@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from benchmarks.synthetic import fill_synthetic
 from conftest import KB, long_markdown, make_kb, manifest_sql, store_contents
 
+from benchmarks.synthetic import fill_synthetic
 from kbguard.integrity.chaos import inject
-from kbguard.providers import chain_for
-from kbguard.manifest import Manifest
 from kbguard.integrity.verify import FINDINGS
+from kbguard.manifest import Manifest
+from kbguard.providers import chain_for
 
 CANARY = """
 [[canaries]]

@@ -28,10 +28,10 @@ GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden" / "cli_surf
 os.environ.update({"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb", "DO_NOT_TRACK": "1",
                    "SCARF_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"})
 
-import typer  # noqa: E402  (after the environment above, which rich reads on import)
-from typer.testing import CliRunner  # noqa: E402
+import typer
+from typer.testing import CliRunner
 
-from kbguard.cli.main import app  # noqa: E402
+from kbguard.cli.main import app
 
 CONFIG = """\
 [kb]

@@ -315,10 +315,7 @@ class RstReader:
             title, target = m.group(1), m.group(2)
         else:
             title, target = None, text.lstrip("!")
-            if target.startswith("~"):
-                title = target[1:].rsplit(".", 1)[-1]
-            else:
-                title = target.lstrip(".")
+            title = target[1:].rsplit(".", 1)[-1] if target.startswith("~") else target.lstrip(".")
         if role == "rfc":
             number = target.split("#")[0]
             url = f"https://datatracker.ietf.org/doc/html/rfc{number}.html"
@@ -636,7 +633,7 @@ def write_docx(blocks: list, source: str, path: Path) -> None:
     props.title = title
     props.author = "Django Software Foundation"
     props.comments = SOURCE_NOTE.format(path=source)
-    props.created = props.modified = datetime.datetime(2024, 12, 4, tzinfo=datetime.timezone.utc)
+    props.created = props.modified = datetime.datetime(2024, 12, 4, tzinfo=datetime.UTC)
     props.last_modified_by = "kbguard samples/make_formats.py"  # as in the committed files
     props.revision = 1
 

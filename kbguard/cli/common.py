@@ -17,9 +17,9 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from kbguard.config import DEFAULT_CONFIG, Config, load_config
-from kbguard.errors import KbguardError, LockedError
 from kbguard.core.progress import Progress
 from kbguard.core.redact import scrub
+from kbguard.errors import KbguardError, LockedError
 from kbguard.recovery.snapshot import SnapshotCheck
 
 # Exit codes are an interface: documented in the README, never reused for something else.
@@ -126,7 +126,7 @@ def guarded(fn: F | None = None, *, interrupted: str = RESUMES) -> Any:
             raise typer.Exit(exit_code_for(exc)) from None
         except (typer.Exit, typer.Abort):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any other error is a bug: shown below
             # A bug, not bad input: keep the traceback for the report, but still exit with a
             # code that means "could not do the work" (Python's 1 means "findings" to verify).
             # a third-party message in the traceback may quote the store URL
@@ -186,8 +186,8 @@ class RichProgress(Progress):
         if not self.live:
             stderr.print(f"{name}" + (f": {total}" if total else ""))
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,
-                                   TextColumn, TimeElapsedColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
 
         if self._bar is None:
             self._bar = Bar(TextColumn("{task.description:<14}"), BarColumn(),

@@ -7,8 +7,19 @@ from typing import Annotated
 
 import typer
 
-from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
-                                emit_json, exit_code_for, guarded, load, one_line, stdout)
+from kbguard.cli.common import (
+    DEFAULT_CONFIG_PATH,
+    ConfigOpt,
+    JsonOpt,
+    QuietOpt,
+    RichProgress,
+    emit_json,
+    exit_code_for,
+    guarded,
+    load,
+    one_line,
+    stdout,
+)
 from kbguard.operations.drill import SCENARIOS, drill_kb
 
 # a drill is not resumed: what a Ctrl-C leaves and what the next run does

@@ -7,15 +7,26 @@ from typing import Annotated, Any
 
 import typer
 
-from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
-                                emit_json, exit_code_for, guarded, load, one_line, stderr,
-                                stdout)
+from kbguard.cli.common import (
+    DEFAULT_CONFIG_PATH,
+    ConfigOpt,
+    JsonOpt,
+    QuietOpt,
+    RichProgress,
+    emit_json,
+    exit_code_for,
+    guarded,
+    load,
+    one_line,
+    stderr,
+    stdout,
+)
 from kbguard.config import PROVIDERS, init_config, key_warnings
 from kbguard.config.provider_settings import OpenAIProviderSettings
-from kbguard.errors import KbguardError
-from kbguard.operations.estimate import estimate
 from kbguard.core.progress import human_duration
+from kbguard.errors import KbguardError
 from kbguard.ingest.rebuild import rebuild
+from kbguard.operations.estimate import estimate
 from kbguard.operations.search import search
 from kbguard.operations.status import kb_status
 
@@ -244,7 +255,7 @@ def _print_status(st: dict[str, Any]) -> None:
 def _progress_line(run: dict[str, Any]) -> str:
     """A running rebuild's progress: its current stage and the stages before it."""
     def stage(s: dict[str, Any]) -> str:
-        return s["name"] + (f" {s['done']}/{s['total']}" if s.get("total") else "")
+        return str(s["name"]) + (f" {s['done']}/{s['total']}" if s.get("total") else "")
     *done, current = run["stages"] or [{"name": "starting", "total": None}]
     line = (f"running now (pid {run['pid']}, run #{run.get('run_id') or '?'}, "
             f"{human_duration(run['seconds'])}): {stage(current)}")

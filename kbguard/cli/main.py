@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from kbguard.cli import (drill_commands, kb_commands, report_commands, runbook_commands,
-                         snapshot_commands, verify_commands)
+from kbguard.cli import (
+    drill_commands,
+    kb_commands,
+    report_commands,
+    runbook_commands,
+    snapshot_commands,
+    verify_commands,
+)
 from kbguard.cli.common import JsonErrorsGroup
 
 app = typer.Typer(

@@ -7,8 +7,16 @@ from typing import Annotated
 
 import typer
 
-from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, emit_json, guarded,
-                                load, one_line, stdout)
+from kbguard.cli.common import (
+    DEFAULT_CONFIG_PATH,
+    ConfigOpt,
+    JsonOpt,
+    emit_json,
+    guarded,
+    load,
+    one_line,
+    stdout,
+)
 from kbguard.operations.report import write_report
 
 

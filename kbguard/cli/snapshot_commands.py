@@ -8,12 +8,27 @@ from typing import Annotated
 
 import typer
 
-from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
-                                emit_json, exit_code_for, guarded, load, stderr, stdout)
+from kbguard.cli.common import (
+    DEFAULT_CONFIG_PATH,
+    ConfigOpt,
+    JsonOpt,
+    QuietOpt,
+    RichProgress,
+    emit_json,
+    exit_code_for,
+    guarded,
+    load,
+    stderr,
+    stdout,
+)
 from kbguard.errors import NotConfirmed, SnapshotError
 from kbguard.recovery.restore import RestoreReport, restore, restore_from_qdrant_snapshot
-from kbguard.recovery.snapshot import (create_snapshot, list_snapshots, prune_snapshots,
-                              verify_snapshot)
+from kbguard.recovery.snapshot import (
+    create_snapshot,
+    list_snapshots,
+    prune_snapshots,
+    verify_snapshot,
+)
 
 snapshot_app = typer.Typer(
     name="snapshot", no_args_is_help=True,

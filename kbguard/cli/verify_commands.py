@@ -8,13 +8,24 @@ from typing import Annotated
 
 import typer
 
-from kbguard.cli.common import (DEFAULT_CONFIG_PATH, ConfigOpt, JsonOpt, QuietOpt, RichProgress,
-                                emit_json, exit_code_for, guarded, load, one_line, stdout)
+from kbguard.cli.common import (
+    DEFAULT_CONFIG_PATH,
+    ConfigOpt,
+    JsonOpt,
+    QuietOpt,
+    RichProgress,
+    emit_json,
+    exit_code_for,
+    guarded,
+    load,
+    one_line,
+    stdout,
+)
 from kbguard.errors import ConfigError, KbguardError
+from kbguard.integrity.chaos import ACTIONS, inject
 from kbguard.integrity.prom import check_target, write_metrics
 from kbguard.integrity.repair import repair_kb
-from kbguard.integrity.verify import FINDINGS, verify_kb
-from kbguard.integrity.chaos import ACTIONS, inject
+from kbguard.integrity.verify import FINDINGS, VerifyReport, verify_kb
 
 
 def register(app: typer.Typer) -> None:
@@ -82,13 +93,13 @@ def verify_cmd(
     raise typer.Exit(exit_code_for(report))
 
 
-def _print_counts(title: str, report) -> None:
+def _print_counts(title: str, report: VerifyReport) -> None:
     found = {n: c for n, c in report.counts().items() if c}
     stdout.print(f"{title}: " + (", ".join(f"{n} {c}" for n, c in found.items())
                                   if found else "healthy"))
 
 
-def _print_report(report, title: str = "") -> None:
+def _print_report(report: VerifyReport, title: str = "") -> None:
     head = f"{title}: " if title else ""
     if report.healthy:
         stdout.print(f"{head}KB '{report.kb}' is healthy: {report.points_checked} points checked "

@@ -16,9 +16,21 @@ from __future__ import annotations
 from kbguard.config.catalog import PROVIDERS
 from kbguard.config.load import DEFAULT_CONFIG, Config, load_config, parse_config
 from kbguard.config.render import api_entry, init_config, kb_name_for, key_warnings, render_config
-from kbguard.config.schema import (Canary, ChunkingTable, ConfigFile, CorpusTable, KbTable,
-                                   ManifestTable, ParsingTable, RebuildTable, RecoveryTable,
-                                   SearchTable, SnapshotsTable, SpaceConfig, StoreTable)
+from kbguard.config.schema import (
+    Canary,
+    ChunkingTable,
+    ConfigFile,
+    CorpusTable,
+    KbTable,
+    ManifestTable,
+    ParsingTable,
+    RebuildTable,
+    RecoveryTable,
+    SearchTable,
+    SnapshotsTable,
+    SpaceConfig,
+    StoreTable,
+)
 
 __all__ = [
     "DEFAULT_CONFIG",

@@ -22,8 +22,15 @@ from pydantic import BaseModel, ValidationError
 from kbguard.config.catalog import DEFAULT_API_MODEL, DEFAULT_MODEL, OPENAI_MODELS, PROVIDERS
 from kbguard.config.load import DEFAULT_CONFIG, Config, load_config
 from kbguard.config.provider_settings import OpenAIProviderSettings
-from kbguard.config.schema import (ConfigFile, CorpusTable, SpaceConfig, StoreTable, Table,
-                                   inner_models, valid_name)
+from kbguard.config.schema import (
+    ConfigFile,
+    CorpusTable,
+    SpaceConfig,
+    StoreTable,
+    Table,
+    inner_models,
+    valid_name,
+)
 from kbguard.core.durable import atomic_write_text
 from kbguard.errors import ConfigError, CorpusError
 

@@ -18,9 +18,13 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kbguard.config.catalog import BUNDLED_MODELS, DEFAULT_MODEL, SUPPORTED_SUFFIXES
-from kbguard.config.provider_settings import (EnvName, FakeProviderSettings, ProviderEntry,
-                                              ProviderSettings,
-                                              SentenceTransformersProviderSettings)
+from kbguard.config.provider_settings import (
+    EnvName,
+    FakeProviderSettings,
+    ProviderEntry,
+    ProviderSettings,
+    SentenceTransformersProviderSettings,
+)
 
 DEFAULT_INCLUDE = ("**/*.md", "**/*.markdown", "**/*.txt", "**/*.rst", "**/*.html", "**/*.htm",
                    "**/*.pdf", "**/*.docx")

@@ -8,12 +8,12 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kbguard.errors import LockedError, ManifestReadOnly, RestorePending
 from kbguard.core.disk import disk_full, is_disk_full, not_writable
+from kbguard.errors import LockedError, ManifestReadOnly, RestorePending
 
 
 def lock_path(manifest: Path) -> Path:
@@ -40,7 +40,7 @@ def kb_lock(manifest: Path, command: str, *, reader: bool = False) -> Iterator[N
         except BlockingIOError:
             raise _locked(path) from None
         info = {"pid": os.getpid(), "command": command,
-                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "since": datetime.now(UTC).isoformat(timespec="seconds")}
         _note_holder(fd, json.dumps(info).encode())
         try:
             if command != "restore":

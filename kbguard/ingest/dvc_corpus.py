@@ -43,7 +43,7 @@ def dvc_view(corpus: Path) -> DvcView | None:
             unchanged = {p for p in status.get("unchanged", []) if not p.endswith("/")}
             try:
                 git_rev = repo.scm.get_rev()
-            except Exception:  # no commit yet, or not a git repo
+            except Exception:  # noqa: BLE001 - no commit yet, or not a git repo
                 git_rev = None
         if not unchanged:
             return DvcView({}, git_rev) if git_rev else None
@@ -55,7 +55,8 @@ def dvc_view(corpus: Path) -> DvcView | None:
             if md5 and path in unchanged and path.startswith(prefix):
                 hashes[path[len(prefix):]] = md5
         return DvcView(hashes, git_rev)
-    except Exception:  # DVC is an accelerator here, never a requirement: fall back to hashing
+    # DVC is an accelerator here, never a requirement: on any failure, fall back to hashing
+    except Exception:  # noqa: BLE001
         return None
 
 

@@ -61,11 +61,10 @@ from typing import Any
 
 # the formats, by suffix, are the config's to know: it checks parsing.read_as against them
 from kbguard.config.catalog import SUPPORTED_SUFFIXES, TEXT_SUFFIXES
-from kbguard.ingest.elements import Element as Element  # parsing's result type, re-exported
 from kbguard.errors import ParseError
+from kbguard.ingest.elements import Element as Element  # parsing's result type, re-exported
 from kbguard.ingest.fidelity import source_text_chars, text_lost
 from kbguard.ingest.parse_markdown import markdown_elements
-
 
 # unstructured pings its servers when imported and on every partition call, and prints a sales
 # notice (to stdout on a terminal, where it would corrupt `--json`) unless these are set. They
@@ -406,7 +405,7 @@ def _pdf_text(path: Path, data: bytes) -> str:
         raise ParseError(f"{path.name}: damaged or unreadable PDF ({name}: {exc}); re-export "
                          "it, or repair it (e.g. `qpdf in.pdf out.pdf`).") from exc
     # pdfminer ends each page with a form feed: make page ends paragraph ends.
-    return text.replace("\x0c", "\n\n")
+    return str(text).replace("\x0c", "\n\n")
 
 
 # -- unstructured, offline --------------------------------------------------------------------
@@ -416,7 +415,8 @@ def _pdf_text(path: Path, data: bytes) -> str:
 def _partitioner(name: str) -> Callable[..., list[Any]]:
     _offline_nlp()
     module, function = _PARTITIONERS[name]
-    return getattr(importlib.import_module(module), function)
+    partition: Callable[..., list[Any]] = getattr(importlib.import_module(module), function)
+    return partition
 
 
 def _refuse_model_download() -> None:
@@ -492,16 +492,17 @@ def _docutils() -> Any:
     from docutils.core import publish_parts
     from docutils.parsers.rst import Directive, directives, roles
 
-    class AnyOptions(dict):
+    class AnyOptions(dict[str, Callable[[str], str]]):
         """Accepts every option: Sphinx directives have dozens kbguard does not know."""
 
         def __missing__(self, key: str) -> Callable[[str], str]:
-            return directives.unchanged
+            unchanged: Callable[[str], str] = directives.unchanged
+            return unchanged
 
         def __bool__(self) -> bool:  # docutils parses options only when the spec is truthy
             return True
 
-    class SphinxDirective(Directive):
+    class SphinxDirective(Directive):  # type: ignore[misc]  # docutils ships no types
         """Any Sphinx directive, reduced to the text a reader of the built docs would see."""
 
         optional_arguments = 1
@@ -579,4 +580,4 @@ def _rst_to_html(source: str, source_path: str) -> str:
     with sphinx_tolerance():
         parts = publish_parts(source=source, source_path=source_path, writer="html5",
                               settings_overrides=_DOCUTILS_SETTINGS)
-    return parts["body"]
+    return str(parts["body"])

@@ -34,22 +34,9 @@ from typing import Any
 from kbguard.ingest.elements import Element
 
 # The elements of the HTML Living Standard, and the obsolete ones still common in Markdown.
-_HTML_ELEMENTS = frozenset("""
-    a abbr address area article aside audio b base bdi bdo blockquote body br button canvas
-    caption cite code col colgroup data datalist dd del details dfn dialog div dl dt em embed
-    fieldset figcaption figure footer form h1 h2 h3 h4 h5 h6 head header hgroup hr html i iframe
-    img input ins kbd label legend li link main map mark menu meta meter nav noscript object ol
-    optgroup option output p param picture pre progress q rp rt ruby s samp script search section
-    select slot small source span strong style sub summary sup svg table tbody td template
-    textarea tfoot th thead time title tr track u ul var video wbr
-    acronym big center font strike tt
-""".split())
+_HTML_ELEMENTS = frozenset(["a", "abbr", "address", "area", "article", "aside", "audio", "b", "base", "bdi", "bdo", "blockquote", "body", "br", "button", "canvas", "caption", "cite", "code", "col", "colgroup", "data", "datalist", "dd", "del", "details", "dfn", "dialog", "div", "dl", "dt", "em", "embed", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "head", "header", "hgroup", "hr", "html", "i", "iframe", "img", "input", "ins", "kbd", "label", "legend", "li", "link", "main", "map", "mark", "menu", "meta", "meter", "nav", "noscript", "object", "ol", "optgroup", "option", "output", "p", "param", "picture", "pre", "progress", "q", "rp", "rt", "ruby", "s", "samp", "script", "search", "section", "select", "slot", "small", "source", "span", "strong", "style", "sub", "summary", "sup", "svg", "table", "tbody", "td", "template", "textarea", "tfoot", "th", "thead", "time", "title", "tr", "track", "u", "ul", "var", "video", "wbr", "acronym", "big", "center", "font", "strike", "tt"])
 # Elements that start a new block of text: their tags end the paragraph before them.
-_BLOCK_ELEMENTS = frozenset("""
-    address article aside blockquote body caption dd details dialog div dl dt fieldset
-    figcaption figure footer form h1 h2 h3 h4 h5 h6 header hgroup hr html li main nav ol p pre
-    section summary table tbody td tfoot th thead tr ul center
-""".split())
+_BLOCK_ELEMENTS = frozenset(["address", "article", "aside", "blockquote", "body", "caption", "dd", "details", "dialog", "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hgroup", "hr", "html", "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul", "center"])
 _NO_TEXT_ELEMENTS = frozenset({"script", "style", "svg", "template"})
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 

@@ -17,6 +17,7 @@ confirmed after the store has flushed it, so no point is ever in the store unrec
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -24,29 +25,34 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kbguard.ingest.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
-from kbguard.errors import KbguardError, ParseError, ProviderUnavailable, StoreDamaged, StoreError
 from kbguard.core.faults import crash_point
-from kbguard.ingest.fidelity import LowText, low_text, text_lost
-from kbguard.ingest.plan import DocPlan, empty_corpus_message, parse_settings, plan_documents, point_payload
-from kbguard.store import store_for, vector_specs
 from kbguard.core.lock import kb_lock
-from kbguard.manifest import ChunkRow, DocumentRow, Manifest
 from kbguard.core.progress import SILENT, Progress
-from kbguard.providers import Usage, chain_for
-from kbguard.kb.read_service import serve_reads
-from kbguard.ingest.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
-from kbguard.store import Point, Store
+from kbguard.errors import KbguardError, ParseError, ProviderUnavailable, StoreDamaged, StoreError
+from kbguard.ingest.chunk import Chunk, chunk_elements
 from kbguard.ingest.dvc_corpus import dvc_view
+from kbguard.ingest.fidelity import LowText, low_text, text_lost
+from kbguard.ingest.plan import (
+    DocPlan,
+    empty_corpus_message,
+    parse_settings,
+    plan_documents,
+    point_payload,
+)
+from kbguard.ingest.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
 from kbguard.kb.lost_manifest import lost_manifest
+from kbguard.kb.read_service import serve_reads
+from kbguard.manifest import ChunkRow, DocumentRow, Manifest
+from kbguard.providers import Usage, chain_for
+from kbguard.store import Point, Store, store_for, vector_specs
 
 if TYPE_CHECKING:
     from kbguard.ingest.parse import ParsedDocument
@@ -213,7 +219,7 @@ def parse_and_chunk(job: _ParseJob) -> ParseResult:
         return job.path, None, str(exc), None, None
     except KbguardError as exc:
         return job.path, None, str(exc), None, None
-    except Exception as exc:  # a parser bug on one file must not stop the other thousands
+    except Exception as exc:  # noqa: BLE001 - a parser bug on one file must not stop the other thousands
         reason = f"unexpected {type(exc).__name__} while parsing: {exc}"
         return job.path, None, reason, None, None
 
@@ -313,11 +319,11 @@ class _Rebuild:
             self.manifest.runs.finish(run_id, "ok", report.to_dict(), corpus_rev)
             return report
         except BaseException as exc:
-            try:
-                self.manifest.runs.finish(run_id, "failed", {"error": str(exc) or type(exc).__name__},
-                                  corpus_rev or None)
-            except Exception:
-                pass  # the original error matters more than recording it
+            # the original error matters more than recording it
+            with contextlib.suppress(Exception):
+                self.manifest.runs.finish(run_id, "failed",
+                                          {"error": str(exc) or type(exc).__name__},
+                                          corpus_rev or None)
             raise
         finally:
             self.progress.close()

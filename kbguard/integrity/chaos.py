@@ -40,11 +40,10 @@ from typing import Any
 import numpy as np
 
 from kbguard.config import Config, SpaceConfig
-from kbguard.errors import ConfigError, StoreError
 from kbguard.core.lock import kb_lock
+from kbguard.errors import ConfigError, StoreError
 from kbguard.manifest import Manifest
-from kbguard.store import Point, Store, VectorSpec
-from kbguard.store import store_for, vector_specs
+from kbguard.store import Point, Store, VectorSpec, store_for, vector_specs
 
 OTHER_MODEL = "chaos-other-model"
 
@@ -73,7 +72,8 @@ def other_model_vectors(texts: Sequence[str], dim: int) -> np.ndarray:
         v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
         out[i] = v / np.linalg.norm(v)
     # one more float32 normalisation, so the store keeps the bits exactly as written
-    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+    unit: np.ndarray = (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def inject(cfg: Config, action: str, *, count: int = 1, seed: int = 0) -> ChaosResult:

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from kbguard.core.durable import atomic_write_text
-from kbguard.errors import ConfigError, KbguardError
 from kbguard.core.redact import scrub
+from kbguard.errors import ConfigError, KbguardError
 from kbguard.integrity.verify import FINDINGS, VerifyReport
 
 LAST_SUCCESS = "kbguard_verify_last_success_timestamp_seconds"

@@ -13,21 +13,21 @@ restore, and the repair refuses with a message that says so.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from kbguard.config import Config
-from kbguard.kb.lost_manifest import missing_manifest
-from kbguard.errors import RestoreNeeded
 from kbguard.core.lock import kb_lock
-from kbguard.manifest import Manifest, require_writable
 from kbguard.core.progress import SILENT, Progress
-from kbguard.store import Point, Store
-from kbguard.integrity.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
-from kbguard.providers import chain_for, spent, spent_since
+from kbguard.errors import RestoreNeeded
 from kbguard.ingest.plan import point_payload
-from kbguard.store import store_for, vector_specs
+from kbguard.integrity.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
+from kbguard.kb.lost_manifest import missing_manifest
+from kbguard.manifest import Manifest, require_writable
+from kbguard.providers import chain_for, spent, spent_since
+from kbguard.store import Point, Store, store_for, vector_specs
 
 
 @dataclass
@@ -113,11 +113,10 @@ def _apply(cfg: Config, plan: RepairPlan, progress: Progress) -> dict[str, Any]:
                                             for s, n in embedded_before.items())
             manifest.runs.finish(run_id, "ok", actions)
         except BaseException as exc:
-            try:
+            # the original error matters more than recording it
+            with contextlib.suppress(Exception):
                 manifest.runs.finish(run_id, "failed", {"error": str(exc) or type(exc).__name__,
                                                         **actions})
-            except Exception:
-                pass  # the original error matters more than recording it
             raise
     return actions
 

@@ -25,6 +25,7 @@ every other check, so one injected fault is reported by exactly one class.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -37,20 +38,18 @@ import numpy as np
 
 from kbguard.config import Config, SpaceConfig
 from kbguard.core.disk import not_writable
-from kbguard.errors import (DiskFullError, KbguardError, ManifestError, ManifestReadOnly,
-                            StoreError)
 from kbguard.core.lock import kb_lock
-from kbguard.manifest import Manifest, now, vector_checksum
-from kbguard.kb.lost_manifest import missing_manifest
-from kbguard.core.redact import redact_url
 from kbguard.core.progress import SILENT, Progress
-from kbguard.store import PointArrays, Store
-from kbguard.ingest.scan import scan_corpus
+from kbguard.core.redact import redact_url
+from kbguard.errors import DiskFullError, KbguardError, ManifestError, ManifestReadOnly, StoreError
 from kbguard.ingest.dvc_corpus import dvc_view
 from kbguard.ingest.plan import point_payload
-from kbguard.store import store_for, vector_specs
-from kbguard.providers.base import normalize
+from kbguard.ingest.scan import scan_corpus
+from kbguard.kb.lost_manifest import missing_manifest
+from kbguard.manifest import Manifest, now, vector_checksum
 from kbguard.providers import chain_for, spent, spent_since
+from kbguard.providers.base import normalize
+from kbguard.store import PointArrays, Store, VectorSpec, store_for, vector_specs
 
 BATCH = 1024                  # chunks per comparison batch: the memory bound of a check
 JOIN_BYTES = 64 << 20         # cached vectors DuckDB holds at once to join them to the chunks
@@ -477,10 +476,8 @@ def check_store(cfg: Config, manifest: Manifest, opts: CheckOptions,
                 raise
             found.merge(manifest_unreadable(cfg, exc.engine_error))
     finally:
-        try:
+        with contextlib.suppress(StoreError):
             store.close()
-        except StoreError:
-            pass
     return found
 
 
@@ -509,7 +506,7 @@ def all_missing(manifest: Manifest) -> Iterator[CheckResult]:
         yield found
 
 
-def config_drift(cfg: Config, have: tuple) -> CheckResult:
+def config_drift(cfg: Config, have: tuple[VectorSpec, ...]) -> CheckResult:
     """The collection's vectors against the config's, per vector name."""
 
     want = {s.name: s for s in vector_specs(cfg)}
@@ -531,7 +528,7 @@ def config_drift(cfg: Config, have: tuple) -> CheckResult:
     return found
 
 
-def comparable_spaces(cfg: Config, have: tuple) -> list[SpaceConfig]:
+def comparable_spaces(cfg: Config, have: tuple[VectorSpec, ...]) -> list[SpaceConfig]:
     """The configured spaces whose vectors the collection holds with the right dimension."""
     got = {s.name: s for s in have}
     return [s for s in cfg.spaces if s.name in got and got[s.name].dim == s.dim]
@@ -624,7 +621,8 @@ def _chunks_with_cache(manifest: Manifest, spaces: list[SpaceConfig]) -> Iterato
                                                       batch_size=BATCH)
 
 
-def compare_vectors(manifest: Manifest, space: SpaceConfig, rows: list[tuple], at: np.ndarray,
+def compare_vectors(manifest: Manifest, space: SpaceConfig, rows: list[tuple[Any, ...]],
+                    at: np.ndarray,
                     got: PointArrays, blobs: list[bytes | None],
                     damaged: dict[tuple[str, str], str],
                     missing_cache: set[tuple[str, str]]) -> CheckResult:

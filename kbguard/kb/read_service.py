@@ -32,14 +32,21 @@ from typing import Any
 import numpy as np
 
 from kbguard.config import Config
-from kbguard.errors import ConfigError, KbguardError
-from kbguard.store import store_for
-from kbguard.manifest import Manifest
 from kbguard.core.progress import Progress
+from kbguard.errors import ConfigError, KbguardError
 from kbguard.kb.read_socket import socket_name, text_vector
 from kbguard.kb.status_report import status_from_manifest, store_summary
-from kbguard.store import (CollectionInfo, Hit, NativeFiles, Point, PointArrays, Store,
-                           VectorSpec)
+from kbguard.manifest import Manifest
+from kbguard.store import (
+    CollectionInfo,
+    Hit,
+    NativeFiles,
+    Point,
+    PointArrays,
+    Store,
+    VectorSpec,
+    store_for,
+)
 
 _REQUEST_TIMEOUT_S = 10.0  # a client that connects and sends nothing is dropped
 _MAX_REQUEST = 1 << 20

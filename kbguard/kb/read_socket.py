@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from kbguard import errors
-from kbguard.errors import KbguardError, LockedError
 from kbguard.core.lock import lock_holder, locked_error
+from kbguard.errors import KbguardError, LockedError
 
 ANSWER_TIMEOUT_S = 30.0   # a status over millions of rows takes seconds; more is a stuck writer
 START_GRACE_S = 2.0       # a rebuild takes the lock a moment before its service listens

@@ -7,15 +7,14 @@ rebuild fills the same parts for the status it serves (kbguard.kb.read_service).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kbguard.config import Config
-from kbguard.errors import KbguardError
-from kbguard.store import store_for
-from kbguard.manifest import Manifest
 from kbguard.core.redact import redact_url
-from kbguard.store import Store
+from kbguard.errors import KbguardError
+from kbguard.manifest import Manifest
+from kbguard.store import Store, store_for
 
 
 @dataclass
@@ -50,7 +49,7 @@ class StatusReport:
 def status_from_manifest(cfg: Config, m: Manifest) -> StatusReport:
     """The parts of the status that the manifest holds (``store`` and the files around the KB
     are left for the caller to fill)."""
-    month = datetime.now(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     chunks = m.chunks.count()
     spaces = []
     for s in cfg.spaces:

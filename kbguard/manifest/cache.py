@@ -106,9 +106,10 @@ class EmbeddingCache:
     def other_spaces(self, content_hash: str, space_id: str) -> list[tuple[str, bytes]]:
         """(space_id, vector bytes) of the text ``content_hash`` in every space but
         ``space_id``."""
-        return self._db.execute(
+        rows: list[tuple[str, bytes]] = self._db.execute(
             "SELECT space_id, vector FROM embeddings WHERE content_hash = ? AND space_id <> ?",
             [content_hash, space_id]).fetchall()
+        return rows
 
     def chunks_with_vectors(self, space_ids: Sequence[str], *, passes: int, part: int,
                             batch_size: int) -> Iterator[pa.RecordBatch]:

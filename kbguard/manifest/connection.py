@@ -13,20 +13,26 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from kbguard.core.disk import disk_full, file_in_message, is_disk_full, is_read_only_error, not_writable
+from kbguard.core.disk import (
+    disk_full,
+    file_in_message,
+    is_disk_full,
+    is_read_only_error,
+    not_writable,
+)
 from kbguard.core.lock import lock_holder, locked_error
 from kbguard.errors import KbguardError, LockedError, ManifestError, ManifestReadOnly
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 WRITER_WAITS_S = 10.0   # how long a writer waits for readers that hold the file to let it go

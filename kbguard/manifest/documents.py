@@ -159,6 +159,7 @@ class Chunks:
     def of_points(self, ids: Sequence[str]) -> list[tuple[str, str, str, int, str, str]]:
         """(point_id, path, content_hash, occurrence, section, text) of the chunks behind
         ``ids``."""
-        return self._db.execute(
+        rows: list[tuple[str, str, str, int, str, str]] = self._db.execute(
             "SELECT point_id, path, content_hash, occurrence, section, text FROM chunks "
             "WHERE point_id IN (SELECT unnest(?::VARCHAR[]))", [list(ids)]).fetchall()
+        return rows

@@ -39,13 +39,16 @@ class FutureChunks:
         embedding cache lacks in ``space_id`` (``cache``: a snapshot's embeddings.parquet
         instead of this manifest's cache)."""
         if space_id is None:
-            return self._db.execute("SELECT content_hash, min(text) FROM future_chunks "
-                                    "GROUP BY content_hash ORDER BY content_hash").fetchall()
+            rows: list[tuple[str, str]] = self._db.execute(
+                "SELECT content_hash, min(text) FROM future_chunks "
+                "GROUP BY content_hash ORDER BY content_hash").fetchall()
+            return rows
         source = f"read_parquet({sql_literal(str(cache))})" if cache else "embeddings"
-        return self._db.execute(
+        lacking: list[tuple[str, str]] = self._db.execute(
             "SELECT content_hash, min(text) FROM future_chunks WHERE content_hash NOT IN "
             f"(SELECT content_hash FROM {source} WHERE space_id = ?) "
             "GROUP BY content_hash ORDER BY content_hash", [space_id]).fetchall()
+        return lacking
 
     def point_count(self) -> int:
         """Future points: what a store written from scratch holds."""

@@ -165,7 +165,7 @@ def applied_version(db: Connection) -> int:
     ).fetchone()[0]
     if not exists:
         return 0
-    return db.execute("SELECT coalesce(max(version), 0) FROM migrations").fetchone()[0]
+    return int(db.execute("SELECT coalesce(max(version), 0) FROM migrations").fetchone()[0])
 
 
 def check_version(db: Connection, path: Path) -> None:

@@ -22,11 +22,11 @@ class Runs:
 
     def start(self, kind: str) -> int:
         with self._db.transaction():
-            return self._db.execute(
+            return int(self._db.execute(
                 "INSERT INTO runs (kind, started_at, status) VALUES (?, ?, 'running') "
                 "RETURNING run_id",
                 [kind, now()],
-            ).fetchone()[0]
+            ).fetchone()[0])
 
     def finish(self, run_id: int, status: str, summary: dict[str, Any],
                corpus_rev: str | None = None) -> None:
@@ -42,11 +42,11 @@ class Runs:
                         summary: dict[str, Any]) -> int:
         """Add a run that is over as it is recorded (a check, which writes only at its end);
         returns its id. No transaction."""
-        return self._db.execute(
+        return int(self._db.execute(
             "INSERT INTO runs (kind, started_at, finished_at, status, summary) "
             "VALUES (?, ?, ?, ?, ?) RETURNING run_id",
             [kind, started_at, now(), status, json.dumps(scrub_data(summary))]
-        ).fetchone()[0]
+        ).fetchone()[0])
 
     def last(self, kind: str | None = None, status: str | None = None) -> dict[str, Any] | None:
         """The newest run, optionally of a kind (a LIKE pattern) and status."""

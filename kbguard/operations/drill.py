@@ -52,26 +52,32 @@ import tomllib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kbguard.config import Config, load_config
+from kbguard.config.provider_settings import OpenAIProviderSettings
 from kbguard.core.disk import disk_full, is_disk_full
-from kbguard.operations.drill_scratch import (refuse_inside_kb, remove_stale, require_room, room_needed,
-                                   temporary_parent, temporary_root)
-from kbguard.operations.drill_spend import DrillSpend, plan_spend
 from kbguard.core.durable import copy_sparse, copy_tree_sparse
-from kbguard.ingest.dvc_corpus import corpus_revision, find_dvc_root, tracking_file
-from kbguard.errors import ConfigError, DiskFullError, KbguardError, LockedError, OverBudget
 from kbguard.core.faults import ENV as CRASH_ENV
 from kbguard.core.lock import kb_lock
-from kbguard.manifest import Manifest
 from kbguard.core.progress import SILENT, Progress
-from kbguard.config.provider_settings import OpenAIProviderSettings
+from kbguard.errors import ConfigError, DiskFullError, KbguardError, LockedError, OverBudget
+from kbguard.ingest.dvc_corpus import corpus_revision, find_dvc_root, tracking_file
 from kbguard.ingest.scan import matches
-from kbguard.recovery.snapshot import list_snapshots
 from kbguard.integrity.verify import Verdict
+from kbguard.manifest import Manifest
+from kbguard.operations.drill_scratch import (
+    refuse_inside_kb,
+    remove_stale,
+    require_room,
+    room_needed,
+    temporary_parent,
+    temporary_root,
+)
+from kbguard.operations.drill_spend import DrillSpend, plan_spend
+from kbguard.recovery.snapshot import list_snapshots
 
 SCENARIOS = ("killed-rebuild", "provider-outage", "store-corruption", "store-lost",
              "manifest-lost", "everything-lost")
@@ -336,7 +342,7 @@ class _Carried:
 
 def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress,
                blocker: str | None, carried: _Carried) -> DrillResult:
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     commit, dvc_hash = corpus_revision(cfg.corpus)
     objective = cfg.rto_full_rebuild_s if scenario == "everything-lost" else \
         cfg.rto_single_failure_s
@@ -346,7 +352,7 @@ def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress,
                          git_commit=commit, dvc_hash=dvc_hash, steps=run.steps)
     if blocker:
         result.status, result.message = "not-possible", blocker
-        result.finished_at = datetime.now(timezone.utc)
+        result.finished_at = datetime.now(UTC)
         return result
     require_room(folder, _room_needed(cfg, scenario), [scenario])
     folder.mkdir(parents=True)
@@ -391,7 +397,7 @@ def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress,
         except KbguardError:
             pass  # a scratch manifest a failed drill left unreadable: its cost is unknown
         carried.take(usage_cfg.manifest, started, scenario, run.added)
-    result.finished_at = datetime.now(timezone.utc)
+    result.finished_at = datetime.now(UTC)
     return result
 
 

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kbguard.config import Config, SpaceConfig
-from kbguard.operations.estimate import Scenario, estimate
 from kbguard.core.progress import SILENT, Progress
+from kbguard.operations.estimate import Scenario, estimate
 from kbguard.providers import chain_for
 
 # the `kbguard verify` runs of each drill, each embedding every canary query once (a repair

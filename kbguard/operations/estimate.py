@@ -36,19 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from kbguard.config import Config, SpaceConfig
+from kbguard.core.lock import check_unlocked
+from kbguard.core.progress import SILENT, Progress
 from kbguard.errors import KbguardError
 from kbguard.ingest.plan import point_payload
-from kbguard.store import store_for, vector_specs
-from kbguard.core.lock import check_unlocked
-from kbguard.kb.lost_manifest import lost_manifest
-from kbguard.manifest import Manifest
-from kbguard.core.progress import SILENT, Progress
-from kbguard.providers import Provider, chain_for
 from kbguard.ingest.rebuild import parse_all, parse_jobs, plan_rebuild
 from kbguard.ingest.scan import require_corpus
+from kbguard.kb.lost_manifest import lost_manifest
+from kbguard.manifest import Manifest
+from kbguard.providers import Provider, chain_for
 from kbguard.recovery.snapshot import list_snapshots
 from kbguard.snapshot_format import POINTS_FILE, read_meta, table_file
-from kbguard.store import Point
+from kbguard.store import Point, store_for, vector_specs
 
 SCENARIOS = ("incremental", "store_lost", "full_reembed", "restore_latest", "primary_down")
 HISTORY_RUNS = 5            # the newest runs a stage's or a provider's rate is taken from

@@ -16,14 +16,14 @@ import html
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from kbguard.config import Config
 from kbguard.core.durable import atomic_write_text
-from kbguard.errors import ConfigError
 from kbguard.core.lock import check_unlocked
+from kbguard.errors import ConfigError
 from kbguard.kb.lost_manifest import missing_manifest
 from kbguard.manifest import Manifest
 
@@ -87,7 +87,7 @@ def report_data(cfg: Config) -> ReportData:
         drills, checks = m.drills.history(), m.checks.history()
         spend, sizes = m.ledger.monthly_spend(), m.runs.size_history()
     return ReportData(
-        kb=cfg.kb, generated_at=_iso(datetime.now(timezone.utc)), manifest=str(cfg.manifest),
+        kb=cfg.kb, generated_at=_iso(datetime.now(UTC)), manifest=str(cfg.manifest),
         objectives={"single_failure_s": cfg.rto_single_failure_s,
                     "full_rebuild_s": cfg.rto_full_rebuild_s},
         drills=[{"drill_id": d["drill_id"], "scenario": d["scenario"],
@@ -199,9 +199,10 @@ caption { text-align: left; font-weight: 600; padding-bottom: 0.3em; }
 def _figure_html(fig: Any, name: str) -> str:
     fig.update_layout(height=380, margin={"l": 60, "r": 60, "t": 30, "b": 50},
                       legend={"orientation": "h", "y": -0.2}, template="plotly_white")
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart-{name}",
-                       default_height="380px",
-                       config={"displaylogo": False, "responsive": True})
+    html: str = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart-{name}",
+                            default_height="380px",
+                            config={"displaylogo": False, "responsive": True})
+    return html
 
 
 def _figure() -> Any:
@@ -447,6 +448,6 @@ def _iso(value: Any) -> str:
     """A time as UTC without its zone: Plotly's date axes take no zone offset."""
     if isinstance(value, datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc)
-        return value.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds")
+            value = value.astimezone(UTC)
+        return str(value.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds"))
     return str(value)

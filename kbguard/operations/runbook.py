@@ -12,17 +12,17 @@ from __future__ import annotations
 import shlex
 import subprocess
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from kbguard.config import Config
-from kbguard.ingest.dvc_corpus import find_dvc_root
-from kbguard.operations.estimate import EstimateReport, Scenario, estimate
-from kbguard.manifest import Manifest
 from kbguard.core.progress import human_duration
-from kbguard.operations.status import INTERRUPTED
+from kbguard.ingest.dvc_corpus import find_dvc_root
 from kbguard.integrity.verify import STORE_CLASSES
+from kbguard.manifest import Manifest
+from kbguard.operations.estimate import EstimateReport, Scenario, estimate
+from kbguard.operations.status import INTERRUPTED
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def render_runbook(cfg: Config, *, estimates: EstimateReport | None = None,
     """The runbook as Markdown. ``estimates``: reuse an estimate (else one is made now).
     ``config_path``: the config as its commands name it, as the user gave it (default: its
     absolute path); a relative one holds from the current folder, which the runbook names."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     drills = _latest_drills(cfg)
     if estimates is None:
         estimates = estimate(cfg)
@@ -222,7 +222,7 @@ def _when(d: dict[str, Any] | None) -> str:
     if d is None:
         return "not yet drilled"
     at = d["started_at"]
-    return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if isinstance(
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if isinstance(
         at, datetime) else str(at)
 
 

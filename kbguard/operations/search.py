@@ -22,17 +22,23 @@ from typing import Any
 import numpy as np
 
 from kbguard.config import Config, SpaceConfig
-from kbguard.providers import chain_for
-from kbguard.errors import (ConfigError, CorpusError, EmbedError, KbguardError, LockedError,
-                            StoreError, StoreUnavailable)
 from kbguard.core.lock import locked_error
-from kbguard.manifest import Manifest
+from kbguard.errors import (
+    ConfigError,
+    CorpusError,
+    EmbedError,
+    KbguardError,
+    LockedError,
+    StoreError,
+    StoreUnavailable,
+)
 from kbguard.ingest.plan import empty_corpus_message
-from kbguard.store import store_for
+from kbguard.ingest.scan import walk_corpus
 from kbguard.kb.lost_manifest import missing_manifest
 from kbguard.kb.read_socket import ask_writer, vector_text
-from kbguard.ingest.scan import walk_corpus
-from kbguard.store import Hit
+from kbguard.manifest import Manifest
+from kbguard.providers import chain_for
+from kbguard.store import Hit, store_for
 
 SNIPPET_CHARS = 240
 
@@ -45,7 +51,7 @@ class SearchHit:
     snippet: str
     point_id: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -176,13 +182,14 @@ def _embed_query(space: SpaceConfig, query: str, timeout_s: float | None) -> np.
     than ``timeout_s`` (None: as long as they take): an answer from another space now beats
     this one later."""
     if timeout_s is None:
-        return chain_for(space).embed_batch([query])[0]
+        vector: np.ndarray = chain_for(space).embed_batch([query])[0]
+        return vector
     box: dict[str, Any] = {}
 
     def work() -> None:
         try:
             box["vector"] = chain_for(space).embed_batch([query])[0]
-        except BaseException as exc:  # handed to the caller's thread below
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
             box["error"] = exc
 
     # a daemon thread: a provider that hangs must not keep the process alive after the answer
@@ -194,7 +201,8 @@ def _embed_query(space: SpaceConfig, query: str, timeout_s: float | None) -> np.
                          f"search.query_timeout_s = {timeout_s:g} s")
     if "error" in box:
         raise box["error"]
-    return box["vector"]
+    embedded: np.ndarray = box["vector"]
+    return embedded
 
 
 def _hit(h: Any) -> SearchHit:

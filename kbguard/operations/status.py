@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from kbguard.config import Config
-from kbguard.errors import KbguardError
 from kbguard.core.lock import lock_holder
-from kbguard.manifest import Manifest
-from kbguard.kb.read_socket import ask_writer
+from kbguard.errors import KbguardError
+from kbguard.ingest.dvc_corpus import dvc_view
 from kbguard.ingest.plan import empty_corpus_message, plan_documents
-from kbguard.kb.lost_manifest import missing_manifest
 from kbguard.ingest.scan import scan_corpus
+from kbguard.kb.lost_manifest import missing_manifest
+from kbguard.kb.read_socket import ask_writer
+from kbguard.kb.status_report import StatusReport, status_from_manifest, store_summary
+from kbguard.manifest import Manifest
 from kbguard.recovery.restore import pending_restore
 from kbguard.recovery.snapshot import list_snapshots
-from kbguard.kb.status_report import StatusReport, status_from_manifest, store_summary
-from kbguard.ingest.dvc_corpus import dvc_view
 
 __all__ = ["StatusReport", "kb_status"]
 

@@ -58,7 +58,8 @@ class Embedder(ABC):
 def normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True).astype(np.float32)
     norms[norms == 0] = 1.0
-    return (vectors / norms).astype(np.float32)
+    unit: np.ndarray = (vectors / norms).astype(np.float32)
+    return unit
 
 
 @dataclass(frozen=True)

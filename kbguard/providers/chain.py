@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from kbguard.config import SpaceConfig
 from kbguard.errors import (
     EmbedError,
     ProvidersDisagree,
     ProviderUnavailable,
     TextTooLong,
 )
-from kbguard.config import SpaceConfig
 from kbguard.providers.base import Embedded, Failover, Provider, Usage, normalize
 from kbguard.providers.breaker import CircuitBreaker
 

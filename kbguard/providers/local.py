@@ -75,7 +75,7 @@ class SentenceTransformerEmbedder(Embedder):
             self.max_input_tokens = 254
 
     @property
-    def model(self):
+    def model(self) -> Any:
         if self._model is None:
             # read when huggingface_hub is first imported: never reach for a hub
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -84,8 +84,9 @@ class SentenceTransformerEmbedder(Embedder):
                 from sentence_transformers import SentenceTransformer
                 from transformers.utils import logging as hf_logging
 
-                hf_logging.disable_progress_bar()  # stderr belongs to kbguard's own progress
-                hf_logging.set_verbosity_error()
+                # stderr belongs to kbguard's own progress
+                hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+                hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
                 self._model = SentenceTransformer(str(self.path), device="cpu")
             except Exception as exc:  # any load failure means the provider is unusable
                 raise ProviderUnavailable(
@@ -114,9 +115,10 @@ class SentenceTransformerEmbedder(Embedder):
         return [len(e.ids) for e in encoded]
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self.model.encode(list(texts), batch_size=self.space.batch_size,
-                                 convert_to_numpy=True, normalize_embeddings=False,
-                                 show_progress_bar=False)
+        vectors: np.ndarray = self.model.encode(
+            list(texts), batch_size=self.space.batch_size, convert_to_numpy=True,
+            normalize_embeddings=False, show_progress_bar=False)
+        return vectors
 
 
 def _bundled_model_path(model: str) -> str:

@@ -126,7 +126,7 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 
 def backoff(attempt: int) -> float:
     """The wait after failed attempt ``attempt`` (1, 2, ...) when the server named none."""
-    return min(0.5 * 2 ** (attempt - 1), 8.0) * (1 - 0.25 * random.random())
+    return float(min(0.5 * 2 ** (attempt - 1), 8.0) * (1 - 0.25 * random.random()))
 
 
 # -- reading ------------------------------------------------------------------------------

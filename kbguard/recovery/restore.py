@@ -32,9 +32,9 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -43,14 +43,25 @@ import pyarrow.parquet as pq
 
 from kbguard.config import Config
 from kbguard.core.disk import disk_full, existing_ancestor, free_bytes, is_disk_full
-from kbguard.errors import (DiskFullError, EmbedError, KbguardError, ManifestError,
-                            ProviderUnavailable, SnapshotDamaged, SnapshotError,
-                            SnapshotWrongModel, StoreDamaged, StoreError)
-from kbguard.core.faults import crash_point
 from kbguard.core.durable import atomic_write_text, fsync_path
+from kbguard.core.faults import crash_point
 from kbguard.core.lock import kb_lock
-from kbguard.manifest import Manifest, now
 from kbguard.core.progress import SILENT, Progress
+from kbguard.errors import (
+    DiskFullError,
+    EmbedError,
+    KbguardError,
+    ManifestError,
+    ProviderUnavailable,
+    SnapshotDamaged,
+    SnapshotError,
+    SnapshotWrongModel,
+    StoreDamaged,
+    StoreError,
+)
+from kbguard.ingest.rebuild import rebuild
+from kbguard.integrity.verify import DRIFT_MIN_COSINE, ReembedPoint, reembed_cosines
+from kbguard.manifest import Manifest, now
 from kbguard.providers import Usage, spent, spent_since
 from kbguard.recovery.snapshot import list_snapshots, pull_snapshot, snapshot_folder
 from kbguard.snapshot_format import (
@@ -65,10 +76,7 @@ from kbguard.snapshot_format import (
     verify_folder,
     write_points,
 )
-from kbguard.store import NativeFiles, Store, VectorSpec
-from kbguard.store import store_for
-from kbguard.ingest.rebuild import rebuild
-from kbguard.integrity.verify import DRIFT_MIN_COSINE, ReembedPoint, reembed_cosines
+from kbguard.store import NativeFiles, Store, VectorSpec, store_for
 
 BUILDING, SWITCHING = "building", "switching"
 
@@ -112,7 +120,8 @@ def pending_restore(cfg: Config) -> dict[str, Any] | None:
         journal = json.loads(path.read_text())
         if journal["phase"] not in (BUILDING, SWITCHING) or not journal["tag"].isalnum():
             raise ValueError(journal["phase"])
-        return journal
+        found: dict[str, Any] = journal
+        return found
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SnapshotError(
             f"The restore journal {path} is unreadable ({exc}). It is written atomically, so "
@@ -143,20 +152,19 @@ def restore(cfg: Config, snapshot_id: str | None = None, *, latest: bool = False
     started = time.perf_counter()
     notes: list[str] = []
     stages: dict[str, float] = {}
-    with kb_lock(cfg.manifest, "restore"):
-        with store_for(cfg) as live:
-            finished = _finish_interrupted(cfg, live, notes)
-            t = time.perf_counter()
-            sid, folder, body = _choose(cfg, snapshot_id, dvc_remote, notes, progress)
-            stages["check snapshot"] = time.perf_counter() - t
-            _check_fits(cfg, sid, body)
-            if finished == sid:
-                points = int(body["counts"]["points"])  # that restore is this one: it is done
-                method = "finished"
-            else:
-                _check_room(cfg, live, sid, folder, body)
-                points, method = _restore_into(cfg, live, sid, folder, body, batch_size,
-                                               stages, notes, progress)
+    with kb_lock(cfg.manifest, "restore"), store_for(cfg) as live:
+        finished = _finish_interrupted(cfg, live, notes)
+        t = time.perf_counter()
+        sid, folder, body = _choose(cfg, snapshot_id, dvc_remote, notes, progress)
+        stages["check snapshot"] = time.perf_counter() - t
+        _check_fits(cfg, sid, body)
+        if finished == sid:
+            points = int(body["counts"]["points"])  # that restore is this one: it is done
+            method = "finished"
+        else:
+            _check_room(cfg, live, sid, folder, body)
+            points, method = _restore_into(cfg, live, sid, folder, body, batch_size,
+                                           stages, notes, progress)
     seconds = time.perf_counter() - started
     report = RestoreReport(
         kb=cfg.kb, snapshot=sid, backend=cfg.store_backend, points=points,
@@ -484,49 +492,48 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
     notes: list[str] = []
     stages: dict[str, float] = {}
     sid = f"qdrant:{snapshot_file.name}"
-    with kb_lock(cfg.manifest, "restore"):
-        with store_for(cfg) as live:
-            _finish_interrupted(cfg, live, notes)
-            _clear_leftovers(live, notes)
-            tag = secrets.token_hex(4)
-            staged = _staged_manifest(cfg, tag)
-            stage = live.staging(tag)
-            folder = _import_folder(cfg, tag)
-            _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": BUILDING,
-                                 "started_at": now().isoformat(timespec="seconds")})
-            try:
-                t = time.perf_counter()
-                folder.mkdir()
-                left_out = stage.unpack_shard_snapshot(snapshot_file, folder / "shard.tar")
-                if left_out:
-                    notes.append(
-                        f"{len(left_out):,} member(s) of {snapshot_file.name} outside a shard's "
-                        f"layout were left out ({', '.join(map(repr, left_out[:3]))}"
-                        f"{', ...' if len(left_out) > 3 else ''}): only segments/, wal/ and "
-                        "the shard's clock, state and config files are unpacked")
-                stages["unpack"] = time.perf_counter() - t
-                t = time.perf_counter()
-                paid = spent(cfg.spaces)   # the model check's embedding is billed
-                body = _tables_from_points(cfg, stage, folder, snapshot_file.name, batch_size,
-                                           progress)
-                check_cost = spent_since(paid)
-                stages["tables from the points"] = time.perf_counter() - t
-                t = time.perf_counter()
+    with kb_lock(cfg.manifest, "restore"), store_for(cfg) as live:
+        _finish_interrupted(cfg, live, notes)
+        _clear_leftovers(live, notes)
+        tag = secrets.token_hex(4)
+        staged = _staged_manifest(cfg, tag)
+        stage = live.staging(tag)
+        folder = _import_folder(cfg, tag)
+        _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": BUILDING,
+                             "started_at": now().isoformat(timespec="seconds")})
+        try:
+            t = time.perf_counter()
+            folder.mkdir()
+            left_out = stage.unpack_shard_snapshot(snapshot_file, folder / "shard.tar")
+            if left_out:
+                notes.append(
+                    f"{len(left_out):,} member(s) of {snapshot_file.name} outside a shard's "
+                    f"layout were left out ({', '.join(map(repr, left_out[:3]))}"
+                    f"{', ...' if len(left_out) > 3 else ''}): only segments/, wal/ and "
+                    "the shard's clock, state and config files are unpacked")
+            stages["unpack"] = time.perf_counter() - t
+            t = time.perf_counter()
+            paid = spent(cfg.spaces)   # the model check's embedding is billed
+            body = _tables_from_points(cfg, stage, folder, snapshot_file.name, batch_size,
+                                       progress)
+            check_cost = spent_since(paid)
+            stages["tables from the points"] = time.perf_counter() - t
+            t = time.perf_counter()
 
-                def fill() -> int:
-                    _verify_copy(stage, folder, body, batch_size, progress)
-                    return int(body["counts"]["points"])
+            def fill() -> int:
+                _verify_copy(stage, folder, body, batch_size, progress)
+                return int(body["counts"]["points"])
 
-                points = _build(cfg, stage, staged, sid, folder, body, batch_size, progress,
-                                fill=fill, keep=True, usage=check_cost)
-                stages["manifest and read-back"] = time.perf_counter() - t
-                stage.close()
-            except BaseException:
-                _discard_staging(cfg, stage, staged)
-                raise
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-            _commit_and_switch(cfg, live, sid, tag, stages)
+            points = _build(cfg, stage, staged, sid, folder, body, batch_size, progress,
+                            fill=fill, keep=True, usage=check_cost)
+            stages["manifest and read-back"] = time.perf_counter() - t
+            stage.close()
+        except BaseException:
+            _discard_staging(cfg, stage, staged)
+            raise
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        _commit_and_switch(cfg, live, sid, tag, stages)
     notes.append("documents were rebuilt from the points' payloads; the catch-up rebuild "
                  "reads the corpus again to fill in their files' details")
     seconds = time.perf_counter() - started
@@ -745,7 +752,7 @@ def _build(cfg: Config, stage: Store, staged: Path, sid: str, folder: Path,
         manifest.runs.finish(run_id, "ok", {"snapshot": sid, "points": n, **got},
                              body.get("corpus", {}).get("fingerprint"))
         manifest.checkpoint()  # everything in the file itself, nothing in a WAL
-    return n
+    return int(n)
 
 
 class _TableLoader(threading.Thread):
@@ -762,7 +769,7 @@ class _TableLoader(threading.Thread):
         try:
             self.manifest.tables.import_files({t: self.folder / table_file(t) for t in TABLES})
             self.manifest.points.record_restored(self.folder / POINTS_FILE, self.columns)
-        except Exception as exc:  # handed to the restoring thread, which raises it
+        except Exception as exc:  # noqa: BLE001 - handed to the restoring thread, which raises it
             self.error = exc
 
 
@@ -835,7 +842,7 @@ def _read_ahead(batches: Iterator[PointBatch]) -> Iterator[tuple[PointBatch, lis
                 if not put((batch, wanted)):
                     return
             put(None)
-        except BaseException as exc:  # handed to the reading thread, which raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, which raises it
             put(exc)
 
     reader = threading.Thread(target=produce, name="kbguard-restore-read", daemon=True)

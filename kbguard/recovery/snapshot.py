@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,12 @@ import pyarrow as pa
 
 from kbguard.config import Config
 from kbguard.core.disk import allocated, disk_full, is_disk_full, require_free
-from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.core.faults import crash_point
 from kbguard.core.lock import kb_lock
-from kbguard.manifest import Manifest, vector_checksum
 from kbguard.core.progress import SILENT, Progress
+from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.ingest.dvc_corpus import find_dvc_root
+from kbguard.manifest import Manifest, vector_checksum
 from kbguard.snapshot_format import (
     BATCH,
     META_FILE,
@@ -229,7 +229,7 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
             body: dict[str, Any] = {
                 "id": sid,
                 "kb": cfg.kb,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "corpus": _corpus_revision(run),
                 "config": {
                     "backend": cfg.store_backend,
@@ -286,7 +286,7 @@ class _ShardCopier(threading.Thread):
         except ShardUnfit as exc:
             shutil.rmtree(self.dst, ignore_errors=True)
             self.unfit = str(exc)
-        except BaseException as exc:  # handed to the snapshotting thread, which raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the snapshotting thread, which raises it
             self.error = exc
         self.seconds = time.perf_counter() - t
 
@@ -303,7 +303,7 @@ class _TableExporter(threading.Thread):
         try:
             for table in TABLES:
                 self.manifest.tables.export(table, self.folder / table_file(table))
-        except Exception as exc:  # handed to the snapshotting thread, which raises it
+        except Exception as exc:  # noqa: BLE001 - handed to the snapshotting thread, which raises it
             self.error = exc
 
 

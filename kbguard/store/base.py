@@ -57,7 +57,8 @@ class PointArrays:
     def vector(self, name: str, row: int) -> np.ndarray | None:
         """The stored vector ``name`` of row ``row`` as it is stored; None if it has none."""
         if self.present[name][row]:
-            return self.vectors[name][row]
+            stored: np.ndarray = self.vectors[name][row]
+            return stored
         return self.odd[name].get(row)
 
 

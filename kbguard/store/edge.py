@@ -7,6 +7,7 @@ time: the WAL folder is locked, even against a second open in the same process.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib.metadata
 import json
@@ -24,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from kbguard.core.disk import disk_full, free_bytes, is_disk_full
-from kbguard.errors import SnapshotError, StoreDamaged, StoreError, StoreUnavailable
 from kbguard.core.durable import fsync_path
+from kbguard.errors import SnapshotError, StoreDamaged, StoreError, StoreUnavailable
 from kbguard.store._common import (
     canonical_id,
     canonical_ids,
@@ -38,8 +39,15 @@ from kbguard.store._common import (
     vector_in,
     vector_out,
 )
-from kbguard.store.base import (CollectionInfo, Hit, NativeFiles, Point, PointArrays, Store,
-                                VectorSpec)
+from kbguard.store.base import (
+    CollectionInfo,
+    Hit,
+    NativeFiles,
+    Point,
+    PointArrays,
+    Store,
+    VectorSpec,
+)
 
 _CONFIG_FILE = "edge_config.json"
 ENGINE = "qdrant-edge-py"      # the package whose version decides whether a shard's files load
@@ -132,7 +140,7 @@ class EdgeStore(Store):
         self._require_room()
         try:
             return EdgeShard.load(str(self.path))
-        except BaseException as exc:  # noqa: BLE001 - the bindings raise bare Exception/panics
+        except BaseException as exc:
             _reraise_interrupts(exc)
             if "WouldBlock" in str(exc):
                 raise self._locked_error() from exc
@@ -157,7 +165,7 @@ class EdgeStore(Store):
             yield
         except StoreError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - see module docstring
+        except BaseException as exc:
             _reraise_interrupts(exc)
             raise StoreError(
                 f"The Edge store at {self.path} failed while {doing}: {engine_message(exc)}. "
@@ -208,7 +216,7 @@ class EdgeStore(Store):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._shard = EdgeShard.create(str(self.path), EdgeConfig(vectors=params))
-        except BaseException as exc:  # noqa: BLE001 - see module docstring
+        except BaseException as exc:
             _reraise_interrupts(exc)
             if "WouldBlock" in str(exc):
                 raise self._locked_error() from exc
@@ -240,10 +248,8 @@ class EdgeStore(Store):
             with self._wal_lock():
                 self._delete_folder()
             return
-        try:
+        with contextlib.suppress(Exception):   # the folder is deleted next either way
             shard.close()
-        except Exception:  # noqa: BLE001 - the folder is deleted next either way
-            pass
         self._delete_folder()
 
     def _delete_folder(self) -> None:
@@ -408,11 +414,10 @@ class EdgeStore(Store):
         shard, self._shard = self._shard, None
         if shard is None:
             return
-        try:
-            # Flushed segments let a copy of the closed folder load without replaying the WAL.
+        # Flushed segments let a copy of the closed folder load without replaying the WAL; if
+        # the flush fails, the WAL still holds the writes, and closing matters more.
+        with contextlib.suppress(Exception):
             shard.flush()
-        except Exception:  # noqa: BLE001 - the WAL still holds the writes; closing matters more
-            pass
         with self._translate("closing"):
             shard.close()
 
@@ -456,7 +461,7 @@ class EdgeStore(Store):
                                 resume="run the restore again; the KB was not touched") from exc
             raise SnapshotError(f"{archive} cannot be read ({exc}). The KB was not "
                                 "touched.") from exc
-        except Exception as exc:  # noqa: BLE001 - tarfile's and the bindings' errors alike
+        except Exception as exc:
             raise SnapshotError(
                 f"{archive} is not a Qdrant shard snapshot the engine can unpack ({exc}). "
                 "Take the snapshot of one shard (GET /collections/NAME/shards/0/snapshot), not "
@@ -617,10 +622,8 @@ def _arrays_from_records(records: Sequence[Any], dims: Mapping[str, int]) -> Poi
             values = named.get(name)
             blob: bytes | None = None
             if values is not None and len(values) == dims[name]:
-                try:
-                    blob = packer.pack(*values)
-                except (struct.error, OverflowError, TypeError):
-                    pass  # numpy's conversion below decides
+                with contextlib.suppress(struct.error, OverflowError, TypeError):
+                    blob = packer.pack(*values)   # else numpy's conversion below decides
             if blob is None and values is not None:
                 vec = vector_out(values)
                 if vec.shape == (dims[name],):

@@ -21,9 +21,8 @@ import numpy as np
 
 from kbguard.core.disk import disk_full, is_disk_full
 from kbguard.core.durable import atomic_write_text, fsync_path
-from kbguard.errors import (ConfigError, KbguardError, StoreDamaged, StoreError,
-                            StoreUnavailable)
 from kbguard.core.redact import redact_url, scrub, url_secrets
+from kbguard.errors import ConfigError, KbguardError, StoreDamaged, StoreError, StoreUnavailable
 from kbguard.store._common import (
     canonical_id,
     check_specs,
@@ -113,7 +112,7 @@ class QdrantStore(Store):
             if "already accessed" in str(exc):
                 raise self._busy() from exc
             raise self._damaged(exc) from exc
-        except Exception as exc:  # noqa: BLE001 - unpickling a damaged folder can raise anything
+        except Exception as exc:
             raise self._damaged(exc) from exc
         return self._client
 
@@ -154,7 +153,7 @@ class QdrantStore(Store):
             yield
         except StoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - sorted below; nothing raw leaves the adapter
+        except Exception as exc:
             err = self._error(exc, doing)
             # a client library's message may quote the URL, credentials included
             raise type(err)(scrub(str(err), self._secrets())) from exc
@@ -556,7 +555,7 @@ def _grpc_code(exc: BaseException) -> str | None:
         return None
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         try:
-            return exc.code().name
+            return str(exc.code().name)
         except Exception:  # noqa: BLE001 - a half-built RpcError has no code
             return None
     return None
