@@ -39,9 +39,8 @@ from kbguard.config import Config, SpaceConfig
 from kbguard.core.disk import not_writable
 from kbguard.errors import (DiskFullError, KbguardError, ManifestError, ManifestReadOnly,
                             StoreError)
-from kbguard.core.lock import kb_lock
 from kbguard.manifest import Manifest, now, vector_checksum
-from kbguard.kb.lost_manifest import missing_manifest
+from kbguard.kb.preflight import Lock, Needs, preflight, unbuilt
 from kbguard.core.redact import redact_url
 from kbguard.core.progress import SILENT, Progress
 from kbguard.store import PointArrays, Store
@@ -262,10 +261,8 @@ def verify_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
     """
     if sample < 0:
         raise KbguardError(f"--sample must be 0 or more, got {sample}.")
-    if not cfg.manifest.exists():  # before the lock: checking an unbuilt KB writes nothing
-        raise missing_manifest(cfg, never_built="There is nothing to check against; "
-                               "run `kbguard rebuild`.")
-    with kb_lock(cfg.manifest, "verify", reader=True):
+    nothing = unbuilt("There is nothing to check against; run `kbguard rebuild`.")
+    with preflight(cfg, Needs("verify", manifest=nothing, lock=Lock.READ)):
         report, _ = check_kb(cfg, CheckOptions(sample=sample, deep=deep), progress)
         if record:
             record_check(cfg, report, kind="verify")
@@ -308,9 +305,6 @@ def _empty_findings() -> dict[str, Finding]:
 def _run_checks(cfg: Config, opts: CheckOptions, progress: Progress) -> CheckResult:
     """The manifest's cache, the corpus, then the store: each check's result, in that order."""
     path = cfg.manifest
-    if not path.exists():
-        raise missing_manifest(cfg, never_built="There is nothing to check against; "
-                               "run `kbguard rebuild`.")
     try:
         manifest = Manifest.open(path, read_only=True)
     except ManifestError as exc:

@@ -39,13 +39,11 @@ from kbguard.config import Config, SpaceConfig
 from kbguard.errors import KbguardError
 from kbguard.ingest.plan import point_payload
 from kbguard.store import store_for, vector_specs
-from kbguard.core.lock import check_unlocked
-from kbguard.kb.lost_manifest import lost_manifest
+from kbguard.kb.preflight import Lost, Needs, preflight_checks
 from kbguard.manifest import Manifest
 from kbguard.core.progress import SILENT, Progress
 from kbguard.providers import Provider, chain_for
 from kbguard.ingest.rebuild import parse_all, parse_jobs, plan_rebuild
-from kbguard.ingest.scan import require_corpus
 from kbguard.recovery.snapshot import list_snapshots
 from kbguard.snapshot_format import POINTS_FILE, read_meta, table_file
 from kbguard.store import Point
@@ -91,14 +89,12 @@ def estimate(cfg: Config, *, calibrate: bool = False, progress: Progress = SILEN
              ) -> EstimateReport:
     """Estimate every scenario for the KB of ``cfg``; writes nothing, takes no lock."""
     started = time.perf_counter()
-    require_corpus(cfg.corpus)
-    check_unlocked(cfg.manifest)
-    lost = None
+    lost = preflight_checks(cfg, Needs("estimate", corpus=True, unlocked=True,
+                                       lost=Lost.REPORT)).lost
     with tempfile.TemporaryDirectory(prefix="kbguard-estimate-") as tmp:
         if cfg.manifest.exists():
             manifest = Manifest.open(cfg.manifest, read_only=True)
         else:  # never built, or lost: an empty manifest stands in, so a first build is costed
-            lost = lost_manifest(cfg)
             manifest = Manifest.open(Path(tmp) / "empty.duckdb", kb=cfg.kb)
         with manifest:
             report = _Estimate(cfg, manifest, progress).run(calibrate, Path(tmp))

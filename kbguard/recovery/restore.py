@@ -48,7 +48,7 @@ from kbguard.errors import (DiskFullError, EmbedError, KbguardError, ManifestErr
                             SnapshotWrongModel, StoreDamaged, StoreError)
 from kbguard.core.faults import crash_point
 from kbguard.core.durable import atomic_write_text, fsync_path
-from kbguard.core.lock import kb_lock
+from kbguard.kb.preflight import Lock, Needs, preflight
 from kbguard.manifest import Manifest, now
 from kbguard.core.progress import SILENT, Progress
 from kbguard.providers import Usage, spent, spent_since
@@ -71,6 +71,8 @@ from kbguard.ingest.rebuild import rebuild
 from kbguard.integrity.verify import DRIFT_MIN_COSINE, ReembedPoint, reembed_cosines
 
 BUILDING, SWITCHING = "building", "switching"
+# a restore is the one command that runs while a restore is half done: it finishes it
+RESTORE = Needs("restore", lock=Lock.WRITE, restoring=True, store=True)
 
 
 @dataclass
@@ -143,20 +145,20 @@ def restore(cfg: Config, snapshot_id: str | None = None, *, latest: bool = False
     started = time.perf_counter()
     notes: list[str] = []
     stages: dict[str, float] = {}
-    with kb_lock(cfg.manifest, "restore"):
-        with store_for(cfg) as live:
-            finished = _finish_interrupted(cfg, live, notes)
-            t = time.perf_counter()
-            sid, folder, body = _choose(cfg, snapshot_id, dvc_remote, notes, progress)
-            stages["check snapshot"] = time.perf_counter() - t
-            _check_fits(cfg, sid, body)
-            if finished == sid:
-                points = int(body["counts"]["points"])  # that restore is this one: it is done
-                method = "finished"
-            else:
-                _check_room(cfg, live, sid, folder, body)
-                points, method = _restore_into(cfg, live, sid, folder, body, batch_size,
-                                               stages, notes, progress)
+    with preflight(cfg, RESTORE) as kb:
+        live = kb.store
+        finished = _finish_interrupted(cfg, live, notes)
+        t = time.perf_counter()
+        sid, folder, body = _choose(cfg, snapshot_id, dvc_remote, notes, progress)
+        stages["check snapshot"] = time.perf_counter() - t
+        _check_fits(cfg, sid, body)
+        if finished == sid:
+            points = int(body["counts"]["points"])  # that restore is this one: it is done
+            method = "finished"
+        else:
+            _check_room(cfg, live, sid, folder, body)
+            points, method = _restore_into(cfg, live, sid, folder, body, batch_size,
+                                           stages, notes, progress)
     seconds = time.perf_counter() - started
     report = RestoreReport(
         kb=cfg.kb, snapshot=sid, backend=cfg.store_backend, points=points,
@@ -484,49 +486,49 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
     notes: list[str] = []
     stages: dict[str, float] = {}
     sid = f"qdrant:{snapshot_file.name}"
-    with kb_lock(cfg.manifest, "restore"):
-        with store_for(cfg) as live:
-            _finish_interrupted(cfg, live, notes)
-            _clear_leftovers(live, notes)
-            tag = secrets.token_hex(4)
-            staged = _staged_manifest(cfg, tag)
-            stage = live.staging(tag)
-            folder = _import_folder(cfg, tag)
-            _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": BUILDING,
-                                 "started_at": now().isoformat(timespec="seconds")})
-            try:
-                t = time.perf_counter()
-                folder.mkdir()
-                left_out = stage.unpack_shard_snapshot(snapshot_file, folder / "shard.tar")
-                if left_out:
-                    notes.append(
-                        f"{len(left_out):,} member(s) of {snapshot_file.name} outside a shard's "
-                        f"layout were left out ({', '.join(map(repr, left_out[:3]))}"
-                        f"{', ...' if len(left_out) > 3 else ''}): only segments/, wal/ and "
-                        "the shard's clock, state and config files are unpacked")
-                stages["unpack"] = time.perf_counter() - t
-                t = time.perf_counter()
-                paid = spent(cfg.spaces)   # the model check's embedding is billed
-                body = _tables_from_points(cfg, stage, folder, snapshot_file.name, batch_size,
-                                           progress)
-                check_cost = spent_since(paid)
-                stages["tables from the points"] = time.perf_counter() - t
-                t = time.perf_counter()
+    with preflight(cfg, RESTORE) as kb:
+        live = kb.store
+        _finish_interrupted(cfg, live, notes)
+        _clear_leftovers(live, notes)
+        tag = secrets.token_hex(4)
+        staged = _staged_manifest(cfg, tag)
+        stage = live.staging(tag)
+        folder = _import_folder(cfg, tag)
+        _write_journal(cfg, {"snapshot": sid, "tag": tag, "phase": BUILDING,
+                             "started_at": now().isoformat(timespec="seconds")})
+        try:
+            t = time.perf_counter()
+            folder.mkdir()
+            left_out = stage.unpack_shard_snapshot(snapshot_file, folder / "shard.tar")
+            if left_out:
+                notes.append(
+                    f"{len(left_out):,} member(s) of {snapshot_file.name} outside a shard's "
+                    f"layout were left out ({', '.join(map(repr, left_out[:3]))}"
+                    f"{', ...' if len(left_out) > 3 else ''}): only segments/, wal/ and "
+                    "the shard's clock, state and config files are unpacked")
+            stages["unpack"] = time.perf_counter() - t
+            t = time.perf_counter()
+            paid = spent(cfg.spaces)   # the model check's embedding is billed
+            body = _tables_from_points(cfg, stage, folder, snapshot_file.name, batch_size,
+                                       progress)
+            check_cost = spent_since(paid)
+            stages["tables from the points"] = time.perf_counter() - t
+            t = time.perf_counter()
 
-                def fill() -> int:
-                    _verify_copy(stage, folder, body, batch_size, progress)
-                    return int(body["counts"]["points"])
+            def fill() -> int:
+                _verify_copy(stage, folder, body, batch_size, progress)
+                return int(body["counts"]["points"])
 
-                points = _build(cfg, stage, staged, sid, folder, body, batch_size, progress,
-                                fill=fill, keep=True, usage=check_cost)
-                stages["manifest and read-back"] = time.perf_counter() - t
-                stage.close()
-            except BaseException:
-                _discard_staging(cfg, stage, staged)
-                raise
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-            _commit_and_switch(cfg, live, sid, tag, stages)
+            points = _build(cfg, stage, staged, sid, folder, body, batch_size, progress,
+                            fill=fill, keep=True, usage=check_cost)
+            stages["manifest and read-back"] = time.perf_counter() - t
+            stage.close()
+        except BaseException:
+            _discard_staging(cfg, stage, staged)
+            raise
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        _commit_and_switch(cfg, live, sid, tag, stages)
     notes.append("documents were rebuilt from the points' payloads; the catch-up rebuild "
                  "reads the corpus again to fill in their files' details")
     seconds = time.perf_counter() - started
