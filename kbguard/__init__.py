@@ -33,7 +33,8 @@ from kbguard.operations.search import SearchHit, SearchResult, search as search_
 from kbguard.recovery.snapshot import (CreateReport, PruneReport, SnapshotCheck, SnapshotEntry,
                               create_snapshot, list_snapshots, prune_snapshots, verify_snapshot)
 from kbguard.operations.status import StatusReport, kb_status
-from kbguard.integrity.verify import Verdict, VerifyReport, verify_kb
+from kbguard.core.outcome import Verdict
+from kbguard.integrity.verify import VerifyReport, verify_kb
 
 # No public name is also a module's name (kbguard.ingest.rebuild, kbguard.integrity.verify, ...): a function
 # bound over a submodule would break `import kbguard.integrity.verify as v` and monkeypatching.

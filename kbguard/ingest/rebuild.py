@@ -35,6 +35,7 @@ from kbguard.ingest.chunk import Chunk, chunk_elements
 from kbguard.config import Config, SpaceConfig
 from kbguard.errors import KbguardError, ParseError, ProviderUnavailable, StoreDamaged
 from kbguard.core.faults import crash_point
+from kbguard.core.outcome import Verdict
 from kbguard.ingest.fidelity import LowText, low_text, text_lost
 from kbguard.ingest.plan import DocPlan, empty_corpus_message, parse_settings, plan_documents, point_payload
 from kbguard.store import vector_specs
@@ -83,6 +84,10 @@ class RebuildReport:
         """False when a space could not embed everything (its providers were down): the points
         are written with the vectors they have, and the next rebuild pays the debt."""
         return not any(s["debt"] for s in self.spaces.values())
+
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.HEALTHY if self.complete else Verdict.INCOMPLETE
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "complete": self.complete}

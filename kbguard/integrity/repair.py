@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kbguard.config import Config
+from kbguard.core.outcome import Verdict
 from kbguard.kb.preflight import Lock, Needs, preflight, unbuilt
 from kbguard.errors import RestoreNeeded
 from kbguard.manifest import Manifest
@@ -37,7 +38,7 @@ class RepairReport:
     seconds: float = 0.0
 
     @property
-    def verdict(self) -> Any:
+    def verdict(self) -> Verdict:
         """The verdict of the check after the repair."""
         return self.after.verdict
 

@@ -30,13 +30,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import IntEnum
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from kbguard.config import Config, SpaceConfig
 from kbguard.core.disk import not_writable
+from kbguard.core.outcome import Verdict
 from kbguard.errors import (DiskFullError, KbguardError, ManifestError, ManifestReadOnly,
                             StoreError)
 from kbguard.manifest import Manifest, now, vector_checksum
@@ -106,15 +106,6 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return {"count": self.count, "checked": self.checked, "fix": FINDINGS[self.name],
                 "examples": self.examples}
-
-
-class Verdict(IntEnum):
-    """What a check concluded. The values are the documented exit codes and the value of the
-    ``kbguard_verify_exit_code`` metric, so scripts and dashboards read the same number."""
-
-    HEALTHY = 0
-    FINDINGS = 1
-    COULD_NOT_CHECK = 2
 
 
 @dataclass

@@ -71,7 +71,7 @@ from kbguard.core.progress import SILENT, Progress
 from kbguard.config.provider_settings import OpenAIProviderSettings
 from kbguard.ingest.scan import matches
 from kbguard.recovery.snapshot import list_snapshots
-from kbguard.integrity.verify import Verdict
+from kbguard.core.outcome import Verdict
 
 SCENARIOS = ("killed-rebuild", "provider-outage", "store-corruption", "store-lost",
              "manifest-lost", "everything-lost")

@@ -25,6 +25,7 @@ from kbguard.config import Config
 from kbguard.core.disk import allocated, disk_full, is_disk_full, require_free
 from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.core.faults import crash_point
+from kbguard.core.outcome import Verdict
 from kbguard.kb.preflight import Lock, Needs, preflight
 from kbguard.manifest import Manifest, vector_checksum
 from kbguard.core.progress import SILENT, Progress
@@ -82,6 +83,11 @@ class SnapshotCheck:
     counts: dict[str, Any] = field(default_factory=dict)
     created_at: str | None = None
     files: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> Verdict:
+        """A damaged snapshot is a finding of the check, not a failure to check."""
+        return Verdict.HEALTHY if self.ok else Verdict.FINDINGS
 
     def to_dict(self) -> dict[str, Any]:
         if not self.ok:
