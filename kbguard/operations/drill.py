@@ -367,7 +367,8 @@ def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress,
         # a failed recovery, and not recorded as one
         raise
     except (KbguardError, OSError) as exc:
-        if is_disk_full(exc):
+        # kbguard's own full disks are DiskFullError (above); an OSError says so by its errno
+        if isinstance(exc, OSError) and is_disk_full(exc):
             raise disk_full(folder, f"run the {scenario} drill in {folder}",
                             resume="run the drill again; the live KB is as it was and this "
                                    "drill was not recorded") from exc
