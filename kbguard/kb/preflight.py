@@ -4,7 +4,7 @@ A command says what it needs (``Needs``) and does its work inside ``preflight``,
 the checks that apply, in the order below, and hands the work what it asked for (``Ready``).
 The order is part of the interface: of two things wrong, the one checked first is what the
 user hears. Each check lives with what it checks (``core.lock``, ``kb.lost_manifest``,
-``ingest.scan``, ...); this module decides which run, and when.
+``kb.corpus``, ...); this module decides which run, and when.
 
     check                                          made for
     1. the corpus is a folder                      rebuild, estimate
@@ -43,7 +43,7 @@ from enum import Enum
 from kbguard.config import Config
 from kbguard.core.lock import check_unlocked, kb_lock, refuse_half_restored
 from kbguard.errors import KbguardError, ManifestLost
-from kbguard.ingest.scan import require_corpus
+from kbguard.kb.corpus import require_corpus
 from kbguard.kb.lost_manifest import lost_manifest, missing_manifest, refuse_lost_manifest
 from kbguard.manifest import require_writable
 from kbguard.providers import chain_for
