@@ -45,7 +45,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.synthetic import fill_synthetic, write_synthetic_config  # noqa: E402
-from tests.conftest import long_markdown, write_config  # noqa: E402
+from tests.kbtest import long_markdown, write_config  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -160,7 +160,7 @@ def store_lock_cost(work: Path, runs: int, points: int = 30_000, batch: int = 25
 def command_latency(work: Path, backend: str, runs: int) -> dict[str, dict[str, list[float]]]:
     """Seconds of `kbguard status` and `kbguard search` processes, idle and during a rebuild
     held at its first store write."""
-    from tests.conftest import edit_corpus, make_kb as make_test_kb
+    from tests.kbtest import edit_corpus, make_kb as make_test_kb
 
     root = work / f"latency-{backend}"
     kb = make_test_kb(root, backend=backend, docs=8)

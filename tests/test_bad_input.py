@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import KB, make_kb, manifest_chunk_ids, manifest_sql, store_contents
+from tests.kbtest import KB, make_kb, manifest_chunk_ids, manifest_sql, store_contents
 from typer.testing import CliRunner
 
 from kbguard.cli.main import app

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import store_contents
+from tests.kbtest import store_contents
 
 from kbguard.integrity.chaos import ACTIONS, inject
 from kbguard.errors import KbguardError

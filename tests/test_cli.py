@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 import typer
-from conftest import KB, make_kb
+from tests.kbtest import KB, make_kb
 from typer.testing import CliRunner
 
 from kbguard.cli.main import app

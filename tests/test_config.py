@@ -14,7 +14,7 @@ from kbguard.cli.main import app
 from kbguard.config import (PROVIDERS, ConfigFile, CorpusTable, RebuildTable, SpaceConfig,
                             load_config, render_config)
 from kbguard.errors import ConfigError
-from tests.conftest import KB, make_kb
+from tests.kbtest import KB, make_kb
 
 BASE = """\
 [kb]

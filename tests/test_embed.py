@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_kb
+from tests.kbtest import make_kb
 
 from kbguard.config import SpaceConfig, load_config
 from kbguard.providers.local import FakeEmbedder, SentenceTransformerEmbedder, local_embedder

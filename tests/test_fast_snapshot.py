@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KB, edit_corpus, manifest_sql, store_contents
+from tests.kbtest import KB, edit_corpus, manifest_sql, store_contents
 
 from kbguard.recovery.restore import pending_restore
 from kbguard.recovery.snapshot import snapshot_folder

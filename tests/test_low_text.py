@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_kb
+from tests.kbtest import make_kb
 
 from kbguard.ingest.chunk import chunk_elements
 from kbguard.config import SpaceConfig

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import make_kb, manifest_sql
+from tests.kbtest import make_kb, manifest_sql
 
 from kbguard.errors import ManifestError
 from kbguard.manifest import Manifest

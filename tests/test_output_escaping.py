@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import KB, make_kb
+from tests.kbtest import KB, make_kb
 
 from kbguard.cli.common import one_line
 

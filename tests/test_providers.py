@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import KB, make_kb, manifest_sql
-from openai_server import OpenAIServer
+from tests.kbtest import KB, make_kb, manifest_sql
+from tests.openai_server import OpenAIServer
 
 from kbguard.config import SpaceConfig
 from kbguard.providers.local import FakeEmbedder

@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import (KB, long_markdown, make_kb, manifest_chunk_ids, manifest_sql, store_contents,
-                      write_config)
+from tests.kbtest import (KB, long_markdown, make_kb, manifest_chunk_ids, manifest_sql,
+                          store_contents, write_config)
 
 
 def test_first_build_then_noop_embeds_and_writes_nothing(tmp_path: Path, backend: str) -> None:

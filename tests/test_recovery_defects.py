@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import KB, make_kb, manifest_chunk_ids, store_contents, write_config
+from tests.kbtest import KB, make_kb, manifest_chunk_ids, store_contents, write_config
 
 from kbguard.manifest import Manifest
 

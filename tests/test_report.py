@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from conftest import KB, manifest_sql
+from tests.kbtest import KB, manifest_sql
 
 from kbguard.manifest import Manifest, now
 from kbguard.operations.report import (EMPTY, NO_RECOVERY, ReportData, _findings_chart, _recovery_chart,

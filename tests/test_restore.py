@@ -9,8 +9,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import (KB, edit_corpus, long_markdown, manifest_chunk_ids, manifest_sql,
-                      store_contents, write_config)
+from tests.kbtest import (KB, edit_corpus, long_markdown, manifest_chunk_ids, manifest_sql,
+                          store_contents, write_config)
 
 from kbguard.errors import StoreError
 from kbguard.manifest import Manifest

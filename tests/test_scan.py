@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import DVC, git_dvc_repo
+from tests.kbtest import DVC, git_dvc_repo
 
 from kbguard.manifest import DocumentRow
 from kbguard.ingest.scan import file_md5, matches, scan_corpus

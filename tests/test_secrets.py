@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import duckdb
 import pytest
-from conftest import KB, make_kb
+from tests.kbtest import KB, make_kb
 
 from kbguard.config import load_config
 from kbguard.errors import ConfigError

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import DVC, KB, git_dvc_repo, make_kb, store_contents
+from tests.kbtest import DVC, KB, git_dvc_repo, make_kb, store_contents
 
 from kbguard.errors import SnapshotError
 from kbguard.errors import SnapshotDamaged

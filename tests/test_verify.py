@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from benchmarks.synthetic import fill_synthetic
-from conftest import KB, long_markdown, make_kb, manifest_sql, store_contents
+from tests.kbtest import KB, long_markdown, make_kb, manifest_sql, store_contents
 
 from kbguard.integrity.chaos import inject
 from kbguard.providers import chain_for

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import make_kb, store_contents
+from tests.kbtest import make_kb, store_contents
 
 from kbguard.integrity.chaos import inject
 from kbguard.manifest import Manifest
