@@ -51,7 +51,7 @@ from benchmarks.synthetic import fill_synthetic, write_synthetic_config
 from kbguard.errors import LockedError
 from kbguard.kb.read_service import SharedStore
 from kbguard.store import Point, VectorSpec, open_store
-from tests.conftest import long_markdown, write_config
+from tests.kbtest import long_markdown, write_config
 
 ENV = {**os.environ, "DO_NOT_TRACK": "1", "SCARF_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
 QUERY = "Document 17 part 3 topic3 item1"
@@ -159,8 +159,8 @@ def store_lock_cost(work: Path, runs: int, points: int = 30_000, batch: int = 25
 def command_latency(work: Path, backend: str, runs: int) -> dict[str, dict[str, list[float]]]:
     """Seconds of `kbguard status` and `kbguard search` processes, idle and during a rebuild
     held at its first store write."""
-    from tests.conftest import edit_corpus
-    from tests.conftest import make_kb as make_test_kb
+    from tests.kbtest import edit_corpus
+    from tests.kbtest import make_kb as make_test_kb
 
     root = work / f"latency-{backend}"
     kb = make_test_kb(root, backend=backend, docs=8)

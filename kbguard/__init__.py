@@ -18,6 +18,7 @@ needs it, such as the parsers.
 from __future__ import annotations
 
 from kbguard.config import Config, init_config, load_config
+from kbguard.core.outcome import Verdict
 from kbguard.errors import (
     ConfigError,
     CorpusError,
@@ -37,7 +38,7 @@ from kbguard.errors import (
 from kbguard.ingest.rebuild import RebuildReport
 from kbguard.ingest.rebuild import rebuild as rebuild_kb
 from kbguard.integrity.repair import RepairReport, repair_kb
-from kbguard.integrity.verify import Verdict, VerifyReport, verify_kb
+from kbguard.integrity.verify import VerifyReport, verify_kb
 from kbguard.operations.drill import DrillReport, DrillResult, DrillStep, drill_kb
 from kbguard.operations.estimate import EstimateReport, Scenario
 from kbguard.operations.estimate import estimate as estimate_rebuild

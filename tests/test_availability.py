@@ -20,9 +20,8 @@ import pytest
 from kbguard.core.lock import kb_lock
 from kbguard.kb.read_service import SharedStore
 from kbguard.store import Point, VectorSpec, open_store
-from tests.conftest import KB, edit_corpus, make_kb, manifest_chunk_ids
+from tests.kbtest import KB, api_kb, edit_corpus, make_kb, manifest_chunk_ids
 from tests.openai_server import OpenAIServer
-from tests.test_spaces import api_kb
 
 pytestmark = pytest.mark.slow  # each test holds a real rebuild in another process
 

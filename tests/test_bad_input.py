@@ -7,13 +7,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import KB, make_kb, manifest_chunk_ids, manifest_sql, store_contents
 from typer.testing import CliRunner
 
 from kbguard.cli.main import app
 from kbguard.core.lock import kb_lock
 from kbguard.core.progress import Progress
 from kbguard.ingest.rebuild import rebuild
+from tests.kbtest import KB, make_kb, manifest_chunk_ids, manifest_sql, store_contents
 
 
 class _DeleteAtParse(Progress):

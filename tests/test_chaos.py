@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import store_contents
 
 from kbguard.errors import KbguardError
 from kbguard.integrity.chaos import ACTIONS, inject
+from tests.kbtest import store_contents
 
 
 def test_chaos_refuses_without_yes_and_changes_nothing(built_kb) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 import typer
-from conftest import KB, make_kb
 from typer.testing import CliRunner
 
 from kbguard.cli.main import app
+from tests.kbtest import KB, make_kb
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()):

@@ -21,7 +21,7 @@ from kbguard.config import (
     render_config,
 )
 from kbguard.errors import ConfigError
-from tests.conftest import KB, make_kb
+from tests.kbtest import KB, make_kb
 
 BASE = """\
 [kb]

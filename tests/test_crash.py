@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KB, edit_corpus, make_kb, manifest_chunk_ids, manifest_sql, store_contents
+
+from tests.kbtest import KB, edit_corpus, make_kb, manifest_chunk_ids, manifest_sql, store_contents
 
 pytestmark = pytest.mark.slow  # every test here runs kbguard in a process it kills
 
-BATCH = 8  # the embedding batch of the test configs (conftest.write_config)
+BATCH = 8  # the embedding batch of the test configs (kbtest.write_config)
 
 
 def _cached(cfg) -> set[str]:

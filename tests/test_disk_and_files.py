@@ -12,14 +12,10 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BACKENDS, KB, long_markdown, make_kb, manifest_chunk_ids, store_contents
 
-from kbguard.core.disk import free_bytes
 from kbguard.core.durable import atomic_write_text
 from kbguard.core.progress import Progress
 from kbguard.errors import DiskFullError
@@ -27,55 +23,22 @@ from kbguard.ingest.rebuild import rebuild
 from kbguard.manifest import Manifest
 from kbguard.store import Point, VectorSpec
 from kbguard.store.edge import EdgeStore
+from tests.kbtest import (
+    BACKENDS,
+    KB,
+    fill,
+    long_markdown,
+    make_kb,
+    manifest_chunk_ids,
+    run_quiet,
+    store_contents,
+    tmpfs,
+)
 
 MiB = 1 << 20
 
 
-# -- real small filesystems -------------------------------------------------------------------
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True)
-
-
-@pytest.fixture
-def mounts() -> Iterator[list[Path]]:
-    """Mount points a test made; unmounted (lazily, whatever still holds them) afterwards."""
-    made: list[Path] = []
-    yield made
-    for path in reversed(made):
-        _run("umount", "-l", str(path))
-
-
-def tmpfs(mounts: list[Path], path: Path, size: str) -> Path:
-    """A real filesystem of ``size`` at ``path``, or a skip saying why there cannot be one."""
-    path.mkdir(parents=True, exist_ok=True)
-    if shutil.which("mount") is None:
-        pytest.skip("no `mount` command here, so no small filesystem to fill")
-    done = _run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here ({done.stderr.strip()}); "
-                    "a full disk needs a small real filesystem")
-    mounts.append(path)
-    return path
-
-
-def fill(where: Path, leave: int) -> Path:
-    """Take all but ``leave`` bytes of the filesystem of ``where`` with one preallocated file."""
-    filler = where / "filler"
-    want = free_bytes(where) - leave
-    fd = os.open(filler, os.O_CREAT | os.O_WRONLY)
-    try:
-        while want > 0:
-            try:
-                os.posix_fallocate(fd, 0, want)
-                break
-            except OSError:
-                want -= 4096
-    finally:
-        os.close(fd)
-    assert free_bytes(where) <= leave + 64 * 1024
-    return filler
-
+# -- the KB's paths ---------------------------------------------------------------------------
 
 def place(kb: KB, **paths: str) -> None:
     """Move the store, manifest or snapshot root of ``kb``'s config to other relative paths."""
@@ -185,7 +148,7 @@ def test_qdrant_local_store_on_a_full_disk(tmp_path: Path, mounts: list[Path]) -
     assert "The disk is full: there is no room to go on upserting" in res.stderr
     assert f"Qdrant local store at {kb.cfg.store_path} on the filesystem mounted at {small}" \
         in res.stderr
-    _run("mount", "-o", "remount,size=16m", str(small))
+    run_quiet("mount", "-o", "remount,size=16m", str(small))
     assert kb.cli_json("rebuild")["chunks"]["written"] > 0
     assert set(store_contents(kb.cfg)) == manifest_chunk_ids(kb.cfg)
 
@@ -278,7 +241,7 @@ def _immutable(path: Path) -> None:
     """Make ``path`` unwritable even for root, or skip saying why that is impossible here."""
     if os.geteuid() != 0:
         path.chmod(0o444 if path.is_file() else 0o555)
-    elif shutil.which("chattr") is None or _run("chattr", "+i", str(path)).returncode != 0:
+    elif shutil.which("chattr") is None or run_quiet("chattr", "+i", str(path)).returncode != 0:
         pytest.skip(f"`chattr +i` does not work on {path}'s filesystem here, and root ignores "
                     "file modes: no way to make it read-only")
     if os.access(path, os.W_OK):
@@ -287,7 +250,7 @@ def _immutable(path: Path) -> None:
 
 def _mutable(path: Path) -> None:
     if os.geteuid() == 0:
-        _run("chattr", "-i", str(path))
+        run_quiet("chattr", "-i", str(path))
     path.chmod(0o644 if path.is_file() else 0o755)
 
 
@@ -335,10 +298,10 @@ def test_immutable_manifest_is_not_called_unreadable_and_readers_work(built_kb: 
 def test_manifest_on_a_read_only_filesystem(built_kb: KB, mounts: list[Path]) -> None:
     kb = built_kb
     state = kb.cfg.manifest.parent
-    if _run("mount", "--bind", str(state), str(state)).returncode != 0:
+    if run_quiet("mount", "--bind", str(state), str(state)).returncode != 0:
         pytest.skip("bind mounts are not permitted here: no read-only filesystem to test on")
     mounts.append(state)
-    if _run("mount", "-o", "remount,bind,ro", str(state)).returncode != 0:
+    if run_quiet("mount", "-o", "remount,bind,ro", str(state)).returncode != 0:
         pytest.skip("a bind mount cannot be made read-only here")
     res = kb.cli("rebuild")
     assert res.code == 2
@@ -347,7 +310,7 @@ def test_manifest_on_a_read_only_filesystem(built_kb: KB, mounts: list[Path]) ->
     assert f"is on a read-only filesystem (the filesystem mounted at {state} (" in res.stderr
     assert READERS in res.stderr
     _readers_still_work(kb)
-    _run("umount", str(state))
+    run_quiet("umount", str(state))
     mounts.remove(state)
     assert kb.cli_json("rebuild")["documents"]["unchanged"] == 3
 

@@ -27,11 +27,20 @@ import pytest
 
 from kbguard.manifest import Manifest
 from kbguard.operations.drill import SCENARIOS
-from tests.conftest import BACKENDS, DVC, KB, edit_corpus, git_dvc_repo, make_kb, write_config
+from tests.kbtest import (
+    BACKENDS,
+    DVC,
+    KB,
+    api_kb,
+    api_spaces,
+    edit_corpus,
+    fill,
+    git_dvc_repo,
+    make_kb,
+    tmpfs,
+    write_config,
+)
 from tests.openai_server import OpenAIServer
-from tests.test_disk_and_files import fill, tmpfs
-from tests.test_disk_and_files import mounts as _mounts  # noqa: F401 - the fixture `mounts`
-from tests.test_spaces import _spaces, api_kb
 
 CANARY = "Paragraph 0 of part 1 in Document 1 talks about topic1 and item0."
 
@@ -75,7 +84,7 @@ def repo_kb(root: Path, url: str) -> tuple[KB, str]:
     text = kb.config_path.read_text()
     head, _, rest = text.partition("[[spaces]]")
     kb.config_path.write_text(
-        head + _spaces(url) + rest[rest.index("[store]"):]
+        head + api_spaces(url) + rest[rest.index("[store]"):]
         + f'[[canaries]]\nquery = "{CANARY}"\nexpect = ["doc1.md"]\nk = 5\nspace = "primary"\n')
     run = git_dvc_repo(root)
     run(*DVC, "remote", "add", "-d", "store", str(root.parent / "remote"))
@@ -398,9 +407,9 @@ def test_max_cost_stops_before_a_drill_that_would_pass_it(tmp_path: Path,
 @pytest.mark.parametrize("where", ["scratch", "temporary folder"])
 def test_a_full_scratch_disk_is_exit_2_and_not_a_failed_drill(
         tmp_path: Path, built_kb, monkeypatch: pytest.MonkeyPatch, where: str,
-        _mounts: list[Path]) -> None:  # noqa: F811 - the fixture imported above
+        mounts: list[Path]) -> None:
     kb = built_kb()
-    small = tmpfs(_mounts, tmp_path / "small", "4m")
+    small = tmpfs(mounts, tmp_path / "small", "4m")
     fill(small, 64 * 1024)
     args = ["--scratch", str(small / "scratch")] if where == "scratch" else []
     if where == "temporary folder":

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_kb
 
 from kbguard.config import SpaceConfig, load_config
 from kbguard.errors import EmbedError, ProviderUnavailable
 from kbguard.providers.local import FakeEmbedder, SentenceTransformerEmbedder, local_embedder
+from tests.kbtest import make_kb
 
 FAKE = SpaceConfig(name="local", provider="fake", model="fake-hash", dim=64)
 MINILM = SpaceConfig(name="local", provider="sentence-transformers", model="all-MiniLM-L6-v2", dim=384)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import make_kb, manifest_sql
 
 import kbguard.manifest.migrations
 from kbguard.errors import ParseError
 from kbguard.ingest.parse import parse_document, parse_file
 from kbguard.ingest.scan import file_md5
 from kbguard.manifest import Manifest, now
+from tests.kbtest import make_kb, manifest_sql
 
 CP1252_TEXT = ("Quarterly report\n\nThe \u201cnet\u201d margin rose to 12 \u20ac per unit \u2014 "
                "the best since 2019, and it\u2019s still rising.\n")

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from kbguard.core.lock import kb_lock
-from tests.conftest import KB, edit_corpus, long_markdown, make_kb, manifest_sql
+from tests.kbtest import KB, api_kb, edit_corpus, long_markdown, make_kb, manifest_sql
 from tests.openai_server import OpenAIServer
-from tests.test_spaces import api_kb
 
 KEYS = {"texts", "tokens", "cost_usd", "seconds", "basis"}
 SCENARIOS = {"incremental", "store_lost", "full_reembed", "restore_latest", "primary_down"}

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KB, edit_corpus, manifest_sql, store_contents
 
 from kbguard.recovery.restore import pending_restore
 from kbguard.recovery.snapshot import snapshot_folder
 from kbguard.snapshot_format import META_FILE, SHARD_DIR, read_meta, render_meta, verify_folder
 from kbguard.store.edge import ENGINE, engine_version
+from tests.kbtest import KB, edit_corpus, manifest_sql, store_contents
 
 
 def _snapshot(kb: KB) -> tuple[str, Path]:

@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from conftest import make_kb, manifest_chunk_ids, store_contents
+from tests.kbtest import make_kb, manifest_chunk_ids, store_contents
 
 
 def test_with_a_snapshot_every_command_names_the_restore(built_kb) -> None:

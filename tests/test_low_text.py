@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_kb
 
 from kbguard.config import SpaceConfig
 from kbguard.ingest.chunk import chunk_elements
 from kbguard.ingest.fidelity import LOW_TEXT_SHARE, low_text, source_text_chars, text_chars
 from kbguard.ingest.parse import parse_document
 from kbguard.providers.local import FakeEmbedder
+from tests.kbtest import make_kb
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "corpus"
 COUNT = FakeEmbedder(SpaceConfig(name="t", provider="fake", model="fake-hash", dim=8)).count_tokens

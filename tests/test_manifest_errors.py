@@ -8,11 +8,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import make_kb, manifest_sql
 
 from kbguard.errors import ManifestError
 from kbguard.ingest.rebuild import rebuild
 from kbguard.manifest import Manifest
+from tests.kbtest import make_kb, manifest_sql
 
 OTTERS = "# Changed\n\nA new text about otters and the rivers they live in.\n"
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import KB, make_kb
-
 from kbguard.cli.common import one_line
+from tests.kbtest import KB, make_kb
 
 NEWLINE_NAME = "bad\nname.md"
 ESCAPE_NAME = "bin\x1b[2Jary.txt"   # an ANSI "clear screen" in a name, on a binary file

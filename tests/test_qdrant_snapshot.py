@@ -16,31 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAKE_DIM, KB, edit_corpus, make_kb, manifest_chunk_ids, store_contents
 
 from kbguard.errors import SnapshotWrongModel
 from kbguard.recovery.restore import pending_restore, restore_from_qdrant_snapshot
 from kbguard.store import Point, VectorSpec
 from kbguard.store.edge import EdgeStore
+from tests.kbtest import (
+    FAKE_DIM,
+    KB,
+    api_kb,
+    edit_corpus,
+    make_kb,
+    manifest_chunk_ids,
+    shard_snapshot,
+    store_contents,
+)
 from tests.openai_server import OpenAIServer
-from tests.test_spaces import api_kb
-
-
-def shard_snapshot(shard: Path, out: Path) -> Path:
-    """A shard snapshot file of the closed Edge shard folder ``shard``."""
-    with tarfile.open(out, "w") as tar:
-        for segment in sorted((shard / "segments").iterdir()):
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as inner:
-                for f in sorted(segment.rglob("*")):
-                    inner.add(f, arcname=f.relative_to(segment).as_posix(), recursive=False)
-            info = tarfile.TarInfo(f"segments/{segment.name}.tar")
-            info.size = buf.tell()
-            buf.seek(0)
-            tar.addfile(info, buf)
-        for f in sorted((shard / "wal").rglob("*")):
-            tar.add(f, arcname=f.relative_to(shard).as_posix(), recursive=False)
-    return out
 
 
 def foreign_snapshot(tmp: Path, name: str, dim: int, payload: dict) -> Path:

@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from tests.kbtest import (
     KB,
     long_markdown,
     make_kb,

@@ -11,9 +11,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import KB, make_kb, manifest_chunk_ids, store_contents, write_config
 
 from kbguard.manifest import Manifest
+from tests.kbtest import KB, make_kb, manifest_chunk_ids, store_contents, write_config
 
 
 def _built(tmp_path: Path, backend: str) -> KB:

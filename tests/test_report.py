@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import KB, manifest_sql
 
 from kbguard.manifest import Manifest, now
 from kbguard.operations.report import (
@@ -22,6 +21,7 @@ from kbguard.operations.report import (
     _recovery_chart,
     _size_chart,
 )
+from tests.kbtest import KB, manifest_sql
 
 CHARTS = ("recovery", "findings", "spend", "size")
 NASTY_SCENARIO = "<b>bold</b> lost"

@@ -10,7 +10,14 @@ from datetime import UTC
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from kbguard.errors import StoreError
+from kbguard.manifest import Manifest
+from kbguard.recovery.restore import _verify_copy, pending_restore
+from kbguard.recovery.snapshot import snapshot_folder
+from kbguard.snapshot_format import read_meta
+from kbguard.store import Point, store_for
+from tests.kbtest import (
     KB,
     edit_corpus,
     long_markdown,
@@ -19,13 +26,6 @@ from conftest import (
     store_contents,
     write_config,
 )
-
-from kbguard.errors import StoreError
-from kbguard.manifest import Manifest
-from kbguard.recovery.restore import _verify_copy, pending_restore
-from kbguard.recovery.snapshot import snapshot_folder
-from kbguard.snapshot_format import read_meta
-from kbguard.store import Point, store_for
 
 
 def _snapshot(kb: KB) -> str:

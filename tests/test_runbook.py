@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from kbguard.cli.main import app
 from kbguard.manifest import Manifest
 from kbguard.operations.runbook import FAILURES
-from tests.conftest import DVC, KB, git_dvc_repo, make_kb
+from tests.kbtest import DVC, KB, git_dvc_repo, make_kb
 
 DRILLS = [f.drill for f in FAILURES]
 

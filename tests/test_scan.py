@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import DVC, git_dvc_repo
 
 from kbguard.ingest.dvc_corpus import dvc_view
 from kbguard.ingest.scan import file_md5, matches, scan_corpus
 from kbguard.manifest import DocumentRow
+from tests.kbtest import DVC, git_dvc_repo
 
 
 def test_globs() -> None:

@@ -15,12 +15,12 @@ from typing import ClassVar
 
 import duckdb
 import pytest
-from conftest import KB, make_kb
 
 from kbguard.config import load_config
 from kbguard.core.redact import redact_url, scrub, url_secrets
 from kbguard.errors import ConfigError
 from kbguard.manifest import Manifest
+from tests.kbtest import KB, make_kb
 
 SECRET_URL = "http://admin:secret@127.0.0.1:9/?api_key=secret-key-in-query"
 SHOWN_URL = "http://***@127.0.0.1:9/?api_key=***"

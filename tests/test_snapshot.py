@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import DVC, KB, git_dvc_repo, make_kb, store_contents
 
 from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.recovery.snapshot import create_snapshot, plan_prune, snapshot_folder
@@ -23,6 +22,7 @@ from kbguard.snapshot_format import (
     render_meta,
     verify_folder,
 )
+from tests.kbtest import DVC, KB, git_dvc_repo, make_kb, store_contents
 
 
 @pytest.fixture

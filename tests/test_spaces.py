@@ -17,49 +17,10 @@ import pytest
 
 from kbguard import providers
 from kbguard.providers import MIN_PROBE_COSINE
-from tests.conftest import API_KEY as KEY
-from tests.conftest import KB, make_kb, manifest_sql, store_contents
+from tests.kbtest import API_KEY as KEY
+from tests.kbtest import API_MODEL as MODEL
+from tests.kbtest import KB, api_kb, make_kb, manifest_sql, store_contents
 from tests.openai_server import OpenAIServer
-
-MODEL = "text-embedding-3-small"
-
-
-def _spaces(url: str, *, standby_in_chain: bool = False, price: float = 0.02,
-            query_timeout_s: float = 5, per_request: int = 256) -> str:
-    fake_entry = (f'\n[[spaces.providers]]\ntype = "fake"\nmodel = "{MODEL}"\n'
-                  if standby_in_chain else "")
-    return f"""
-[[spaces]]
-name = "primary"
-model = "{MODEL}"
-dim = 64
-batch_size = 8
-[[spaces.providers]]
-type = "openai"
-base_url = "{url}"
-api_key_env = "KBG_EMBED_KEY"
-max_retries = 0
-timeout_s = 2
-price_per_million_tokens = {price}
-max_batch_texts = {per_request}
-concurrency = 1
-{fake_entry}
-[[spaces]]
-name = "local"
-provider = "fake"
-dim = 32
-[search]
-query_timeout_s = {query_timeout_s}
-"""
-
-
-def api_kb(root: Path, url: str, docs: int = 3, **kw: object) -> KB:
-    kb = make_kb(root, docs=docs)
-    text = kb.config_path.read_text()
-    head, _, rest = text.partition("[[spaces]]")
-    rest = rest[rest.index("[store]"):]
-    kb.config_path.write_text(head + _spaces(url, **kw) + rest)  # type: ignore[arg-type]
-    return kb
 
 
 def _rebuild(kb: KB, code: int = 0) -> dict:

@@ -513,7 +513,7 @@ def test_native_files_handed_over_closed_and_held_are_the_store(make_store):
 
 
 def test_a_shard_snapshot_unpacks_only_into_a_store_that_takes_them(make_store, tmp_path):
-    from tests.test_qdrant_snapshot import shard_snapshot
+    from tests.kbtest import shard_snapshot
 
     source = EdgeStore(tmp_path / "source")
     source.create(SPECS)

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KB, long_markdown, make_kb, manifest_sql, store_contents
 
 from benchmarks.synthetic import fill_synthetic
 from kbguard.integrity.chaos import inject
 from kbguard.integrity.verify import FINDINGS
 from kbguard.manifest import Manifest
 from kbguard.providers import chain_for
+from tests.kbtest import KB, long_markdown, make_kb, manifest_sql, store_contents
 
 CANARY = """
 [[canaries]]

@@ -8,10 +8,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import make_kb, store_contents
 
 from kbguard.integrity.chaos import inject
 from kbguard.manifest import Manifest
+from tests.kbtest import make_kb, store_contents
 
 
 @pytest.mark.slow

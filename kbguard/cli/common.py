@@ -17,10 +17,10 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from kbguard.config import DEFAULT_CONFIG, Config, load_config
+from kbguard.core.outcome import Outcome, Verdict
 from kbguard.core.progress import Progress
 from kbguard.core.redact import scrub
 from kbguard.errors import KbguardError, LockedError
-from kbguard.recovery.snapshot import SnapshotCheck
 
 # Exit codes are an interface: documented in the README, never reused for something else.
 EXIT_OK = 0
@@ -46,10 +46,19 @@ DEFAULT_CONFIG_PATH = Path(DEFAULT_CONFIG)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def exit_code_for(outcome: BaseException | Any) -> int:
-    """The exit code of a command's outcome: an error it raised or the verdict it returned.
+_EXIT_FOR_VERDICT = {
+    Verdict.HEALTHY: EXIT_OK,
+    Verdict.FINDINGS: EXIT_FINDINGS,
+    Verdict.COULD_NOT_CHECK: EXIT_ERROR,
+    Verdict.INCOMPLETE: EXIT_INCOMPLETE,
+}
 
-    The one place exit codes are decided; the library returns verdicts and raises errors."""
+
+def exit_code_for(outcome: BaseException | Outcome) -> int:
+    """The exit code of a command's outcome: an error it raised or the result it returned.
+
+    The one place exit codes are decided; the library returns results that carry a verdict
+    (``kbguard.core.outcome``) and raises errors."""
 
     if isinstance(outcome, KeyboardInterrupt):
         return EXIT_INTERRUPTED
@@ -57,14 +66,7 @@ def exit_code_for(outcome: BaseException | Any) -> int:
         return EXIT_BUSY
     if isinstance(outcome, BaseException):
         return EXIT_ERROR
-    if isinstance(outcome, SnapshotCheck):
-        return EXIT_OK if outcome.ok else EXIT_FINDINGS
-    if getattr(outcome, "complete", True) is False:   # a rebuild that left a space behind
-        return EXIT_INCOMPLETE
-    verdict = getattr(outcome, "verdict", None)   # verify and repair reports
-    if verdict is not None:
-        return int(verdict)   # a Verdict's value is its documented exit code
-    return EXIT_OK
+    return _EXIT_FOR_VERDICT[outcome.verdict]
 
 
 class JsonErrorsGroup(TyperGroup):

@@ -88,6 +88,8 @@ def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (an OSError, a DuckDB or SQLite error, ...) says the disk is full."""
     if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
         return True
+    # DuckDB's and SQLite's errors carry no errno: for the adapters that translate them, the
+    # text is all there is. kbguard's own full disk is a DiskFullError, never read this way.
     text = str(exc).lower()
     return any(word in text for word in _FULL_WORDS)
 
@@ -165,6 +167,6 @@ def is_read_only_error(exc: BaseException) -> bool:
     """Whether ``exc`` says a write was refused by permissions or a read-only filesystem."""
     if isinstance(exc, OSError):
         return exc.errno in _READ_ONLY_ERRNOS
-    text = str(exc).lower()
+    text = str(exc).lower()   # a DuckDB error carries no errno (see is_disk_full)
     return any(w in text for w in ("permission denied", "operation not permitted",
                                    "read-only file system"))

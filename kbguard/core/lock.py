@@ -43,8 +43,6 @@ def kb_lock(manifest: Path, command: str, *, reader: bool = False) -> Iterator[N
                 "since": datetime.now(UTC).isoformat(timespec="seconds")}
         _note_holder(fd, json.dumps(info).encode())
         try:
-            if command != "restore":
-                _refuse_half_restored(manifest)
             yield
         finally:
             _note_holder(fd, b"")
@@ -86,9 +84,10 @@ def _note_holder(fd: int, info: bytes) -> None:
         pass
 
 
-def _refuse_half_restored(manifest: Path) -> None:
+def refuse_half_restored(manifest: Path) -> None:
     """Past its commit point a killed restore may have switched the store but not yet the
-    manifest; only `kbguard restore` may touch the KB until it has finished the switch."""
+    manifest; only `kbguard restore` may touch the KB until it has finished the switch (every
+    other command checks this once it holds the lock: ``kbguard.kb.preflight``)."""
     journal = manifest.with_name(manifest.name + ".restore.json")
     if not journal.exists():
         return

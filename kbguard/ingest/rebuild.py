@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from kbguard.config import Config, SpaceConfig
 from kbguard.core.faults import crash_point
-from kbguard.core.lock import kb_lock
+from kbguard.core.outcome import Verdict
 from kbguard.core.progress import SILENT, Progress
-from kbguard.errors import KbguardError, ParseError, ProviderUnavailable, StoreDamaged, StoreError
+from kbguard.errors import KbguardError, ParseError, ProviderUnavailable, StoreDamaged
 from kbguard.ingest.chunk import Chunk, chunk_elements
 from kbguard.ingest.dvc_corpus import dvc_view
 from kbguard.ingest.fidelity import LowText, low_text, text_lost
@@ -47,12 +47,12 @@ from kbguard.ingest.plan import (
     plan_documents,
     point_payload,
 )
-from kbguard.ingest.scan import ScannedFile, ScanResult, require_corpus, scan_corpus
-from kbguard.kb.lost_manifest import lost_manifest
+from kbguard.ingest.scan import ScannedFile, ScanResult, scan_corpus
+from kbguard.kb.preflight import Lock, Lost, Needs, preflight
 from kbguard.kb.read_service import serve_reads
 from kbguard.manifest import ChunkRow, DocumentRow, Manifest
 from kbguard.providers import Usage, chain_for
-from kbguard.store import Point, Store, store_for, vector_specs
+from kbguard.store import Point, Store, vector_specs
 
 if TYPE_CHECKING:
     from kbguard.ingest.parse import ParsedDocument
@@ -91,47 +91,22 @@ class RebuildReport:
         are written with the vectors they have, and the next rebuild pays the debt."""
         return not any(s["debt"] for s in self.spaces.values())
 
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.HEALTHY if self.complete else Verdict.INCOMPLETE
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "complete": self.complete}
 
 
 def rebuild(cfg: Config, *, full: bool = False, progress: Progress = SILENT) -> RebuildReport:
     """Run an incremental (or, with ``full``, a from-scratch) rebuild of one KB."""
-    # what would fail every document is refused before the lock or the manifest is written
-    require_corpus(cfg.corpus)
-    for space in cfg.spaces:
-        chain_for(space)
-    with kb_lock(cfg.manifest, "rebuild"):
-        if not full and not cfg.manifest.exists():
-            _refuse_lost_manifest(cfg)
+    needs = Needs("rebuild", corpus=True, providers=True, lock=Lock.WRITE,
+                  lost=None if full else Lost.REFUSE)
+    with preflight(cfg, needs), Manifest.open(cfg.manifest, kb=cfg.kb) as manifest, \
+            serve_reads(cfg, manifest, progress) as reads:
         # the KB stays readable meanwhile: this process answers `status` and `search`
-        with Manifest.open(cfg.manifest, kb=cfg.kb) as manifest, \
-                serve_reads(cfg, manifest, progress) as reads:
-            return _Rebuild(cfg, manifest, reads.progress, reads.store).run(full)
-
-
-def _refuse_lost_manifest(cfg: Config) -> None:
-    """Without its manifest a rebuild knows no cached vector and embeds the whole corpus: when
-    the store or a snapshot survives, that is a lost manifest, and the answer is a restore.
-    ``--full`` says the user wants the full rebuild all the same."""
-
-    try:
-        with store_for(cfg) as store:
-            info = store.describe()
-    except StoreDamaged:
-        points = None  # unreadable: whether its files are there decides
-    except StoreError as exc:
-        # Unreachable or refusing: a first build would embed the whole corpus and then fail
-        # at the store, so stop now, unless a snapshot says this is a lost manifest.
-        lost = lost_manifest(cfg)
-        if lost is not None:
-            raise lost from exc
-        raise
-    else:
-        points = info.points if info.exists else 0
-    lost = lost_manifest(cfg, store_points=points)
-    if lost is not None:
-        raise lost
+        return _Rebuild(cfg, manifest, reads.progress, reads.store).run(full)
 
 
 @dataclass

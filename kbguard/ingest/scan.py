@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from kbguard.errors import CorpusError
+from kbguard.kb.corpus import require_corpus
 from kbguard.manifest import DocumentRow
 
 _READ_SIZE = 1 << 20
@@ -165,17 +165,6 @@ def walk_corpus(root: Path, include: Iterable[str], exclude: Iterable[str]
                 elif target.is_dir():
                     reason = "symlink to a folder inside the corpus; it is indexed at its real path"
             yield rel, full, reason
-
-
-def require_corpus(root: Path) -> None:
-    """Raise CorpusError unless ``root`` is a folder: checked before a command writes anything."""
-    if root.is_dir():
-        return
-    what = "is a file, not a folder" if root.exists() else "does not exist"
-    raise CorpusError(
-        f"The corpus folder {root} {what}. Check corpus.path in the config (relative paths are "
-        "taken from the config file's folder)."
-    )
 
 
 def scan_corpus(root: Path, include: Iterable[str], exclude: Iterable[str],

@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 
 from kbguard.config import Config, SpaceConfig
-from kbguard.core.lock import kb_lock
 from kbguard.errors import ConfigError, StoreError
+from kbguard.kb.preflight import Lock, Needs, preflight
 from kbguard.manifest import Manifest
-from kbguard.store import Point, Store, VectorSpec, store_for, vector_specs
+from kbguard.store import Point, Store, VectorSpec, vector_specs
 
 OTHER_MODEL = "chaos-other-model"
 
@@ -83,12 +83,8 @@ def inject(cfg: Config, action: str, *, count: int = 1, seed: int = 0) -> ChaosR
     if count < 1:
         raise ConfigError(f"--count must be at least 1, got {count}.")
 
-    with kb_lock(cfg.manifest, f"chaos {action}"):
-        ctx = _Ctx(cfg, store_for(cfg), random.Random(seed), count)
-        try:
-            return ACTIONS[action](ctx)
-        finally:
-            ctx.store.close()
+    with preflight(cfg, Needs(f"chaos {action}", lock=Lock.WRITE, store=True)) as kb:
+        return ACTIONS[action](_Ctx(cfg, kb.store, random.Random(seed), count))
 
 
 # -- actions ---------------------------------------------------------------------------------

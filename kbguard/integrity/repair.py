@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kbguard.config import Config
-from kbguard.core.lock import kb_lock
+from kbguard.core.outcome import Verdict
 from kbguard.core.progress import SILENT, Progress
 from kbguard.errors import RestoreNeeded
 from kbguard.ingest.plan import point_payload
 from kbguard.integrity.verify import CheckOptions, RepairPlan, VerifyReport, check_kb, record_check
-from kbguard.kb.lost_manifest import missing_manifest
-from kbguard.manifest import Manifest, require_writable
+from kbguard.kb.preflight import Lock, Needs, preflight, unbuilt
+from kbguard.manifest import Manifest
 from kbguard.providers import chain_for, spent, spent_since
 from kbguard.store import Point, Store, store_for, vector_specs
 
@@ -38,7 +38,7 @@ class RepairReport:
     seconds: float = 0.0
 
     @property
-    def verdict(self) -> Any:
+    def verdict(self) -> Verdict:
         """The verdict of the check after the repair."""
         return self.after.verdict
 
@@ -56,12 +56,9 @@ def repair_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
     """Check, repair what can be repaired from the cache, check again; all under the KB lock."""
     started = time.perf_counter()
     opts = CheckOptions(sample=sample, deep=deep)
-    if not cfg.manifest.exists():  # before the lock: an unbuilt KB is left as it is
-        raise missing_manifest(cfg, never_built="There is nothing to repair; run "
-                               "`kbguard rebuild`.")
-    with kb_lock(cfg.manifest, "verify --repair"):
-        if cfg.manifest.exists():
-            require_writable(cfg.manifest)  # before the check, not after it
+    nothing = unbuilt("There is nothing to repair; run `kbguard rebuild`.")
+    needs = Needs("verify --repair", manifest=nothing, lock=Lock.WRITE, writable=True)
+    with preflight(cfg, needs):
         before, plan = check_kb(cfg, opts, progress)
         record_check(cfg, before, kind="verify")
         if plan.store_unreadable:

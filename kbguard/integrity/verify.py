@@ -31,21 +31,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import IntEnum
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from kbguard.config import Config, SpaceConfig
 from kbguard.core.disk import not_writable
-from kbguard.core.lock import kb_lock
+from kbguard.core.outcome import Verdict
 from kbguard.core.progress import SILENT, Progress
 from kbguard.core.redact import redact_url
 from kbguard.errors import DiskFullError, KbguardError, ManifestError, ManifestReadOnly, StoreError
 from kbguard.ingest.dvc_corpus import dvc_view
 from kbguard.ingest.plan import point_payload
 from kbguard.ingest.scan import scan_corpus
-from kbguard.kb.lost_manifest import missing_manifest
+from kbguard.kb.preflight import Lock, Needs, preflight, unbuilt
 from kbguard.manifest import Manifest, now, vector_checksum
 from kbguard.providers import chain_for, spent, spent_since
 from kbguard.providers.base import normalize
@@ -106,15 +105,6 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return {"count": self.count, "checked": self.checked, "fix": FINDINGS[self.name],
                 "examples": self.examples}
-
-
-class Verdict(IntEnum):
-    """What a check concluded. The values are the documented exit codes and the value of the
-    ``kbguard_verify_exit_code`` metric, so scripts and dashboards read the same number."""
-
-    HEALTHY = 0
-    FINDINGS = 1
-    COULD_NOT_CHECK = 2
 
 
 @dataclass
@@ -261,10 +251,8 @@ def verify_kb(cfg: Config, *, sample: int = 0, deep: bool = False,
     """
     if sample < 0:
         raise KbguardError(f"--sample must be 0 or more, got {sample}.")
-    if not cfg.manifest.exists():  # before the lock: checking an unbuilt KB writes nothing
-        raise missing_manifest(cfg, never_built="There is nothing to check against; "
-                               "run `kbguard rebuild`.")
-    with kb_lock(cfg.manifest, "verify", reader=True):
+    nothing = unbuilt("There is nothing to check against; run `kbguard rebuild`.")
+    with preflight(cfg, Needs("verify", manifest=nothing, lock=Lock.READ)):
         report, _ = check_kb(cfg, CheckOptions(sample=sample, deep=deep), progress)
         if record:
             record_check(cfg, report, kind="verify")
@@ -307,9 +295,6 @@ def _empty_findings() -> dict[str, Finding]:
 def _run_checks(cfg: Config, opts: CheckOptions, progress: Progress) -> CheckResult:
     """The manifest's cache, the corpus, then the store: each check's result, in that order."""
     path = cfg.manifest
-    if not path.exists():
-        raise missing_manifest(cfg, never_built="There is nothing to check against; "
-                               "run `kbguard rebuild`.")
     try:
         manifest = Manifest.open(path, read_only=True)
     except ManifestError as exc:

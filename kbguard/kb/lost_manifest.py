@@ -10,8 +10,9 @@ is a restore, and every command that needs the manifest says so.
 from __future__ import annotations
 
 from kbguard.config import Config
-from kbguard.errors import ManifestError, ManifestLost
+from kbguard.errors import ManifestError, ManifestLost, StoreDamaged, StoreError
 from kbguard.snapshot_format import list_snapshots_under
+from kbguard.store import store_for
 
 
 def store_on_disk(cfg: Config) -> bool:
@@ -66,3 +67,27 @@ def lost_manifest(cfg: Config, *, store_points: int | None = None) -> ManifestLo
             "if you can (check [manifest] path in the config); otherwise `kbguard rebuild "
             "--full` builds a new one, embedding the whole corpus again.")
     return None
+
+
+def refuse_lost_manifest(cfg: Config) -> None:
+    """Without its manifest a rebuild knows no cached vector and embeds the whole corpus: when
+    the store or a snapshot survives, that is a lost manifest, and the answer is a restore.
+    (`rebuild --full` says the user wants the full rebuild all the same, and skips this.)"""
+
+    try:
+        with store_for(cfg) as store:
+            info = store.describe()
+    except StoreDamaged:
+        points = None  # unreadable: whether its files are there decides
+    except StoreError as exc:
+        # Unreachable or refusing: a first build would embed the whole corpus and then fail
+        # at the store, so stop now, unless a snapshot says this is a lost manifest.
+        lost = lost_manifest(cfg)
+        if lost is not None:
+            raise lost from exc
+        raise
+    else:
+        points = info.points if info.exists else 0
+    lost = lost_manifest(cfg, store_points=points)
+    if lost is not None:
+        raise lost

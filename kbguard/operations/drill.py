@@ -61,12 +61,12 @@ from kbguard.config.provider_settings import OpenAIProviderSettings
 from kbguard.core.disk import disk_full, is_disk_full
 from kbguard.core.durable import copy_sparse, copy_tree_sparse
 from kbguard.core.faults import ENV as CRASH_ENV
-from kbguard.core.lock import kb_lock
+from kbguard.core.outcome import Verdict
 from kbguard.core.progress import SILENT, Progress
 from kbguard.errors import ConfigError, DiskFullError, KbguardError, LockedError, OverBudget
 from kbguard.ingest.dvc_corpus import corpus_revision, find_dvc_root, tracking_file
 from kbguard.ingest.scan import matches
-from kbguard.integrity.verify import Verdict
+from kbguard.kb.preflight import Lock, Needs, preflight, preflight_checks
 from kbguard.manifest import Manifest
 from kbguard.operations.drill_scratch import (
     refuse_inside_kb,
@@ -83,6 +83,8 @@ SCENARIOS = ("killed-rebuild", "provider-outage", "store-corruption", "store-los
              "manifest-lost", "everything-lost")
 # how long recording a drill waits for a command that holds the live KB's lock
 RECORD_WAIT_S = 120.0
+# the live KB, while a drill copies it and while it records how the drill went
+LIVE_KB = Needs("drill", lock=Lock.WRITE)
 
 
 @dataclass
@@ -196,9 +198,8 @@ def drill_kb(cfg: Config, scenarios: Sequence[str] = (), *, scratch: Path | None
     if unknown:
         raise ConfigError(f"Unknown drill {', '.join(map(repr, unknown))}; the drills are "
                           f"{', '.join(SCENARIOS)}.")
-    if not cfg.manifest.exists():
-        raise KbguardError(f"KB '{cfg.kb}' has no manifest at {cfg.manifest}: there is nothing "
-                           "to rehearse on yet. Build it with `kbguard rebuild` first.")
+    # the live KB is locked only while a drill copies it, and while a drill is recorded
+    preflight_checks(cfg, Needs("drill", manifest=_nothing_to_rehearse))
     if scratch is not None:
         scratch = scratch.expanduser().resolve()
         refuse_inside_kb(cfg, scratch, f"--scratch {scratch}", "Pass a folder outside the KB's "
@@ -244,6 +245,11 @@ def drill_kb(cfg: Config, scenarios: Sequence[str] = (), *, scratch: Path | None
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     return report
+
+
+def _nothing_to_rehearse(cfg: Config) -> KbguardError:
+    return KbguardError(f"KB '{cfg.kb}' has no manifest at {cfg.manifest}: there is nothing "
+                        "to rehearse on yet. Build it with `kbguard rebuild` first.")
 
 
 def _say_spend(cfg: Config, runnable: list[str], max_cost: float | None, report: DrillReport,
@@ -302,7 +308,7 @@ def _record(cfg: Config, result: DrillResult) -> int:
     deadline = time.monotonic() + RECORD_WAIT_S
     while True:
         try:
-            with kb_lock(cfg.manifest, "drill"), Manifest.open(cfg.manifest, kb=cfg.kb) as m:
+            with preflight(cfg, LIVE_KB), Manifest.open(cfg.manifest, kb=cfg.kb) as m:
                 return m.drills.record(result.record())
         except LockedError:
             if time.monotonic() > deadline:
@@ -367,7 +373,8 @@ def _run_drill(cfg: Config, scenario: str, folder: Path, progress: Progress,
         # a failed recovery, and not recorded as one
         raise
     except (KbguardError, OSError) as exc:
-        if is_disk_full(exc):
+        # kbguard's own full disks are DiskFullError (above); an OSError says so by its errno
+        if isinstance(exc, OSError) and is_disk_full(exc):
             raise disk_full(folder, f"run the {scenario} drill in {folder}",
                             resume="run the drill again; the live KB is as it was and this "
                                    "drill was not recorded") from exc
@@ -851,7 +858,7 @@ def _copy_kb(cfg: Config, run: _Runner, *, corpus: Path | None = None, down: boo
     manifest, store, snapshots = folder / "manifest.duckdb", folder / "store", folder / "snapshots"
 
     def copy() -> None:
-        with kb_lock(cfg.manifest, "drill"):
+        with preflight(cfg, LIVE_KB):
             copy_sparse(cfg.manifest, manifest)
             wal = cfg.manifest.with_name(cfg.manifest.name + ".wal")
             if wal.exists():

@@ -36,13 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from kbguard.config import Config, SpaceConfig
-from kbguard.core.lock import check_unlocked
 from kbguard.core.progress import SILENT, Progress
 from kbguard.errors import KbguardError
 from kbguard.ingest.plan import point_payload
 from kbguard.ingest.rebuild import parse_all, parse_jobs, plan_rebuild
-from kbguard.ingest.scan import require_corpus
-from kbguard.kb.lost_manifest import lost_manifest
+from kbguard.kb.preflight import Lost, Needs, preflight_checks
 from kbguard.manifest import Manifest
 from kbguard.providers import Provider, chain_for
 from kbguard.recovery.snapshot import list_snapshots
@@ -90,14 +88,12 @@ def estimate(cfg: Config, *, calibrate: bool = False, progress: Progress = SILEN
              ) -> EstimateReport:
     """Estimate every scenario for the KB of ``cfg``; writes nothing, takes no lock."""
     started = time.perf_counter()
-    require_corpus(cfg.corpus)
-    check_unlocked(cfg.manifest)
-    lost = None
+    lost = preflight_checks(cfg, Needs("estimate", corpus=True, unlocked=True,
+                                       lost=Lost.REPORT)).lost
     with tempfile.TemporaryDirectory(prefix="kbguard-estimate-") as tmp:
         if cfg.manifest.exists():
             manifest = Manifest.open(cfg.manifest, read_only=True)
         else:  # never built, or lost: an empty manifest stands in, so a first build is costed
-            lost = lost_manifest(cfg)
             manifest = Manifest.open(Path(tmp) / "empty.duckdb", kb=cfg.kb)
         with manifest:
             report = _Estimate(cfg, manifest, progress).run(calibrate, Path(tmp))

@@ -22,9 +22,9 @@ from typing import Any
 
 from kbguard.config import Config
 from kbguard.core.durable import atomic_write_text
-from kbguard.core.lock import check_unlocked
 from kbguard.errors import ConfigError
 from kbguard.kb.lost_manifest import missing_manifest
+from kbguard.kb.preflight import Needs, preflight_checks
 from kbguard.manifest import Manifest
 
 TABLE_ROWS = 10   # rows of history a table shows under its chart (newest first)
@@ -80,9 +80,7 @@ def default_report_path(cfg: Config) -> Path:
 
 def report_data(cfg: Config) -> ReportData:
     """Read the history the report shows from the KB's manifest (read-only)."""
-    check_unlocked(cfg.manifest)
-    if not cfg.manifest.exists():
-        raise missing_manifest(cfg)
+    preflight_checks(cfg, Needs("report", unlocked=True, manifest=missing_manifest))
     with Manifest.open(cfg.manifest, read_only=True) as m:
         drills, checks = m.drills.history(), m.checks.history()
         spend, sizes = m.ledger.monthly_spend(), m.runs.size_history()

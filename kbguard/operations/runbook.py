@@ -20,6 +20,7 @@ from kbguard.config import Config
 from kbguard.core.progress import human_duration
 from kbguard.ingest.dvc_corpus import find_dvc_root
 from kbguard.integrity.verify import STORE_CLASSES
+from kbguard.kb.preflight import Needs, preflight_checks
 from kbguard.manifest import Manifest
 from kbguard.operations.estimate import EstimateReport, Scenario, estimate
 from kbguard.operations.status import INTERRUPTED
@@ -52,6 +53,7 @@ def render_runbook(cfg: Config, *, estimates: EstimateReport | None = None,
     ``config_path``: the config as its commands name it, as the user gave it (default: its
     absolute path); a relative one holds from the current folder, which the runbook names."""
     now = now or datetime.now(UTC)
+    preflight_checks(cfg, Needs("runbook", unlocked=True))   # the estimate checks the corpus
     drills = _latest_drills(cfg)
     if estimates is None:
         estimates = estimate(cfg)

@@ -34,7 +34,7 @@ from kbguard.errors import (
 )
 from kbguard.ingest.plan import empty_corpus_message
 from kbguard.ingest.scan import walk_corpus
-from kbguard.kb.lost_manifest import missing_manifest
+from kbguard.kb.preflight import Needs, preflight, unbuilt
 from kbguard.kb.read_socket import ask_writer, vector_text
 from kbguard.manifest import Manifest
 from kbguard.providers import chain_for
@@ -85,9 +85,9 @@ def search(cfg: Config, query: str, *, k: int = 5, space: str | None = None) -> 
     plan = ask_writer(cfg.manifest, {"op": "search-plan"})
     if plan is not None:
         return _search_during_rebuild(cfg, query, k, asked, plan)
-    if not cfg.manifest.exists():
-        raise missing_manifest(cfg, never_built="Run `kbguard rebuild` first.")
-    with store_for(cfg) as store:
+    needs = Needs("search", manifest=unbuilt("Run `kbguard rebuild` first."), store=True)
+    with preflight(cfg, needs) as kb:
+        store = kb.store
         info = store.describe()  # a damaged store fails here, before the model loads
         if not info.exists:
             raise StoreUnavailable(

@@ -11,6 +11,7 @@ from kbguard.ingest.dvc_corpus import dvc_view
 from kbguard.ingest.plan import empty_corpus_message, plan_documents
 from kbguard.ingest.scan import scan_corpus
 from kbguard.kb.lost_manifest import missing_manifest
+from kbguard.kb.preflight import Needs, preflight_checks
 from kbguard.kb.read_socket import ask_writer
 from kbguard.kb.status_report import StatusReport, status_from_manifest, store_summary
 from kbguard.manifest import Manifest
@@ -31,8 +32,7 @@ def kb_status(cfg: Config, *, check_corpus: bool = True) -> StatusReport:
         report = StatusReport(**served)
         _add_files(cfg, report)
         return report
-    if not cfg.manifest.exists():
-        raise missing_manifest(cfg)
+    preflight_checks(cfg, Needs("status", manifest=missing_manifest))
     with Manifest.open(cfg.manifest, read_only=True) as m:
         report = status_from_manifest(cfg, m)
         known = m.documents.by_path()

@@ -25,7 +25,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,12 @@ class OpenAIProvider(Provider):
     """One OpenAI-compatible ``/v1/embeddings`` endpoint filling a space."""
 
     def __init__(self, space: SpaceConfig, settings: OpenAIProviderSettings,
-                 env: Mapping[str, str] | None = None):
+                 env: Mapping[str, str] | None = None, *,
+                 sleep: Callable[[float], None] = time.sleep):
+        """``sleep``: how the waits between attempts are spent (a test records them). The
+        deadline is real time: the socket enforces it too."""
         self.settings = settings
+        self._sleep = sleep
         self.model = settings.model or space.model
         self.endpoint = _display_url(settings.base_url)
         super().__init__(space, f"openai:{self.model}@{self.endpoint}")
@@ -233,7 +237,7 @@ class OpenAIProvider(Provider):
                         f"{s.timeout_s:g} s")
                 raise self._failed(self._problem(problem, attempt, note), attempt, started,
                                    spent=True)
-            time.sleep(wait)
+            self._sleep(wait)
 
     def _failed(self, error: EmbedError, attempts: int, started: float, *,
                 spent: bool = False) -> EmbedError:

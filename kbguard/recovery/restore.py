@@ -45,7 +45,6 @@ from kbguard.config import Config
 from kbguard.core.disk import disk_full, existing_ancestor, free_bytes, is_disk_full
 from kbguard.core.durable import atomic_write_text, fsync_path
 from kbguard.core.faults import crash_point
-from kbguard.core.lock import kb_lock
 from kbguard.core.progress import SILENT, Progress
 from kbguard.errors import (
     DiskFullError,
@@ -61,6 +60,7 @@ from kbguard.errors import (
 )
 from kbguard.ingest.rebuild import rebuild
 from kbguard.integrity.verify import DRIFT_MIN_COSINE, ReembedPoint, reembed_cosines
+from kbguard.kb.preflight import Lock, Needs, preflight
 from kbguard.manifest import Manifest, now
 from kbguard.providers import Usage, spent, spent_since
 from kbguard.recovery.snapshot import list_snapshots, pull_snapshot, snapshot_folder
@@ -79,6 +79,8 @@ from kbguard.snapshot_format import (
 from kbguard.store import NativeFiles, Store, VectorSpec, store_for
 
 BUILDING, SWITCHING = "building", "switching"
+# a restore is the one command that runs while a restore is half done: it finishes it
+RESTORE = Needs("restore", lock=Lock.WRITE, restoring=True, store=True)
 
 
 @dataclass
@@ -152,7 +154,8 @@ def restore(cfg: Config, snapshot_id: str | None = None, *, latest: bool = False
     started = time.perf_counter()
     notes: list[str] = []
     stages: dict[str, float] = {}
-    with kb_lock(cfg.manifest, "restore"), store_for(cfg) as live:
+    with preflight(cfg, RESTORE) as kb:
+        live = kb.store
         finished = _finish_interrupted(cfg, live, notes)
         t = time.perf_counter()
         sid, folder, body = _choose(cfg, snapshot_id, dvc_remote, notes, progress)
@@ -492,7 +495,8 @@ def restore_from_qdrant_snapshot(cfg: Config, snapshot_file: Path, *, catch_up: 
     notes: list[str] = []
     stages: dict[str, float] = {}
     sid = f"qdrant:{snapshot_file.name}"
-    with kb_lock(cfg.manifest, "restore"), store_for(cfg) as live:
+    with preflight(cfg, RESTORE) as kb:
+        live = kb.store
         _finish_interrupted(cfg, live, notes)
         _clear_leftovers(live, notes)
         tag = secrets.token_hex(4)

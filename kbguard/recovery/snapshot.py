@@ -24,10 +24,11 @@ import pyarrow as pa
 from kbguard.config import Config
 from kbguard.core.disk import allocated, disk_full, is_disk_full, require_free
 from kbguard.core.faults import crash_point
-from kbguard.core.lock import kb_lock
+from kbguard.core.outcome import Verdict
 from kbguard.core.progress import SILENT, Progress
 from kbguard.errors import SnapshotDamaged, SnapshotError
 from kbguard.ingest.dvc_corpus import find_dvc_root
+from kbguard.kb.preflight import Lock, Needs, preflight
 from kbguard.manifest import Manifest, vector_checksum
 from kbguard.snapshot_format import (
     BATCH,
@@ -83,6 +84,11 @@ class SnapshotCheck:
     created_at: str | None = None
     files: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def verdict(self) -> Verdict:
+        """A damaged snapshot is a finding of the check, not a failure to check."""
+        return Verdict.HEALTHY if self.ok else Verdict.FINDINGS
+
     def to_dict(self) -> dict[str, Any]:
         if not self.ok:
             return {"id": self.id, "ok": False, "problem": self.problem,
@@ -121,6 +127,11 @@ def list_snapshots(cfg: Config) -> list[SnapshotEntry]:
 
 # -- creating ---------------------------------------------------------------------------------
 
+def _nothing_to_snapshot(cfg: Config) -> SnapshotError:
+    return SnapshotError(f"There is no manifest at {cfg.manifest}, so there is nothing to "
+                         "snapshot. Run `kbguard rebuild` first.")
+
+
 def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = False,
                     dvc_remote: str | None = None, progress: Progress = SILENT) -> CreateReport:
     """Write a snapshot of the KB's store and manifest; returns what was written."""
@@ -130,12 +141,8 @@ def create_snapshot(cfg: Config, *, batch_size: int = BATCH, dvc_push: bool = Fa
     started = time.perf_counter()
     notes: list[str] = []
     stages: dict[str, float] = {}
-    if not cfg.manifest.exists():  # before the lock, which would create the manifest's folder
-        raise SnapshotError(
-            f"There is no manifest at {cfg.manifest}, so there is nothing to snapshot. "
-            "Run `kbguard rebuild` first."
-        )
-    with kb_lock(cfg.manifest, "snapshot create"):
+    with preflight(cfg, Needs("snapshot create", manifest=_nothing_to_snapshot,
+                              lock=Lock.WRITE)):
         sid = new_snapshot_id()
         root = cfg.snapshot_root
         final = root / sid
@@ -429,7 +436,7 @@ def prune_snapshots(cfg: Config, *, keep_last: int, keep_daily: int,
         raise SnapshotError(
             "--keep-last 0 --keep-daily 0 would delete every snapshot. Keep at least one; "
             "to delete them all, remove the snapshot folder yourself.")
-    with kb_lock(cfg.manifest, "snapshot prune"):
+    with preflight(cfg, Needs("snapshot prune", lock=Lock.WRITE)):
         entries = list_snapshots(cfg)
         readable = [s for s in entries if s.problem is None]
         keep = plan_prune(readable, keep_last, keep_daily)

@@ -67,6 +67,12 @@ _TO_EDGE = {"cosine": "Cosine", "dot": "Dot", "euclid": "Euclid"}
 _FROM_EDGE = {"Cosine": "cosine", "Dot": "dot", "Euclid": "euclid", "Manhattan": "manhattan"}
 
 
+def _held_elsewhere(exc: BaseException) -> bool:
+    # The bindings raise a bare Exception whose text alone says another opener holds the
+    # shard's WAL (`Can't init WAL: Kind(WouldBlock)`): this adapter boundary reads it
+    return "WouldBlock" in str(exc)
+
+
 def engine_version() -> str | None:
     """The installed Qdrant Edge bindings' version: shard files load only into the same one."""
     try:
@@ -142,7 +148,7 @@ class EdgeStore(Store):
             return EdgeShard.load(str(self.path))
         except BaseException as exc:
             _reraise_interrupts(exc)
-            if "WouldBlock" in str(exc):
+            if _held_elsewhere(exc):
                 raise self._locked_error() from exc
             raise StoreDamaged(
                 f"The Edge store at {self.path} cannot be opened: {engine_message(exc)}. "
@@ -218,7 +224,7 @@ class EdgeStore(Store):
             self._shard = EdgeShard.create(str(self.path), EdgeConfig(vectors=params))
         except BaseException as exc:
             _reraise_interrupts(exc)
-            if "WouldBlock" in str(exc):
+            if _held_elsewhere(exc):
                 raise self._locked_error() from exc
             raise StoreError(
                 f"Could not create an Edge store at {self.path}: {engine_message(exc)}. "

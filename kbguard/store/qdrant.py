@@ -109,6 +109,7 @@ class QdrantStore(Store):
         try:
             self._client = QdrantClient(path=str(self.path))
         except RuntimeError as exc:
+            # qdrant-client says another client holds the folder only in its message
             if "already accessed" in str(exc):
                 raise self._busy() from exc
             raise self._damaged(exc) from exc
