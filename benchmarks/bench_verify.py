@@ -41,7 +41,7 @@ t = time.perf_counter()
 if mode == "verify":
     from kbguard.integrity.verify import verify_kb
     r = verify_kb(cfg)
-    out = {"points": r.points_checked, "findings": r.total, "exit_code": r.exit_code}
+    out = {"points": r.points_checked, "findings": r.total, "exit_code": int(r.verdict)}
 else:
     from kbguard.store import store_for
     n = 0
